@@ -1,0 +1,168 @@
+"""One typed, frozen configuration for a run, and its named presets.
+
+``Config`` holds every knob of the pipeline; each field documents itself (the ``doc`` metadata
+is also the ``--help`` text). Presets are partial overrides of the defaults:
+
+- ``kaggle``: the published design (ConvNeXt-Large, 224 px, batch 16 per replica, the full
+  curriculum), reading the competition data from ``/kaggle/input`` and writing to
+  ``/kaggle/working``.
+- ``gpu`` / ``tpu``: the published design on a local accelerator or TPU VM.
+- ``cpu-demo``: what ``python main.py`` runs on a machine without an accelerator: the
+  generated demo data, a tiny ConvNeXt-style backbone, small images, a few epochs.
+- ``test``: the smallest run that exercises every code path (used by the tests).
+
+Every field can be overridden on the command line (``--image-size 96``); see
+``python main.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+KAGGLE_DATA_DIR = "/kaggle/input/image-matching-challenge-2025"
+KAGGLE_WORK_DIR = "/kaggle/working"
+DEMO_DATA_DIR = "outputs/demo_data"
+
+
+def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
+    return field(default=default, metadata={"doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs to know; stages receive it (or parts of it) as arguments."""
+
+    preset: str = _f("cpu-demo", "name of the preset these values started from")
+    # Data and outputs
+    data_dir: str = _f(DEMO_DATA_DIR, "competition-layout data folder (train/, test/, CSVs)")
+    output_dir: str = _f("outputs", "where run folders are written")
+    run_name: str = _f("", "run folder name under output_dir; empty = preset + timestamp")
+    demo_size: str = _f("default", "size of the generated demo data when data_dir is the demo "
+                        "folder", choices=("default", "small", "tiny"))
+    seed: int = _f(40, "random seed for splits, shuffling, initialisation and demo data")
+    val_fraction: float = _f(0.2, "share of each training scene held out for validation")
+    # Model
+    backbone: str = _f("convnext_tiny_scratch", "backbone: convnext_{tiny,small,base,large,"
+                       "xlarge} (Keras) or convnext_tiny_scratch (small, for CPUs and tests)")
+    backbone_weights: str = _f("", "local weights file for the backbone (ImageNet, attached "
+                               "offline); empty = random initialisation, with a warning")
+    image_size: int = _f(64, "square input size in pixels")
+    head_units: int = _f(256, "hidden width of each head")
+    dropout: float = _f(0.3, "dropout before each head's output")
+    l2: float = _f(1e-3, "L2 weight decay on the heads")
+    # Training
+    batch_size_per_replica: int = _f(16, "batch size per replica; global = this x replicas")
+    epochs_easy: int = _f(2, "epochs of the warm-up stage on the easy scenes")
+    epochs_all: int = _f(4, "epochs on all training scenes")
+    epochs_finetune1: int = _f(2, "epochs of fine-tuning stage 1")
+    epochs_finetune2: int = _f(2, "epochs of fine-tuning stage 2")
+    patience: int = _f(5, "early-stopping patience in epochs (best weights are restored)")
+    freeze_ratio_ft1: float = _f(0.8, "share of backbone layers kept frozen in fine-tuning 1")
+    freeze_ratio_ft2: float = _f(0.6, "share of backbone layers kept frozen in fine-tuning 2")
+    warmup_fraction: float = _f(0.2, "share of a stage's steps spent in linear warm-up")
+    warmup_initial_lr: float = _f(1e-8, "learning rate at the start of the warm-up")
+    warmup_peak_lr: float = _f(1e-4, "learning rate of the easy-scenes stage after warm-up")
+    lr_all: float = _f(1e-5, "peak learning rate on all scenes")
+    lr_finetune1: float = _f(1e-6, "peak learning rate of fine-tuning 1")
+    lr_finetune2: float = _f(1e-7, "peak learning rate of fine-tuning 2")
+    loss_weight_quaternion: float = _f(10.0, "weight of the quaternion angular loss")
+    loss_weight_translation: float = _f(0.01, "weight of the translation loss")
+    loss_weight_outlier: float = _f(10.0, "weight of the outlier (binary cross-entropy) loss")
+    loss_weight_center: float = _f(0.001, "weight of the camera-centre loss")
+    mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
+                              choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("image_size", "head_units", "batch_size_per_replica"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("epochs_easy", "epochs_all", "epochs_finetune1", "epochs_finetune2",
+                     "patience"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("val_fraction", "dropout", "freeze_ratio_ft1", "freeze_ratio_ft2",
+                     "warmup_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value}")
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                problems.append(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_PUBLISHED = dict(
+    backbone="convnext_large", image_size=224, batch_size_per_replica=16, epochs_easy=5,
+    epochs_all=40, epochs_finetune1=20, epochs_finetune2=20, patience=5,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "kaggle": dict(_PUBLISHED, data_dir=KAGGLE_DATA_DIR, output_dir=KAGGLE_WORK_DIR),
+    "gpu": dict(_PUBLISHED),
+    "tpu": dict(_PUBLISHED),
+    "cpu-demo": dict(),
+    "test": dict(
+        demo_size="tiny", image_size=32, head_units=16, batch_size_per_replica=4,
+        epochs_easy=1, epochs_all=1, epochs_finetune1=1, epochs_finetune2=1, patience=2,
+    ),
+}
+
+
+def get_config(preset: str = "cpu-demo", **overrides: Any) -> Config:
+    """The named preset with ``overrides`` applied; unknown names raise ValueError."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(Config)}
+    if unknown:
+        raise ValueError(f"unknown configuration field(s) {sorted(unknown)}")
+    return Config(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+def auto_preset() -> str:
+    """``kaggle`` inside a Kaggle notebook with the competition data attached, else ``cpu-demo``."""
+    return "kaggle" if Path(KAGGLE_DATA_DIR).is_dir() else "cpu-demo"
+
+
+# --------------------------------------------------------------------------- command line
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--field-name`` option per Config field (default: the preset's value)."""
+    parser.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
+                        help="named preset; auto = kaggle when the competition data is attached,"
+                             " else cpu-demo (default: auto)")
+    group = parser.add_argument_group("configuration (overrides the preset)")
+    for f in fields(Config):
+        if f.name == "preset":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = type(f.default)
+        doc = f.metadata.get("doc", "")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, default=None,
+                               action=argparse.BooleanOptionalAction, help=doc)
+        else:
+            group.add_argument(flag, dest=f.name, default=None, type=kind,
+                               choices=f.metadata.get("choices"),
+                               metavar=kind.__name__.upper(),
+                               help=f"{doc} (cpu-demo: {f.default})")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Build the Config from parsed arguments: preset first, then explicit overrides."""
+    preset = auto_preset() if args.preset == "auto" else args.preset
+    overrides = {f.name: getattr(args, f.name) for f in fields(Config)
+                 if f.name != "preset" and getattr(args, f.name, None) is not None}
+    return get_config(preset, **overrides)
+
