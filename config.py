@@ -27,6 +27,16 @@ KAGGLE_DATA_DIR = "/kaggle/input/image-matching-challenge-2025"
 KAGGLE_WORK_DIR = "/kaggle/working"
 DEMO_DATA_DIR = "outputs/demo_data"
 
+# Sizes of the generated demo data (keyword arguments of src.demo_data.DemoSpec); `default`
+# is DemoSpec's own defaults. Each size gets its own folder under DEMO_DATA_DIR's parent.
+DEMO_SIZES: dict[str, dict[str, int]] = {
+    "default": {},
+    "small": dict(image_width=160, image_height=120, train_views_per_scene=12,
+                  test_views_per_scene=6),
+    "tiny": dict(image_width=96, image_height=72, train_views_per_scene=8, test_datasets=1,
+                 test_views_per_scene=5, outliers_per_dataset=2),
+}
+
 
 def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"doc": doc, "choices": choices})
@@ -41,8 +51,8 @@ class Config:
     data_dir: str = _f(DEMO_DATA_DIR, "competition-layout data folder (train/, test/, CSVs)")
     output_dir: str = _f("outputs", "where run folders are written")
     run_name: str = _f("", "run folder name under output_dir; empty = preset + timestamp")
-    demo_size: str = _f("default", "size of the generated demo data when data_dir is the demo "
-                        "folder", choices=("default", "small", "tiny"))
+    demo_size: str = _f("default", "size of the generated demo data (used when data_dir is "
+                        "the demo folder)", choices=tuple(DEMO_SIZES))
     seed: int = _f(40, "random seed for splits, shuffling, initialisation and demo data")
     val_fraction: float = _f(0.2, "share of each training scene held out for validation")
     # Model
@@ -73,6 +83,15 @@ class Config:
     loss_weight_translation: float = _f(0.01, "weight of the translation loss")
     loss_weight_outlier: float = _f(10.0, "weight of the outlier (binary cross-entropy) loss")
     loss_weight_center: float = _f(0.001, "weight of the camera-centre loss")
+    # Clustering (per dataset, DBSCAN over predicted poses and backbone features)
+    outlier_threshold: float = _f(0.5, "outlier-head probability above which an image is an "
+                                  "outlier")
+    cluster_min_samples: int = _f(3, "DBSCAN min_samples (a core image and its neighbours)")
+    cluster_eps_quantile: float = _f(0.5, "quantile of k-NN distances that sets DBSCAN eps")
+    cluster_eps_scale: float = _f(1.5, "factor on that quantile")
+    cluster_pose_weight: float = _f(1.0, "weight of the predicted-pose blocks")
+    cluster_feature_weight: float = _f(1.0, "weight of the backbone-feature block")
+    overwrite: bool = _f(False, "start the run folder afresh instead of resuming it")
     mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
 
@@ -86,7 +105,7 @@ class Config:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_fraction", "dropout", "freeze_ratio_ft1", "freeze_ratio_ft2",
-                     "warmup_fraction"):
+                     "warmup_fraction", "outlier_threshold", "cluster_eps_quantile"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value}")
@@ -113,10 +132,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "kaggle": dict(_PUBLISHED, data_dir=KAGGLE_DATA_DIR, output_dir=KAGGLE_WORK_DIR),
     "gpu": dict(_PUBLISHED),
     "tpu": dict(_PUBLISHED),
-    "cpu-demo": dict(),
+    # Random initialisation (no ImageNet weights here) needs larger steps than fine-tuning.
+    "cpu-demo": dict(warmup_peak_lr=2e-3, lr_all=1e-3, lr_finetune1=3e-4, lr_finetune2=1e-4),
     "test": dict(
-        demo_size="tiny", image_size=32, head_units=16, batch_size_per_replica=4,
-        epochs_easy=1, epochs_all=1, epochs_finetune1=1, epochs_finetune2=1, patience=2,
+        demo_size="tiny", backbone="convnext_micro_scratch", image_size=32, head_units=16,
+        batch_size_per_replica=8, epochs_easy=1, epochs_all=2, epochs_finetune1=1,
+        epochs_finetune2=1, patience=2, warmup_peak_lr=2e-3, lr_all=1e-3, lr_finetune1=3e-4,
+        lr_finetune2=1e-4,
     ),
 }
 

@@ -155,13 +155,21 @@ class PoseRegressor(keras.Model):
         ], name=f"{name}_head")
 
     def call(self, images, training=False):
-        features = self.backbone(images, training=training)
+        return self._heads(self.backbone(images, training=training), training)
+
+    def _heads(self, features, training):
         quaternion = self.quaternion_head(features, training=training)
         return {
             "quaternion": tf.math.l2_normalize(quaternion, axis=-1),
             "translation": self.translation_head(features, training=training),
             "outlier": self.outlier_head(features, training=training),
         }
+
+    @tf.function(reduce_retracing=True)
+    def infer(self, images):
+        """Outputs and the backbone features (key ``features``) from one forward pass."""
+        features = self.backbone(images, training=False)
+        return {**self._heads(features, False), "features": features}
 
     # ----------------------------------------------------------------------- training
     @property

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -31,6 +31,17 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+# Fields that may change between a run and its resumption: they do not touch training.
+_RESUMABLE_FIELDS = {"overwrite", "run_name", "output_dir", "outlier_threshold",
+                     "cluster_min_samples", "cluster_eps_quantile", "cluster_eps_scale",
+                     "cluster_pose_weight", "cluster_feature_weight"}
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    keys = (set(saved) | set(current)) - _RESUMABLE_FIELDS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
 @dataclass
 class RunContext:
     """Where a run writes, and how long each of its stages took."""
@@ -39,15 +50,30 @@ class RunContext:
     timings: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, cfg: Config) -> "RunContext":
-        """Make ``output_dir/<run_name>`` (default: preset + timestamp) and save the config."""
-        name = cfg.run_name or f"{cfg.preset}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = Path(cfg.output_dir) / name
+    def create(cls, cfg: Config, stage: str = "all") -> "RunContext":
+        """Make or reopen ``output_dir/<run_name>`` (default: the preset's name).
+
+        Reopening a folder resumes its run, so it must hold the same training configuration;
+        ``overwrite`` starts it afresh instead. The ``infer`` stage only reads the trained
+        model, so it may change anything (its configuration goes to ``config_infer.json``).
+        """
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or cfg.preset)
+        saved = run_dir / "config.json"
+        if cfg.overwrite and run_dir.exists():
+            log.info("overwrite: removing the earlier run in %s", run_dir)
+            shutil.rmtree(run_dir)
+        elif saved.is_file() and stage != "infer":
+            differs = _config_differences(json.loads(saved.read_text()), cfg.to_dict())
+            if differs:
+                raise ValueError(
+                    f"{run_dir} holds a run with another configuration ({', '.join(differs)}); "
+                    f"pass --run-name NEW for a new run or --overwrite to replace it")
+            log.info("resuming the run in %s", run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         file_handler = logging.FileHandler(run_dir / "run.log")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logging.getLogger().addHandler(file_handler)
-        with atomic_path(run_dir / "config.json") as tmp:
+        with atomic_path(run_dir / ("config_infer.json" if stage == "infer" else "config.json")) as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("run folder: %s (preset %s)", run_dir, cfg.preset)
         return cls(run_dir=run_dir)
