@@ -36,6 +36,13 @@ class ClusterSettings:
     pose_weight: float = 1.0  # weight of the pose blocks
     feature_weight: float = 1.0  # weight of the visual-feature block
 
+    @classmethod
+    def from_config(cls, cfg) -> "ClusterSettings":
+        """The clustering fields of a config.Config."""
+        return cls(outlier_threshold=cfg.outlier_threshold, min_samples=cfg.cluster_min_samples,
+                   eps_quantile=cfg.cluster_eps_quantile, eps_scale=cfg.cluster_eps_scale,
+                   pose_weight=cfg.cluster_pose_weight, feature_weight=cfg.cluster_feature_weight)
+
 
 @dataclass(frozen=True)
 class SpreadScales:

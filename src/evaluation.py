@@ -317,6 +317,37 @@ def score_submission(submission_csv: str | Path, labels_csv: str | Path,
                         names=(str(submission_csv), str(labels_csv), str(thresholds_csv)))
 
 
+def score_subset(submission: pd.DataFrame, labels_csv: str | Path, thresholds_csv: str | Path,
+                 images: pd.DataFrame) -> ScoreReport:
+    """Score a submission on the labelled ``images`` (columns dataset, image) only, e.g. the
+    validation split of the training data."""
+    labels = read_submission(labels_csv)
+    keys = images[["dataset", "image"]].astype(str).drop_duplicates()
+    labels = labels.merge(keys, on=["dataset", "image"], how="inner")
+    return score_frames(submission, labels, read_submission(thresholds_csv),
+                        names=("submission", str(labels_csv), str(thresholds_csv)))
+
+
+def true_scenes(images: pd.DataFrame, labels_csv: str | Path) -> pd.Series:
+    """Ground-truth scene of each row of ``images`` (columns dataset, image); NaN if
+    unlabelled. Indexed like ``images``."""
+    labels = read_submission(labels_csv)[["dataset", "image", "scene"]]
+    merged = images[["dataset", "image"]].merge(labels, on=["dataset", "image"], how="left")
+    return pd.Series(merged["scene"].to_numpy(), index=images.index)
+
+
+def seen_unseen_summary(report: ScoreReport, seen_scenes: set[str]) -> str:
+    """Mean per-scene mAA (0-100) of the scenes seen in training vs the unseen ones."""
+    scenes = report.per_scene
+    parts = []
+    for label, mask in (("seen", scenes["scene"].isin(seen_scenes)),
+                        ("unseen", ~scenes["scene"].isin(seen_scenes))):
+        if mask.any():
+            parts.append(f"{label} scenes: mean mAA {scenes.loc[mask, 'mAA'].mean():.2f} "
+                         f"over {int(mask.sum())} scene(s)")
+    return "; ".join(parts) if parts else "no scored scenes"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.evaluation",
                                      description="Score a submission with the IMC 2025 metric.")

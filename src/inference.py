@@ -1,0 +1,88 @@
+"""Inference: poses, outlier probabilities and backbone features for a list of images.
+
+Works on the model in memory or on a saved run folder (``model.keras`` and
+``translation_scaler.joblib``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from src.dataset import image_dataset
+from src.geometry import quat_xyzw_to_rotation
+from src.model_architecture import PoseRegressor
+from src.preprocessing import QUAT_COLUMNS, TRANSLATION_COLUMNS, load_scaler
+from src.utils_io import PosePrediction, atomic_path, write_csv_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Predictions:
+    """One row per image: dataset, image, qx..qw (unit, w >= 0), tx..tz (world units),
+    outlier_prob; and the backbone features (N, D) in the same order."""
+
+    table: pd.DataFrame
+    features: np.ndarray
+
+    def save(self, run_dir: Path, name: str = "test") -> None:
+        write_csv_atomic(self.table, Path(run_dir) / f"predictions_{name}.csv")
+        with atomic_path(Path(run_dir) / f"features_{name}.npy") as tmp:
+            np.save(tmp, self.features)
+
+    @classmethod
+    def load(cls, run_dir: Path, name: str = "test") -> "Predictions":
+        return cls(pd.read_csv(Path(run_dir) / f"predictions_{name}.csv"),
+                   np.load(Path(run_dir) / f"features_{name}.npy"))
+
+    def pose_predictions(self, scenes: pd.Series) -> list[PosePrediction]:
+        """Submission rows: each image's scene and pose (NaN pose for outliers)."""
+        R = quat_xyzw_to_rotation(self.table[QUAT_COLUMNS].to_numpy())
+        t = self.table[TRANSLATION_COLUMNS].to_numpy()
+        out = []
+        for i, (dataset, image, scene) in enumerate(zip(self.table["dataset"],
+                                                         self.table["image"], scenes)):
+            if scene == "outliers":
+                out.append(PosePrediction(dataset, image, scene, np.full((3, 3), np.nan),
+                                          np.full(3, np.nan)))
+            else:
+                out.append(PosePrediction(dataset, image, scene, R[i], t[i]))
+        return out
+
+
+def load_run_model(run_dir: Path) -> tuple[PoseRegressor, object]:
+    """The trained model and translation scaler saved in a run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"no trained model in {run_dir} (expected {path}); run the "
+                                f"train stage first")
+    return keras.models.load_model(path), load_scaler(run_dir / "translation_scaler.joblib")
+
+
+def predict(model: PoseRegressor, scaler, images: pd.DataFrame, image_root: Path,
+            batch_size: int) -> Predictions:
+    """Run the model on ``images`` (columns dataset, image) under ``image_root/<dataset>/``."""
+    paths = [Path(image_root) / d / i for d, i in zip(images["dataset"], images["image"])]
+    log.info("inference on %d images", len(paths))
+    dataset = image_dataset(paths, model.image_size, batch_size)
+    outputs = {"quaternion": [], "translation": [], "outlier": [], "features": []}
+    for batch in dataset:
+        for key, value in model.infer(batch).items():
+            outputs[key].append(np.asarray(value, np.float64))
+    stacked = {k: np.concatenate(v) if v else np.zeros((0, 1)) for k, v in outputs.items()}
+    q = stacked["quaternion"].reshape(-1, 4)
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    q = np.where(q[:, 3:4] < 0, -q, q)
+    t = scaler.inverse_transform(stacked["translation"].reshape(-1, 3))
+    table = images[["dataset", "image"]].reset_index(drop=True).copy()
+    table[QUAT_COLUMNS] = q
+    table[TRANSLATION_COLUMNS] = t
+    table["outlier_prob"] = stacked["outlier"].reshape(-1)
+    return Predictions(table=table, features=stacked["features"].reshape(len(table), -1))
