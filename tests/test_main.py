@@ -1,0 +1,76 @@
+"""The whole run from the command line, on tiny demo data."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import main
+from config import DEMO_SIZES
+from src.demo_data import DemoSpec, generate_demo_dataset
+from src.evaluation import score_submission
+from src.utils_io import list_test_images, validate_submission
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate_demo_dataset(tmp_path_factory.mktemp("data"),
+                                 DemoSpec(**DEMO_SIZES["tiny"], seed=5))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("out")
+    argv = ["--preset", "test", "--data-dir", str(data_dir), "--output-dir", str(out),
+            "--epochs-finetune1", "0", "--epochs-finetune2", "0"]
+    assert main.main(argv) == 0
+    return out / "test"
+
+
+@pytest.mark.slow
+def test_run_writes_a_valid_scored_submission_and_its_outputs(run_dir, data_dir):
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    expected = list_test_images(data_dir)
+    validate_submission(submission, expected_images=expected)
+    assert list(submission["image_id"]) == list(expected["image_id"])
+    assert (run_dir.parent / "submission.csv").read_text() == (run_dir / "submission.csv").read_text()
+    report = score_submission(run_dir / "submission.csv", data_dir / "test_labels.csv",
+                              data_dir / "test_thresholds.csv")
+    logged = pd.read_csv(run_dir / "score_test.csv")
+    assert logged["score"].mean() == pytest.approx(report.score)
+    assert 0.0 <= report.score <= 100.0
+    for name in ("config.json", "run.log", "timings.csv", "translation_scaler.joblib",
+                 "model.keras", "backbone.keras", "history.csv", "predictions_test.csv",
+                 "features_test.npy", "score_validation.csv", "plots/loss.png"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "plots").glob("clusters_*.png"))
+    assert list((run_dir / "plots").glob("cameras_*.png"))
+    timings = pd.read_csv(run_dir / "timings.csv")
+    assert {"data", "labels", "train", "infer", "cluster", "submission", "score"} <= set(timings["stage"])
+    predictions = pd.read_csv(run_dir / "predictions_test.csv")
+    assert set(predictions.columns) >= {"dataset", "image", "qx", "tx", "outlier_prob", "scene"}
+
+
+@pytest.mark.slow
+def test_infer_stage_reuses_the_trained_run(run_dir):
+    before = (run_dir / "submission.csv").read_text()
+    assert main.main(["--stage", "infer", "--run", str(run_dir)]) == 0
+    assert (run_dir / "submission.csv").read_text() == before
+    assert (run_dir / "config_infer.json").is_file()
+
+
+def test_bad_invocations_fail_clearly(tmp_path, caplog):
+    assert main.main(["--stage", "infer", "--run", str(tmp_path / "nope")]) == 2
+    assert "no config.json" in caplog.text
+    assert main.main(["--preset", "test", "--data-dir", str(tmp_path / "missing"),
+                      "--output-dir", str(tmp_path)]) == 2
+    assert "data folder not found" in caplog.text
+
+
+@pytest.mark.slow
+def test_changed_training_config_refuses_to_resume(run_dir, data_dir, caplog):
+    argv = ["--preset", "test", "--data-dir", str(data_dir), "--output-dir",
+            str(run_dir.parent), "--epochs-finetune1", "0", "--epochs-finetune2", "0",
+            "--image-size", "40"]
+    assert main.main(argv) == 2
+    assert "another configuration (image_size)" in caplog.text
