@@ -56,3 +56,40 @@ def select_pairs(names: list[str], descriptors: np.ndarray | None,
     neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     chosen = {(min(i, j), max(i, j)) for i in range(n) for j in neighbours[i]}
     return [(names[i], names[j]) for i, j in sorted(chosen)]
+
+
+def vlad_descriptors(local_descriptors: list[np.ndarray], n_words: int = 32,
+                     seed: int = 0, max_training: int = 50_000) -> np.ndarray:
+    """VLAD global descriptors (N, n_words * D) from each image's local descriptors.
+
+    A vocabulary of ``n_words`` k-means centres is fitted on (a sample of) this dataset's own
+    descriptors, so no pretrained network is needed. Residuals to the nearest word are summed
+    per word, then power-normalised (signed square root), normalised per word (intra-norm)
+    and L2-normalised. Images without descriptors get a zero vector.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+
+    non_empty = [d for d in local_descriptors if len(d)]
+    if not non_empty:
+        return np.zeros((len(local_descriptors), 1))
+    dim = non_empty[0].shape[1]
+    pool = np.concatenate(non_empty).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    if len(pool) > max_training:
+        pool = pool[rng.choice(len(pool), max_training, replace=False)]
+    k = max(1, min(n_words, len(pool)))
+    kmeans = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3,
+                             batch_size=min(4096, len(pool))).fit(pool)
+    centres = kmeans.cluster_centers_
+    out = np.zeros((len(local_descriptors), k * dim))
+    for i, d in enumerate(local_descriptors):
+        if not len(d):
+            continue
+        words = kmeans.predict(d.astype(np.float32))
+        residuals = np.zeros((k, dim))
+        np.add.at(residuals, words, d - centres[words])
+        residuals = np.sign(residuals) * np.sqrt(np.abs(residuals))
+        norms = np.linalg.norm(residuals, axis=1, keepdims=True)
+        residuals = np.divide(residuals, norms, out=np.zeros_like(residuals), where=norms > 0)
+        out[i] = residuals.ravel()
+    return normalise_descriptors(out)

@@ -49,3 +49,23 @@ def test_bad_inputs_are_refused():
         select_pairs(names(40), np.zeros((3, 4)), PairsConf(exhaustive_below=10))
     with pytest.raises(ValueError, match="top_k"):
         PairsConf(top_k=0)
+
+
+def test_vlad_separates_images_with_different_local_statistics():
+    from src.pairs import vlad_descriptors
+    rng = np.random.default_rng(1)
+    modes = rng.normal(size=(2, 6, 16)) * 3  # two "scenes", each with its own local patterns
+    local = []
+    for i in range(10):
+        scene = i % 2
+        picks = rng.integers(0, 6, size=80)
+        local.append(modes[scene][picks] + 0.1 * rng.normal(size=(80, 16)))
+    local.append(np.zeros((0, 16)))  # an image without features
+    g = vlad_descriptors(local, n_words=8, seed=0)
+    assert g.shape == (11, 8 * 16)
+    np.testing.assert_allclose(np.linalg.norm(g[:10], axis=1), 1.0)
+    assert np.all(g[10] == 0)
+    sim = g[:10] @ g[:10].T
+    same = [sim[i, j] for i in range(10) for j in range(10) if i != j and i % 2 == j % 2]
+    other = [sim[i, j] for i in range(10) for j in range(10) if i % 2 != j % 2]
+    assert min(same) > max(other)
