@@ -1,0 +1,39 @@
+"""Labelled training-layout data laid out as a scorable competition input."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import DEMO_SIZES
+from src.data_layout import layout_as_test, main
+from src.demo_data import DemoSpec, generate_demo_dataset
+from src.evaluation import score_submission
+from src.utils_io import DataError, list_test_images, read_submission
+
+
+@pytest.fixture(scope="module")
+def src_dir(tmp_path_factory):
+    return generate_demo_dataset(tmp_path_factory.mktemp("src"),
+                                 DemoSpec(**DEMO_SIZES["tiny"], seed=2))
+
+
+def test_layout_gives_test_images_labels_and_a_sample(src_dir, tmp_path):
+    dst = layout_as_test(src_dir, tmp_path / "dst")
+    labels = read_submission(dst / "test_labels.csv")
+    listed = list_test_images(dst)
+    assert sorted(zip(listed["dataset"], listed["image"])) == sorted(zip(labels["dataset"], labels["image"]))
+    # ground truth laid out as a submission scores 100
+    truth = labels.copy()
+    truth.insert(0, "image_id", listed.set_index(["dataset", "image"]).loc[
+        list(zip(truth["dataset"], truth["image"]))]["image_id"].to_numpy())
+    truth.to_csv(tmp_path / "truth.csv", index=False)
+    assert score_submission(tmp_path / "truth.csv", dst / "test_labels.csv",
+                            dst / "test_thresholds.csv").score == pytest.approx(100.0)
+
+
+def test_dataset_filter_and_errors(src_dir, tmp_path):
+    dst = layout_as_test(src_dir, tmp_path / "one", datasets=["demo_train_a"])
+    assert set(read_submission(dst / "test_labels.csv")["dataset"]) == {"demo_train_a"}
+    with pytest.raises(DataError, match="no dataset"):
+        layout_as_test(src_dir, tmp_path / "x", datasets=["nope"])
+    assert main([str(tmp_path / "missing"), str(tmp_path / "y")]) == 2
