@@ -91,7 +91,29 @@ class Config:
     cluster_eps_scale: float = _f(1.5, "factor on that quantile")
     cluster_pose_weight: float = _f(1.0, "weight of the predicted-pose blocks")
     cluster_feature_weight: float = _f(1.0, "weight of the backbone-feature block")
-    overwrite: bool = _f(False, "start the run folder afresh instead of resuming it")
+    # Pipeline: learned poses + DBSCAN, geometric (features, matching, SfM), or hybrid (the
+    # learned model's outlier head and features steer the geometric pipeline)
+    pipeline: str = _f("learned", "which pipeline predicts the test images",
+                       choices=("learned", "geometric", "hybrid"))
+    features: str = _f("sift", "local features of the geometric pipeline", choices=("sift",))
+    max_keypoints: int = _f(4096, "keypoints kept per image, strongest first")
+    max_image_side: int = _f(1600, "images are downscaled to this longer side for features")
+    pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval")
+    pair_exhaustive_below: int = _f(30, "datasets with at most this many images match all "
+                                    "pairs")
+    retrieval: str = _f("auto", "global descriptor for pair selection: vlad (from local "
+                        "features), backbone (learned features), auto = vlad for geometric, "
+                        "backbone for hybrid", choices=("auto", "vlad", "backbone"))
+    match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching")
+    ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)")
+    min_verified_inliers: int = _f(15, "fewer RANSAC inliers: the pair is rejected")
+    graph_min_inliers: int = _f(20, "verified inliers for an edge of the match graph")
+    min_scene_size: int = _f(3, "smaller match-graph groups and SfM models are outliers")
+    unregistered: str = _f("outliers", "images SfM cannot register: outliers, or nan pose in "
+                           "their scene's cluster", choices=("outliers", "nan"))
+    sfm_threads: int = _f(1, "COLMAP mapper threads (1 = reproducible; -1 = all cores)")
+    overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "
+                         "cached geometric stages")
     mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
 

@@ -4,6 +4,8 @@
     python main.py --data-dir DIR                    # competition-layout data
     python main.py --stage train                     # train only
     python main.py --stage infer --run outputs/RUN   # predict with a trained run
+    python main.py --pipeline geometric              # features, matching, pycolmap SfM
+    python main.py --pipeline hybrid                 # learned outlier head + features steer it
     python main.py --help                            # every option
 
 The run folder (``outputs/<run>``) receives the config, the log, the time per stage, the
@@ -31,7 +33,8 @@ from config import Config, add_config_arguments, config_from_args, get_config
 from src.clustering import ClusterSettings, SpreadScales, cluster_all
 from src.demo_data import ensure_data_dir
 from src.evaluation import score_submission, score_subset, seen_unseen_summary, true_scenes
-from src.inference import load_run_model, predict
+from src.geometric import GeometricConf, run_geometric
+from src.inference import load_run_model, pose_table, predict
 from src.plots import plot_run_results
 from src.preprocessing import prepare_training_labels
 from src.run_context import RunContext, setup_logging
@@ -89,37 +92,59 @@ def run(argv: list[str] | None = None) -> Path:
                                          cfg.val_fraction, cfg.seed)
         labels.save(ctx.run_dir)
 
-    if args.stage in ("all", "train"):
-        with ctx.stage("train"):
-            model = train_model(cfg, labels, data_dir, strategy, ctx.run_dir)
-        if args.stage == "train":
-            return ctx.run_dir
-        scaler = labels.scaler
+    model = scaler = None
+    if cfg.pipeline in ("learned", "hybrid"):
+        if args.stage in ("all", "train"):
+            with ctx.stage("train"):
+                model = train_model(cfg, labels, data_dir, strategy, ctx.run_dir)
+            scaler = labels.scaler
+        else:
+            model, scaler = load_run_model(ctx.run_dir)
+    if args.stage == "train":
+        return ctx.run_dir
+
+    test_images = list_test_images(data_dir)
+    if cfg.pipeline == "learned":
+        scales = SpreadScales.from_scene_stats(labels.scene_stats)
+        settings = ClusterSettings.from_config(cfg)
+        if len(labels.val):
+            with ctx.stage("validate"):
+                val = predict(model, scaler, labels.val, data_dir / "train", batch_size)
+                val_scenes = cluster_all(val.table, val.features, scales, settings)
+                report = score_subset(build_submission(val.pose_predictions(val_scenes)),
+                                      data_dir / "train_labels.csv",
+                                      data_dir / "train_thresholds.csv", labels.val)
+                log.info("validation score (held-out views of training scenes):\n%s",
+                         report.table())
+                write_csv_atomic(report.per_dataset, ctx.run_dir / "score_validation.csv")
+        with ctx.stage("infer"):
+            test = predict(model, scaler, test_images, data_dir / "test", batch_size)
+        with ctx.stage("cluster"):
+            scenes = cluster_all(test.table, test.features, scales, settings)
+            test.table["scene"] = scenes.to_numpy()
+            test.save(ctx.run_dir)
+        predictions = test.pose_predictions(scenes)
+        table = test.table
     else:
-        model, scaler = load_run_model(ctx.run_dir)
+        learned = None
+        if cfg.pipeline == "hybrid":
+            with ctx.stage("infer"):
+                learned = predict(model, scaler, test_images, data_dir / "test", batch_size)
+                learned.save(ctx.run_dir)
+        with ctx.stage("geometric"):
+            predictions, stage_seconds = run_geometric(
+                test_images, data_dir / "test", GeometricConf.from_config(cfg),
+                ctx.run_dir / "geometric", cfg.overwrite,
+                backbone_features=learned.features if learned else None,
+                outlier_prob=learned.table["outlier_prob"].to_numpy() if learned else None,
+                outlier_threshold=cfg.outlier_threshold)
+            write_csv_atomic(stage_seconds, ctx.run_dir / "timings_geometric.csv")
+            table = pose_table(predictions)
+            write_csv_atomic(table, ctx.run_dir / "predictions_test.csv")
+        scenes = table["scene"]
 
-    scales = SpreadScales.from_scene_stats(labels.scene_stats)
-    settings = ClusterSettings.from_config(cfg)
-    if len(labels.val):
-        with ctx.stage("validate"):
-            val = predict(model, scaler, labels.val, data_dir / "train", batch_size)
-            val_scenes = cluster_all(val.table, val.features, scales, settings)
-            report = score_subset(build_submission(val.pose_predictions(val_scenes)),
-                                  data_dir / "train_labels.csv",
-                                  data_dir / "train_thresholds.csv", labels.val)
-            log.info("validation score (held-out views of training scenes):\n%s",
-                     report.table())
-            write_csv_atomic(report.per_dataset, ctx.run_dir / "score_validation.csv")
-
-    with ctx.stage("infer"):
-        test_images = list_test_images(data_dir)
-        test = predict(model, scaler, test_images, data_dir / "test", batch_size)
-    with ctx.stage("cluster"):
-        scenes = cluster_all(test.table, test.features, scales, settings)
-        test.table["scene"] = scenes.to_numpy()
-        test.save(ctx.run_dir)
     with ctx.stage("submission"):
-        submission = build_submission(test.pose_predictions(scenes), test_images)
+        submission = build_submission(predictions, test_images)
         path = write_submission(submission, ctx.run_dir / "submission.csv", test_images)
         write_submission(submission, Path(cfg.output_dir) / "submission.csv", test_images)
         log.info("wrote %s (%d images in %d datasets, validated)", path, len(submission),
@@ -132,11 +157,11 @@ def run(argv: list[str] | None = None) -> Path:
             log.info("test score:\n%s\n%s", report.table(),
                      seen_unseen_summary(report, set(labels.labels["scene"])))
             write_csv_atomic(report.per_dataset, ctx.run_dir / "score_test.csv")
-            truth = true_scenes(test.table, test_labels)
+            truth = true_scenes(table, test_labels)
         else:
             log.info("no test labels in %s: the test score is computed by Kaggle", data_dir)
     with ctx.stage("plots"):
-        plot_run_results(test.table, scenes, data_dir / "test", ctx.run_dir / "plots", truth)
+        plot_run_results(table, scenes, data_dir / "test", ctx.run_dir / "plots", truth)
     return ctx.run_dir
 
 

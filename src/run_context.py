@@ -34,7 +34,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 # Fields that may change between a run and its resumption: they do not touch training.
 _RESUMABLE_FIELDS = {"overwrite", "run_name", "output_dir", "outlier_threshold",
                      "cluster_min_samples", "cluster_eps_quantile", "cluster_eps_scale",
-                     "cluster_pose_weight", "cluster_feature_weight"}
+                     "cluster_pose_weight", "cluster_feature_weight", "pipeline", "features",
+                     "max_keypoints", "max_image_side", "pair_top_k", "pair_exhaustive_below",
+                     "retrieval", "match_ratio", "ransac_threshold_px", "min_verified_inliers",
+                     "graph_min_inliers", "min_scene_size", "unregistered", "sfm_threads"}
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -51,13 +54,15 @@ class RunContext:
 
     @classmethod
     def create(cls, cfg: Config, stage: str = "all") -> "RunContext":
-        """Make or reopen ``output_dir/<run_name>`` (default: the preset's name).
+        """Make or reopen ``output_dir/<run_name>`` (default: the preset's name, plus the
+        pipeline's when it is not the learned one).
 
         Reopening a folder resumes its run, so it must hold the same training configuration;
         ``overwrite`` starts it afresh instead. The ``infer`` stage only reads the trained
         model, so it may change anything (its configuration goes to ``config_infer.json``).
         """
-        run_dir = Path(cfg.output_dir) / (cfg.run_name or cfg.preset)
+        default_name = cfg.preset if cfg.pipeline == "learned" else f"{cfg.preset}-{cfg.pipeline}"
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_name)
         saved = run_dir / "config.json"
         if cfg.overwrite and run_dir.exists():
             log.info("overwrite: removing the earlier run in %s", run_dir)

@@ -1,0 +1,180 @@
+"""The geometric pipeline, per dataset: features -> pairs -> verified matches -> match-graph
+scenes -> pycolmap SfM per scene -> one pose (or ``outliers``) per image.
+
+Every stage caches its output under ``<cache_root>/<dataset>/`` (file names carry the stage's
+configuration key) and skips work already done unless ``overwrite``. The ``hybrid`` mode
+feeds the learned model in: its outlier head removes images before matching and its
+backbone features choose the pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from src.local_features import FeatureConf, extract_dataset, load_all_features
+from src.matching import MatchConf, load_verified_matches, match_and_verify
+from src.pairs import PairsConf, select_pairs, vlad_descriptors
+from src.reconstruction import ReconConf, poses_for_images, reconstruct
+from src.scene_graph import GraphConf, cluster_match_graph
+from src.utils_io import OUTLIER_SCENE, PosePrediction
+
+log = logging.getLogger(__name__)
+UNREGISTERED_POLICIES = ("outliers", "nan")
+
+
+@dataclass(frozen=True)
+class GeometricConf:
+    features: FeatureConf = field(default_factory=FeatureConf)
+    pairs: PairsConf = field(default_factory=PairsConf)
+    matching: MatchConf = field(default_factory=MatchConf)
+    graph: GraphConf = field(default_factory=GraphConf)
+    reconstruction: ReconConf = field(default_factory=ReconConf)
+    # Images of a scene that SfM could not register: "outliers", or kept in the scene's
+    # cluster with a nan pose ("nan").
+    unregistered: str = "outliers"
+    # Global descriptor for pair selection: "vlad" (from the local features, no network) or
+    # "backbone" (the learned model's features; hybrid mode).
+    retrieval: str = "vlad"
+
+    def __post_init__(self) -> None:
+        if self.unregistered not in UNREGISTERED_POLICIES:
+            raise ValueError(f"unregistered must be one of {UNREGISTERED_POLICIES}, got "
+                             f"{self.unregistered!r}")
+        if self.retrieval not in ("vlad", "backbone"):
+            raise ValueError(f"retrieval must be 'vlad' or 'backbone', got {self.retrieval!r}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "GeometricConf":
+        """The geometric fields of a config.Config."""
+        retrieval = cfg.retrieval
+        if retrieval == "auto":
+            retrieval = "backbone" if cfg.pipeline == "hybrid" else "vlad"
+        return cls(
+            features=FeatureConf(name=cfg.features, max_keypoints=cfg.max_keypoints,
+                                 max_image_side=cfg.max_image_side),
+            pairs=PairsConf(top_k=cfg.pair_top_k, exhaustive_below=cfg.pair_exhaustive_below),
+            matching=MatchConf(ratio=cfg.match_ratio, ransac_threshold_px=cfg.ransac_threshold_px,
+                               min_inliers=cfg.min_verified_inliers),
+            graph=GraphConf(min_inliers=cfg.graph_min_inliers,
+                            min_cluster_size=cfg.min_scene_size),
+            reconstruction=ReconConf(min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
+                                     num_threads=cfg.sfm_threads),
+            unregistered=cfg.unregistered, retrieval=retrieval)
+
+
+def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
+    return PosePrediction(dataset, image, scene, np.full((3, 3), np.nan), np.full(3, np.nan))
+
+
+def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: GeometricConf,
+                        cache_dir: Path, overwrite: bool = False,
+                        backbone_features: np.ndarray | None = None,
+                        excluded: set[str] | None = None,
+                        ) -> tuple[list[PosePrediction], dict[str, float]]:
+    """Scene and pose for each of ``images`` (one dataset), and seconds per stage.
+
+    ``backbone_features`` (N, D) in the order of ``images`` are needed when
+    ``conf.retrieval == "backbone"``; ``excluded`` images (e.g. flagged by the outlier head)
+    go straight to ``outliers``.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    excluded = excluded or set()
+    kept = [im for im in images if im not in excluded]
+    timings: dict[str, float] = {}
+
+    def timed(stage, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
+    features_path = timed("features", extract_dataset, image_dir, kept, conf.features,
+                          cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
+    features = load_all_features(features_path)
+    if conf.retrieval == "backbone" and backbone_features is not None:
+        order = [images.index(im) for im in kept]
+        global_desc = backbone_features[order]
+    else:
+        global_desc = (timed("retrieval", vlad_descriptors,
+                             [features[im].descriptors for im in kept])
+                       if len(kept) > conf.pairs.exhaustive_below else None)
+    pairs = select_pairs(kept, global_desc, conf.pairs)
+    match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
+                              f"{conf.matching.cache_key()}-k{conf.pairs.top_k}"
+                              f"e{conf.pairs.exhaustive_below}.h5")
+    verified = timed("matching", match_and_verify, features_path, pairs, conf.matching,
+                     match_path, overwrite)
+    scenes = timed("clustering", cluster_match_graph, kept, verified, conf.graph)
+    inlier_matches = load_verified_matches(match_path)
+    log.info("%s: %d images, %d pairs, %d verified, %d scene(s), %d outlier(s)", dataset,
+             len(kept), len(pairs), int((verified["inliers"] >= conf.graph.min_inliers).sum()),
+             len(set(scenes.values()) - {OUTLIER_SCENE}),
+             sum(s == OUTLIER_SCENE for s in scenes.values()) + len(excluded))
+
+    result: dict[str, PosePrediction] = {}
+    next_cluster = 0
+    for scene in sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=lambda s: int(s[7:])):
+        members = [im for im in kept if scenes[im] == scene]
+        member_set = set(members)
+        matches = {pair: m for pair, m in inlier_matches.items()
+                   if pair[0] in member_set and pair[1] in member_set}
+        keypoints = {im: features[im].keypoints for im in members}
+        models = timed("reconstruction", reconstruct, image_dir, members, keypoints, matches,
+                       cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}",
+                       conf.reconstruction, overwrite)
+        registered = poses_for_images(models, members)
+        names = [f"cluster{next_cluster + k}" for k in range(len(models))]
+        # With the "nan" policy unregistered images stay with the scene's largest model (or
+        # form the scene's cluster when SfM found none).
+        fallback = names[0] if names else f"cluster{next_cluster}"
+        next_cluster += len(names) if names else int(conf.unregistered == "nan")
+        for image in members:
+            if image in registered:
+                model_index, R_cw, t_cw = registered[image]
+                result[image] = PosePrediction(dataset, image, names[model_index], R_cw, t_cw)
+            elif conf.unregistered == "nan":
+                result[image] = _nan_pose(dataset, image, fallback)
+            else:
+                result[image] = _nan_pose(dataset, image, OUTLIER_SCENE)
+        if not models:
+            log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
+                        scene, len(members),
+                        "kept with nan poses" if conf.unregistered == "nan" else "outliers")
+    predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
+    return predictions, timings
+
+
+def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,
+                  cache_root: Path, overwrite: bool = False,
+                  backbone_features: np.ndarray | None = None,
+                  outlier_prob: np.ndarray | None = None, outlier_threshold: float = 0.5,
+                  ) -> tuple[list[PosePrediction], pd.DataFrame]:
+    """All datasets of ``test_images`` (columns dataset, image), one at a time.
+
+    ``backbone_features`` / ``outlier_prob`` are row-aligned with ``test_images`` (hybrid).
+    Returns the predictions in row order and a table of seconds per stage per dataset.
+    """
+    predictions: dict[tuple[str, str], PosePrediction] = {}
+    rows = []
+    for dataset, group in test_images.groupby("dataset", sort=False):
+        rows_idx = test_images.index.get_indexer(group.index)
+        images = list(group["image"])
+        excluded = set()
+        if outlier_prob is not None:
+            excluded = {im for im, p in zip(images, outlier_prob[rows_idx]) if p > outlier_threshold}
+        feats = backbone_features[rows_idx] if backbone_features is not None else None
+        preds, timings = reconstruct_dataset(dataset, Path(image_root) / dataset, images, conf,
+                                             Path(cache_root) / dataset, overwrite, feats,
+                                             excluded)
+        for p in preds:
+            predictions[(p.dataset, p.image)] = p
+        rows.append({"dataset": dataset, "images": len(images), **timings})
+    ordered = [predictions[(d, i)] for d, i in zip(test_images["dataset"], test_images["image"])]
+    return ordered, pd.DataFrame(rows).fillna(0.0)

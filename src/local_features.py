@@ -1,0 +1,436 @@
+"""Local features: keypoints and descriptors of every image, cached in one HDF5 file.
+
+First stage of the geometric pipeline (features -> pairs -> matching -> verification ->
+match-graph clustering -> SfM). :func:`extract_features` works on one image in memory;
+:func:`extract_dataset` runs it over a folder and caches the result on disk, resumably.
+
+Keypoints are in pixels of the ORIGINAL image, whatever size the detector ran at, with
+OpenCV's convention: integer coordinates at pixel centres (the top-left pixel spans
+[-0.5, 0.5] x [-0.5, 0.5]). Rows are sorted by detector score, strongest first.
+
+Layout of a cache file (one per dataset and feature configuration)::
+
+    /                        attrs: config (FeatureConf as JSON)
+    /<image>/                attrs: image_size (H, W), error (only for unreadable images)
+        keypoints    (N, 2)  float32  x, y pixels
+        descriptors  (N, D)  float32  D = 128 for SIFT; any width for other features
+        scores       (N,)    float32  detector response
+
+``<image>`` is the file name escaped by :func:`h5_key` ('%' -> '%25', '/' -> '%2F'). An
+image's ``image_size`` is written last: a group without it is an unfinished entry.
+
+The partial-file machinery (:func:`resumable_h5`) is shared with ``src.matching``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import numbers
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from src.utils_io import DataError, read_image_rgb
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "FeatureConf",
+    "Features",
+    "extract_features",
+    "extract_dataset",
+    "load_features",
+    "load_all_features",
+    "cached_images",
+    "read_cache_config",
+    "resumable_h5",
+    "h5_key",
+    "name_from_h5_key",
+]
+
+FEATURE_NAMES = ("sift",)
+# Known but not implemented yet: they need a network and its weights.
+LEARNED_FEATURE_NAMES = ("aliked", "disk", "superpoint")
+_DESCRIPTOR_DIMS = {"sift": 128}
+# SIFT finds nothing useful below this size (it also needs room for its 16x16 patches).
+_MIN_DETECTION_SIDE = 16
+
+
+# =========================================================================== configuration
+@dataclass(frozen=True)
+class FeatureConf:
+    """How to detect and describe local features. ``cache_key()`` names the cache file."""
+
+    name: str = "sift"  # detector/descriptor; only "sift" for now (learned ones come later)
+    max_keypoints: int = 4096  # keep at most this many keypoints, strongest first
+    max_image_side: int = 1600  # downscale so the longer side is <= this (pixels) first
+    root_sift: bool = True  # RootSIFT descriptors (L1-normalise, sqrt): better matching
+    upright: bool = False  # one orientation (0) per keypoint, no rotation invariance
+    contrast_threshold: float = 0.01  # OpenCV SIFT contrastThreshold; lower: more keypoints
+
+    def __post_init__(self) -> None:
+        if self.name in LEARNED_FEATURE_NAMES:
+            raise ValueError(f"FeatureConf.name={self.name!r} is a learned feature; it comes "
+                             f"with the learned-features issue (ALIKED/LightGlue). "
+                             f"Available now: {list(FEATURE_NAMES)}")
+        if self.name not in FEATURE_NAMES:
+            raise ValueError(f"FeatureConf.name={self.name!r} is unknown; "
+                             f"one of {list(FEATURE_NAMES)}")
+        for name in ("max_keypoints", "max_image_side"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"FeatureConf.{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # plain int, so it goes into JSON
+        if self.max_keypoints < 1:
+            raise ValueError(f"FeatureConf.max_keypoints must be >= 1, got {self.max_keypoints}")
+        if self.max_image_side < _MIN_DETECTION_SIDE:
+            raise ValueError(f"FeatureConf.max_image_side must be >= {_MIN_DETECTION_SIDE}, "
+                             f"got {self.max_image_side}")
+        for name in ("root_sift", "upright"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"FeatureConf.{name} must be True or False, "
+                                 f"got {getattr(self, name)!r}")
+        if not (isinstance(self.contrast_threshold, numbers.Real)
+                and 0 < self.contrast_threshold < 1):
+            raise ValueError(f"FeatureConf.contrast_threshold must be in (0, 1), "
+                             f"got {self.contrast_threshold!r}")
+        object.__setattr__(self, "contrast_threshold", float(self.contrast_threshold))
+
+    @property
+    def descriptor_dim(self) -> int:
+        """Width D of the descriptors this configuration produces."""
+        return _DESCRIPTOR_DIMS[self.name]
+
+    def to_json(self) -> str:
+        """Every field as canonical JSON (sorted keys): what the cache file records."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    def cache_key(self) -> str:
+        """Short stable name for file names, e.g. ``sift-4096-1600-3f9a1c2b``: the name,
+        keypoint budget and image side, then a hash of every field."""
+        digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
+        return f"{self.name}-{self.max_keypoints}-{self.max_image_side}-{digest}"
+
+
+# =========================================================================== features
+@dataclass(frozen=True, eq=False)
+class Features:
+    """Local features of one image (N keypoints, rows strongest first).
+
+    keypoints: (N, 2) float32, x, y in pixels of the original image, integer values at
+        pixel centres (OpenCV).
+    descriptors: (N, D) float32, one row per keypoint; D = 128 for SIFT.
+    scores: (N,) float32 detector response, higher is stronger.
+    image_size: (height, width) of the original image in pixels; (0, 0) when it could not
+        be read.
+    """
+
+    keypoints: np.ndarray
+    descriptors: np.ndarray
+    scores: np.ndarray
+    image_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        n = len(self.keypoints)
+        if self.keypoints.shape != (n, 2) or self.descriptors.ndim != 2 \
+                or len(self.descriptors) != n or self.scores.shape != (n,):
+            raise ValueError(f"Features: inconsistent shapes keypoints {self.keypoints.shape}, "
+                             f"descriptors {self.descriptors.shape}, scores {self.scores.shape}")
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+    @classmethod
+    def empty(cls, descriptor_dim: int, image_size: tuple[int, int] = (0, 0)) -> "Features":
+        """No keypoints: (0, 2), (0, D) and (0,) float32 arrays."""
+        return cls(np.zeros((0, 2), np.float32), np.zeros((0, descriptor_dim), np.float32),
+                   np.zeros(0, np.float32), image_size)
+
+
+def _to_gray(image_rgb: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) or grayscale (H, W) -> uint8 grayscale (H, W)."""
+    image = np.asarray(image_rgb)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {image.dtype}")
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    raise ValueError(f"expected an RGB (H, W, 3) or grayscale (H, W) image, got {image.shape}")
+
+
+def _root_sift(descriptors: np.ndarray) -> np.ndarray:
+    """RootSIFT (Arandjelovic & Zisserman 2012): L1-normalise, square root, L2-normalise.
+
+    Comparing these with the Euclidean distance amounts to the Hellinger kernel on the
+    original SIFT histograms. (N, D) float32 -> (N, D) float32, entries >= 0, unit L2 rows.
+    """
+    d = np.maximum(descriptors.astype(np.float32), 0.0)
+    d /= np.maximum(d.sum(axis=1, keepdims=True), 1e-12)
+    np.sqrt(d, out=d)
+    # already unit length up to rounding, unless a row was all zero (then it stays zero)
+    d /= np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return d
+
+
+class _SiftExtractor:
+    """OpenCV SIFT with resizing, keypoint budget, upright mode and RootSIFT."""
+
+    def __init__(self, conf: FeatureConf) -> None:
+        self.conf = conf
+        # precise upscaling of the first octave: without it OpenCV's keypoints are biased
+        # by about a quarter pixel away from the pixel-centre convention
+        self.sift = cv2.SIFT.create(
+            nfeatures=0 if conf.upright else conf.max_keypoints, nOctaveLayers=3,
+            contrastThreshold=conf.contrast_threshold, edgeThreshold=10, sigma=1.6,
+            enable_precise_upscale=True)
+
+    def __call__(self, image_rgb: np.ndarray) -> Features:
+        conf = self.conf
+        gray = _to_gray(image_rgb)
+        height, width = gray.shape
+        empty = Features.empty(conf.descriptor_dim, (height, width))
+        scale = min(1.0, conf.max_image_side / max(height, width, 1))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        if min(gray.shape) < _MIN_DETECTION_SIDE:
+            return empty
+
+        if conf.upright:
+            keypoints = self.sift.detect(gray, None)
+            # SIFT gives a point one copy per dominant orientation: keep one, at angle 0
+            unique: dict[tuple[float, float, float], cv2.KeyPoint] = {}
+            for kp in sorted(keypoints, key=lambda k: -k.response):
+                unique.setdefault((kp.pt[0], kp.pt[1], kp.size), kp)
+            keypoints = list(unique.values())[:conf.max_keypoints]
+            for kp in keypoints:
+                kp.angle = 0.0
+            keypoints, descriptors = self.sift.compute(gray, keypoints)
+        else:
+            keypoints, descriptors = self.sift.detectAndCompute(gray, None)
+        if not keypoints or descriptors is None:
+            return empty
+
+        scores = np.array([kp.response for kp in keypoints], np.float32)
+        # nfeatures keeps ties at the cut, so the budget is enforced here
+        order = np.argsort(-scores, kind="stable")[:conf.max_keypoints]
+        points = np.array([kp.pt for kp in keypoints], np.float64)[order]
+        # back to original pixels; the pixel-centre convention maps x -> (x + 0.5) / s - 0.5
+        detect_height, detect_width = gray.shape
+        points[:, 0] = (points[:, 0] + 0.5) * (width / detect_width) - 0.5
+        points[:, 1] = (points[:, 1] + 0.5) * (height / detect_height) - 0.5
+        descriptors = descriptors[order].astype(np.float32)
+        if conf.root_sift:
+            descriptors = _root_sift(descriptors)
+        return Features(points.astype(np.float32), descriptors, scores[order], (height, width))
+
+
+def _build_extractor(conf: FeatureConf) -> Callable[[np.ndarray], Features]:
+    """The extractor of ``conf.name``, built once per dataset (learned ones will load a
+    network here)."""
+    if conf.name == "sift":
+        return _SiftExtractor(conf)
+    raise ValueError(f"no extractor for FeatureConf.name={conf.name!r}")  # guarded by conf
+
+
+def extract_features(image_rgb: np.ndarray, conf: FeatureConf = FeatureConf()) -> Features:
+    """Detect and describe the local features of one image.
+
+    image_rgb: uint8 RGB (H, W, 3) (or grayscale (H, W)). The image is first downscaled so
+    its longer side is at most ``conf.max_image_side``; keypoints come back in pixels of the
+    original image. At most ``conf.max_keypoints`` are kept, strongest first. A blank or
+    tiny image gives N = 0 (arrays (0, 2), (0, D), (0,)).
+    """
+    return _build_extractor(conf)(image_rgb)
+
+
+# =========================================================================== HDF5 caches
+def h5_key(name: str) -> str:
+    """An image name as an HDF5 link name: '/' would nest groups, so it is escaped (with
+    '%', itself escaped first, so the mapping is reversible)."""
+    if not name or name in (".", ".."):
+        raise ValueError(f"image name {name!r} cannot be stored in an HDF5 file")
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+def name_from_h5_key(key: str) -> str:
+    """Inverse of :func:`h5_key`."""
+    return key.replace("%2F", "/").replace("%25", "%")
+
+
+def _partial_path(cache_path: Path) -> Path:
+    return cache_path.with_name(f".{cache_path.name}.partial")
+
+
+def read_cache_config(cache_path: str | os.PathLike) -> str | None:
+    """The configuration JSON recorded in a cache file (None if it records none)."""
+    with h5py.File(cache_path, "r") as h5:
+        config = h5.attrs.get("config")
+    return None if config is None else str(config)
+
+
+def _check_config(cache_path: Path, recorded: str | None, wanted: str) -> None:
+    if recorded != wanted:
+        raise ValueError(f"{cache_path} was written with configuration {recorded}, not "
+                         f"{wanted}; use a cache path named after the configuration's "
+                         "cache_key(), or overwrite=True")
+
+
+@contextlib.contextmanager
+def resumable_h5(cache_path: str | os.PathLike, config_json: str,
+                 overwrite: bool = False) -> Iterator[h5py.File]:
+    """Open a work copy of an HDF5 cache to add entries; publish it over ``cache_path``
+    when the block succeeds.
+
+    The work copy is ``.<name>.partial`` beside the cache. Success renames it over
+    ``cache_path`` (atomic within a filesystem), so a reader never sees a half-written
+    cache. After an exception or a kill the work copy stays, and the next call continues
+    from it; the caller decides which of its entries are complete (each stage writes a
+    completion mark last). Starting point:
+
+    - ``overwrite``: an empty file;
+    - else the work copy, if it is readable and records ``config_json``;
+    - else a copy of ``cache_path`` (which must record ``config_json``: ValueError
+      otherwise), else an empty file.
+
+    Not for two processes on one cache: the second fails (BlockingIOError) on the lock.
+    """
+    cache_path = Path(cache_path)
+    partial = _partial_path(cache_path)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    if not overwrite and cache_path.exists():
+        _check_config(cache_path, read_cache_config(cache_path), config_json)
+    h5 = None
+    if not overwrite and partial.exists():
+        try:
+            h5 = h5py.File(partial, "a")
+        except BlockingIOError:
+            raise BlockingIOError(f"{partial} is locked: is another run writing "
+                                  f"{cache_path}?") from None
+        except OSError as error:
+            log.warning("%s: unreadable leftover of an interrupted run (%s); starting over",
+                        partial, error)
+        else:
+            if h5.attrs.get("config") != config_json:
+                log.info("%s: leftover of a run with another configuration; starting over",
+                         partial)
+                h5.close()
+                h5 = None
+            else:
+                log.info("%s: continuing an interrupted run", partial)
+    if h5 is None:
+        partial.unlink(missing_ok=True)
+        if not overwrite and cache_path.exists():
+            shutil.copyfile(cache_path, partial)
+            h5 = h5py.File(partial, "a")
+        else:
+            h5 = h5py.File(partial, "w")
+            h5.attrs["config"] = config_json
+    try:
+        yield h5
+    finally:
+        h5.close()
+    os.replace(partial, cache_path)
+
+
+def _is_complete(group: h5py.Group) -> bool:
+    return "image_size" in group.attrs
+
+
+def cached_images(cache_path: str | os.PathLike) -> set[str]:
+    """Names of the images whose features are complete in a cache file."""
+    with h5py.File(cache_path, "r") as h5:
+        return {name_from_h5_key(key) for key, group in h5.items() if _is_complete(group)}
+
+
+def _write_features(h5: h5py.File, name: str, features: Features, error: str | None) -> None:
+    key = h5_key(name)
+    if key in h5:  # unfinished entry of an interrupted run, or overwritten
+        del h5[key]
+    group = h5.create_group(key)
+    group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
+    group.create_dataset("descriptors", data=features.descriptors.astype(np.float32))
+    group.create_dataset("scores", data=features.scores.astype(np.float32))
+    if error is not None:
+        group.attrs["error"] = error
+    group.attrs["image_size"] = np.array(features.image_size, np.int64)  # completion mark
+
+
+def _read_features(group: h5py.Group) -> Features:
+    return Features(group["keypoints"][()], group["descriptors"][()], group["scores"][()],
+                    tuple(group.attrs["image_size"]))
+
+
+def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: FeatureConf,
+                    cache_path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Extract the features of ``images`` (names inside ``image_dir``) into one HDF5 file.
+
+    Images already complete in ``cache_path`` are skipped unless ``overwrite``; an
+    interrupted run continues where it stopped (see :func:`resumable_h5`), and the file at
+    ``cache_path`` is only ever replaced whole. An image that is missing or cannot be
+    decoded is logged (warning naming the file) and stored with no keypoints, an
+    ``image_size`` of (0, 0) and an ``error`` attribute, so later stages treat it as an
+    outlier. Returns ``cache_path``.
+
+    Raises FileNotFoundError if ``image_dir`` does not exist, ValueError for a repeated
+    image name or a cache written with another configuration (unless ``overwrite``).
+    """
+    image_dir, cache_path = Path(image_dir), Path(cache_path)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    if len(set(images)) != len(images):
+        repeated = sorted({name for name in images if images.count(name) > 1})
+        raise ValueError(f"image names repeated in the list for {image_dir}: {repeated[:5]}")
+    for name in images:
+        h5_key(name)  # refuse unstorable names before any work
+    config = conf.to_json()
+    if not overwrite and cache_path.exists():
+        _check_config(cache_path, read_cache_config(cache_path), config)
+        if set(images) <= cached_images(cache_path):
+            log.info("features of all %d images already in %s", len(images), cache_path)
+            return cache_path
+
+    extractor = _build_extractor(conf)
+    with resumable_h5(cache_path, config, overwrite) as h5:
+        todo = [name for name in images
+                if h5_key(name) not in h5 or not _is_complete(h5[h5_key(name)])]
+        log.info("extracting %s features of %d images into %s (%d already there)",
+                 conf.name, len(todo), cache_path, len(images) - len(todo))
+        for name in tqdm(todo, desc=f"features {image_dir.name}", unit="image"):
+            path = image_dir / name
+            try:
+                features, error = extractor(read_image_rgb(path)), None
+            except (OSError, DataError, cv2.error) as exc:
+                log.warning("%s: cannot read the image (%s); storing no features", path, exc)
+                features, error = Features.empty(conf.descriptor_dim), str(exc)
+            _write_features(h5, name, features, error)
+            h5.flush()  # a kill loses at most the image being written
+    return cache_path
+
+
+def load_features(cache_path: str | os.PathLike, image: str) -> Features:
+    """One image's features from a cache file; KeyError naming both if it is not there."""
+    with h5py.File(cache_path, "r") as h5:
+        key = h5_key(image)
+        if key not in h5 or not _is_complete(h5[key]):
+            raise KeyError(f"no features of image {image!r} in {cache_path}")
+        return _read_features(h5[key])
+
+
+def load_all_features(cache_path: str | os.PathLike) -> dict[str, Features]:
+    """Every complete entry of a cache file, by image name."""
+    with h5py.File(cache_path, "r") as h5:
+        return {name_from_h5_key(key): _read_features(group)
+                for key, group in h5.items() if _is_complete(group)}

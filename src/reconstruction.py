@@ -1,0 +1,588 @@
+"""Incremental structure-from-motion of one image cluster with pycolmap, from our own matches.
+
+The stages before this one give, for the images of one cluster of one dataset:
+
+- keypoints per image, (N, 2) float32, in original-image pixels with the OpenCV convention
+  (integer values at pixel centres);
+- verified inlier matches per image pair ``(a, b)``, (K, 2) int32: column 0 indexes the
+  keypoints of ``a``, column 1 those of ``b``.
+
+This module writes them into a COLMAP database (:func:`build_database`) and runs pycolmap's
+incremental mapper on it (:func:`reconstruct`). No intrinsics are known: every image gets its
+own camera (``ReconConf.camera_model``) with focal length ``focal_prior_factor * max(W, H)``
+pixels as a starting value and the principal point at the image centre; COLMAP refines them.
+
+Conventions:
+
+- COLMAP puts integer pixel coordinates at pixel *corners*, so keypoints are written as
+  ``x_colmap = x_opencv + 0.5``. Poses are unaffected.
+- Poses are world-to-camera, ``x_cam = R_cw @ X + t_cw`` (the convention of
+  ``src.geometry``; COLMAP's ``image.cam_from_world()`` is the same transformation), in the
+  arbitrary scale and frame of each model.
+
+Outputs are cached in ``work_dir``::
+
+    database.db              the COLMAP database (rebuilt before every mapping run)
+    models/manifest.json     fingerprint of the inputs and options, one entry per model
+    models/<k>/              model k in COLMAP binary format, k = 0 the largest
+
+A later call with the same inputs and options loads ``models/`` instead of mapping again;
+changed inputs or options (a different fingerprint), or ``overwrite=True``, map afresh.
+``models/`` is written to a temporary folder and renamed into place, so a crash never leaves
+a half-written cache behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import cv2
+import numpy as np
+import pycolmap
+
+from src.utils_io import atomic_path
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ReconConf",
+    "Model",
+    "SUPPORTED_CAMERA_MODELS",
+    "read_image_size",
+    "build_database",
+    "reconstruct",
+    "load_models",
+    "poses_for_images",
+]
+
+# Camera models an image may be given; all are pinhole models that COLMAP's mapper refines.
+SUPPORTED_CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+# Bump when the database layout or the cached model format changes, so old caches are redone.
+CACHE_VERSION = 1
+DATABASE_FILE = "database.db"
+MODELS_DIR = "models"
+MANIFEST_FILE = "manifest.json"
+_MAPPING_TMP_PREFIX = ".mapping."  # pycolmap's own output folder while it maps
+# Offset from OpenCV pixel coordinates (integers at pixel centres) to COLMAP's (at corners).
+OPENCV_TO_COLMAP_PIXEL = 0.5
+# Options that change only what is printed, never the result; left out of the cache key.
+_NON_RESULT_FIELDS = ("colmap_verbose",)
+
+PairKey = tuple[str, str]
+
+
+# =========================================================================== configuration
+@dataclass(frozen=True)
+class ReconConf:
+    """Options of the reconstruction stage."""
+
+    camera_model: str = "SIMPLE_RADIAL"  # COLMAP model of each image's camera (see SUPPORTED_...)
+    focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
+    min_model_size: int = 3  # models registering fewer images are dropped
+    max_models: int = 50  # most models the mapper may start (1 = a single model)
+    max_model_overlap: int = 20  # most images two models may share (COLMAP option)
+    min_num_matches: int = 15  # image pairs with fewer verified matches are ignored
+    init_min_num_inliers: int = 100  # matches the initial pair needs (COLMAP relaxes it if none)
+    abs_pose_min_num_inliers: int = 30  # 2D-3D inliers an image needs to be registered
+    ba_refine_focal: bool = True  # bundle adjustment refines the focal length
+    ba_refine_principal_point: bool = False  # ... the principal point (usually ill-posed)
+    ba_refine_extra_params: bool = True  # ... the distortion parameters of the model
+    seed: int = 0  # seed of COLMAP's random generator (RANSAC, sampling); -1 = COLMAP default
+    num_threads: int = 1  # mapper threads; -1 = all cores. 1 is reproducible bit for bit
+    max_runtime_seconds: int = -1  # stop mapping after this many seconds (-1 = no limit)
+    colmap_verbose: bool = False  # let COLMAP print its INFO log (else warnings and errors only)
+
+    def __post_init__(self) -> None:
+        if self.camera_model not in SUPPORTED_CAMERA_MODELS:
+            raise ValueError(f"ReconConf.camera_model={self.camera_model!r} is not supported; "
+                             f"choose one of {SUPPORTED_CAMERA_MODELS}")
+        if not (np.isfinite(self.focal_prior_factor) and self.focal_prior_factor > 0):
+            raise ValueError("ReconConf.focal_prior_factor must be a positive number, got "
+                             f"{self.focal_prior_factor!r}")
+        minimum = {"min_model_size": 2, "max_models": 1, "max_model_overlap": 0,
+                   "min_num_matches": 1, "init_min_num_inliers": 1,
+                   "abs_pose_min_num_inliers": 1}
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ReconConf.{name} must be an integer >= {low}, got {value!r}")
+        for name in ("seed", "num_threads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"ReconConf.{name} must be an integer, got {value!r}")
+        if self.seed < -1:
+            raise ValueError(f"ReconConf.seed must be >= 0 (or -1 for COLMAP's default), "
+                             f"got {self.seed}")
+        if self.num_threads == 0 or self.num_threads < -1:
+            raise ValueError(f"ReconConf.num_threads must be >= 1 or -1 (all cores), got "
+                             f"{self.num_threads}")
+        runtime = self.max_runtime_seconds
+        if isinstance(runtime, bool) or not isinstance(runtime, int) or not (
+                runtime == -1 or runtime > 0):
+            raise ValueError("ReconConf.max_runtime_seconds must be an integer > 0 or -1 (no "
+                             f"limit), got {runtime!r}")
+
+    def cache_key(self) -> str:
+        """12 hex digits that change whenever an option that can change the result does."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in _NON_RESULT_FIELDS}
+        text = json.dumps({"cache_version": CACHE_VERSION, **values}, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def pipeline_options(self) -> pycolmap.IncrementalPipelineOptions:
+        """These options as pycolmap's IncrementalPipelineOptions."""
+        opts = pycolmap.IncrementalPipelineOptions()
+        opts.min_num_matches = self.min_num_matches
+        opts.multiple_models = self.max_models > 1
+        opts.max_num_models = self.max_models
+        opts.max_model_overlap = self.max_model_overlap
+        opts.min_model_size = self.min_model_size
+        opts.extract_colors = False  # colours are not needed; the images are never read
+        opts.ba_refine_focal_length = self.ba_refine_focal
+        opts.ba_refine_principal_point = self.ba_refine_principal_point
+        opts.ba_refine_extra_params = self.ba_refine_extra_params
+        opts.max_runtime_seconds = self.max_runtime_seconds
+        # The pipeline passes its seed and thread count down to the mapper and triangulator;
+        # setting them on the sub-options as well makes that explicit.
+        opts.random_seed = self.seed
+        opts.num_threads = self.num_threads
+        opts.mapper.random_seed = self.seed
+        opts.mapper.num_threads = self.num_threads
+        opts.triangulation.random_seed = self.seed
+        opts.mapper.init_min_num_inliers = self.init_min_num_inliers
+        opts.mapper.abs_pose_min_num_inliers = self.abs_pose_min_num_inliers
+        return opts
+
+
+# =========================================================================== results
+@dataclass(frozen=True, eq=False)
+class Model:
+    """One reconstructed model (its own world frame and scale).
+
+    poses: image name -> (R_cw (3, 3), t_cw (3,)), float64, world-to-camera
+        (``x_cam = R_cw @ X + t_cw``), for the registered images only.
+    num_points3D: number of triangulated 3D points.
+    points3D: (P, 3) float64 world coordinates of those points, in COLMAP point-id order.
+    intrinsics: image name -> K (3, 3) float64 as refined by COLMAP, pixels, in the OpenCV
+        convention (integer coordinates at pixel centres); distortion parameters left out.
+    """
+
+    poses: dict[str, tuple[np.ndarray, np.ndarray]]
+    num_points3D: int
+    points3D: np.ndarray
+    intrinsics: dict[str, np.ndarray]
+
+    @property
+    def num_registered(self) -> int:
+        """Number of registered images."""
+        return len(self.poses)
+
+
+def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
+    poses, intrinsics = {}, {}
+    for image_id in rec.reg_image_ids():
+        image = rec.image(image_id)
+        cam_from_world = image.cam_from_world()
+        poses[image.name] = (np.array(cam_from_world.rotation.matrix(), dtype=np.float64),
+                             np.array(cam_from_world.translation, dtype=np.float64).reshape(3))
+        K = np.array(image.camera.calibration_matrix(), dtype=np.float64)
+        K[:2, 2] -= OPENCV_TO_COLMAP_PIXEL
+        intrinsics[image.name] = K
+    points = [rec.points3D[point_id].xyz for point_id in sorted(rec.points3D.keys())]
+    points3D = np.array(points, dtype=np.float64).reshape(-1, 3)  # in point-id order
+    return Model(poses=dict(sorted(poses.items())), num_points3D=len(points3D),
+                 points3D=points3D, intrinsics=dict(sorted(intrinsics.items())))
+
+
+# =========================================================================== inputs
+def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) in pixels of an image file, as the feature stage sees it.
+
+    Decodes with ``cv2.IMREAD_UNCHANGED`` like ``src.utils_io.read_image_rgb``, so the EXIF
+    orientation is ignored there and here alike (keypoints and size agree).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    data = np.fromfile(path, dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ValueError(f"{path}: OpenCV cannot decode the image to read its size")
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def _check_keypoints(images: Sequence[str], keypoints: Mapping[str, np.ndarray]
+                     ) -> dict[str, np.ndarray]:
+    """Keypoints of the cluster's images as float64 (N, 2); ValueError for bad arrays."""
+    out = {}
+    for name in images:
+        if name not in keypoints:
+            raise ValueError(f"no keypoints given for image {name!r} (give an empty (0, 2) "
+                             "array for an image without keypoints)")
+        kpts = np.asarray(keypoints[name])
+        if kpts.ndim != 2 or kpts.shape[1] != 2:
+            raise ValueError(f"keypoints of {name!r} must have shape (N, 2), got {kpts.shape}")
+        kpts = kpts.astype(np.float64)
+        if not np.all(np.isfinite(kpts)):
+            raise ValueError(f"keypoints of {name!r} contain nan or inf")
+        out[name] = kpts
+    return out
+
+
+def _one_to_one(matches: np.ndarray) -> np.ndarray:
+    """Keep the first match of every keypoint on both sides (COLMAP assumes one-to-one)."""
+    _, first_a = np.unique(matches[:, 0], return_index=True)
+    kept = matches[np.sort(first_a)]
+    _, first_b = np.unique(kept[:, 1], return_index=True)
+    return kept[np.sort(first_b)]
+
+
+def _check_matches(images: Sequence[str], keypoints: Mapping[str, np.ndarray],
+                   matches: Mapping[PairKey, np.ndarray]) -> dict[PairKey, np.ndarray]:
+    """Matches between images of the cluster, keyed (a, b) as given, int64 (K, 2), one-to-one.
+
+    Pairs with an image outside ``images`` are skipped (the caller may pass the matches of a
+    whole dataset); a pair given in both orders, a pair of an image with itself, a bad shape
+    or an index out of range raise ValueError naming the pair.
+    """
+    in_cluster = set(images)
+    out: dict[PairKey, np.ndarray] = {}
+    seen: set[frozenset] = set()
+    skipped = 0
+    for key, pair_matches in matches.items():
+        if not (isinstance(key, tuple) and len(key) == 2):
+            raise ValueError(f"match keys must be (image_a, image_b) tuples, got {key!r}")
+        a, b = key
+        if a not in in_cluster or b not in in_cluster:
+            skipped += 1
+            continue
+        if a == b:
+            raise ValueError(f"matches of image {a!r} with itself are not allowed")
+        if frozenset(key) in seen:
+            raise ValueError(f"matches of the pair ({a!r}, {b!r}) are given twice (in both "
+                             "orders); give each pair once")
+        seen.add(frozenset(key))
+        m = np.asarray(pair_matches)
+        if m.size == 0:
+            continue
+        if m.ndim != 2 or m.shape[1] != 2 or not np.issubdtype(m.dtype, np.integer):
+            raise ValueError(f"matches of ({a!r}, {b!r}) must be an integer (K, 2) array, got "
+                             f"{m.dtype} {m.shape}")
+        m = m.astype(np.int64)
+        for side, name in ((0, a), (1, b)):
+            n_kpts = len(keypoints[name])
+            if m[:, side].min() < 0 or m[:, side].max() >= n_kpts:
+                raise ValueError(f"matches of ({a!r}, {b!r}): column {side} indexes keypoints "
+                                 f"of {name!r} out of range [0, {n_kpts})")
+        unique = _one_to_one(m)
+        if len(unique) < len(m):
+            log.debug("pair (%s, %s): dropped %d matches that reuse a keypoint", a, b,
+                      len(m) - len(unique))
+        out[key] = unique
+    if skipped:
+        log.debug("ignored %d matched pair(s) with an image outside the cluster", skipped)
+    return out
+
+
+def _fundamental_colmap(pts_a: np.ndarray, pts_b: np.ndarray) -> np.ndarray | None:
+    """F (3, 3) with x_b^T F x_a = 0 from already-verified correspondences (N, 2), by the
+    normalised 8-point method (no RANSAC); None below 8 points or if it fails."""
+    if len(pts_a) < 8:
+        return None
+    F, _ = cv2.findFundamentalMat(pts_a, pts_b, cv2.FM_8POINT)
+    if F is None or F.shape != (3, 3) or not np.all(np.isfinite(F)):
+        return None
+    return F.astype(np.float64)
+
+
+# =========================================================================== database
+def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
+                   images: Sequence[str], keypoints: Mapping[str, np.ndarray],
+                   matches: Mapping[PairKey, np.ndarray], conf: ReconConf = ReconConf(),
+                   image_sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """Write a COLMAP database for one cluster at ``db_path`` (replacing any old one).
+
+    images: the cluster's image names (files in ``image_dir``); image ids follow this order.
+    keypoints: name -> (N, 2) keypoints in original-image pixels, OpenCV convention.
+    matches: (a, b) -> (K, 2) verified inlier matches (indices into keypoints[a], [b]).
+        Pairs with an image outside ``images`` are ignored.
+    conf: the camera model and focal prior.
+    image_sizes: optional name -> (width, height) pixels, to avoid decoding the images.
+
+    Writes per image a camera (``conf.camera_model``, focal ``focal_prior_factor * max(W,
+    H)``, principal point at the centre, no prior focal length), a single-camera rig, a frame,
+    the image and its keypoints (shifted by +0.5 px to COLMAP's convention); per pair the
+    matches and a two-view geometry holding them as inliers, configuration UNCALIBRATED with
+    F from the 8-point method, so the mapper uses them as they are without re-verifying.
+    The file is built under a temporary name and renamed into place when complete.
+    """
+    image_dir = Path(image_dir)
+    images = list(images)
+    if len(set(images)) != len(images):
+        raise ValueError("build_database: image names are not unique")
+    kpts = _check_keypoints(images, keypoints)
+    pair_matches = _check_matches(images, kpts, matches)
+    sizes = {}
+    for name in images:
+        if image_sizes is not None and name in image_sizes:
+            width, height = (int(v) for v in image_sizes[name])
+        else:
+            width, height = read_image_size(image_dir / name)
+        x, y = kpts[name][:, 0], kpts[name][:, 1]
+        # OpenCV pixel centres span [-0.5, W - 0.5]; allow half a pixel more either side.
+        if len(x) and (min(x.min(), y.min()) < -1.0 or x.max() > width or y.max() > height):
+            raise ValueError(f"keypoints of {name!r} fall outside its {width}x{height} image "
+                             f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}):"
+                             " they must be in original-image pixels")
+        sizes[name] = (width, height)
+
+    with atomic_path(db_path) as tmp:
+        tmp.unlink()  # an empty file is not a database; let COLMAP create it
+        with pycolmap.Database.open(tmp) as db:
+            image_ids: dict[str, int] = {}
+            for name in images:
+                width, height = sizes[name]
+                camera = pycolmap.Camera.create_from_model_name(
+                    pycolmap.INVALID_CAMERA_ID, conf.camera_model,
+                    conf.focal_prior_factor * max(width, height), width, height)
+                camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
+                camera_id = db.write_camera(camera)
+                sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
+                rig = pycolmap.Rig()
+                rig.add_ref_sensor(sensor)
+                rig_id = db.write_rig(rig)
+                image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+                frame = pycolmap.Frame()
+                frame.rig_id = rig_id
+                frame.add_data_id(pycolmap.data_t(sensor, image_id))
+                db.write_frame(frame)
+                db.write_keypoints(image_id,
+                                   (kpts[name] + OPENCV_TO_COLMAP_PIXEL).astype(np.float32))
+                image_ids[name] = image_id
+            for (a, b), m in pair_matches.items():
+                if image_ids[a] > image_ids[b]:  # store every pair with id1 < id2
+                    a, b, m = b, a, m[:, ::-1]
+                m = np.ascontiguousarray(m, dtype=np.uint32)
+                db.write_matches(image_ids[a], image_ids[b], m)
+                geometry = pycolmap.TwoViewGeometry()
+                geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+                F = _fundamental_colmap(kpts[a][m[:, 0]] + OPENCV_TO_COLMAP_PIXEL,
+                                        kpts[b][m[:, 1]] + OPENCV_TO_COLMAP_PIXEL)
+                if F is not None:
+                    geometry.F = F
+                geometry.inlier_matches = m
+                db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
+
+
+# =========================================================================== mapping
+@contextlib.contextmanager
+def _colmap_log_level(verbose: bool) -> Iterator[None]:
+    """Show COLMAP's INFO log only when ``verbose``; restore the previous level afterwards."""
+    previous = pycolmap.logging.minloglevel
+    pycolmap.logging.minloglevel = previous if verbose else max(previous, 1)
+    try:
+        yield
+    finally:
+        pycolmap.logging.minloglevel = previous
+
+
+def _fingerprint(images: Sequence[str], keypoints: Mapping[str, np.ndarray],
+                 matches: Mapping[PairKey, np.ndarray], conf: ReconConf) -> str:
+    """SHA-1 of everything the models depend on: options, images, keypoints and matches."""
+    digest = hashlib.sha1()
+    digest.update(conf.cache_key().encode())
+    for name in images:
+        digest.update(b"\0image\0" + name.encode())
+        digest.update(np.ascontiguousarray(keypoints[name], dtype=np.float64).tobytes())
+    for (a, b) in sorted(matches):
+        digest.update(b"\0pair\0" + a.encode() + b"\0" + b.encode())
+        digest.update(np.ascontiguousarray(matches[(a, b)], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def load_models(models_dir: str | os.PathLike) -> list[Model] | None:
+    """The models cached in ``models_dir`` (see the module doc); None if there is no
+    complete cache there."""
+    models_dir = Path(models_dir)
+    try:
+        manifest = json.loads((models_dir / MANIFEST_FILE).read_text())
+        entries = manifest["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    models = []
+    for k, entry in enumerate(entries):
+        model = _model_from_reconstruction(pycolmap.Reconstruction(models_dir / str(k)))
+        if model.num_registered != entry["num_registered"]:
+            log.warning("cached model %s registers %d images but its manifest says %d; "
+                        "ignoring the cache", models_dir / str(k), model.num_registered,
+                        entry["num_registered"])
+            return None
+        models.append(model)
+    return models
+
+
+def _cached_fingerprint(models_dir: Path) -> str | None:
+    try:
+        return json.loads((models_dir / MANIFEST_FILE).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_models(models_dir: Path, reconstructions: list[pycolmap.Reconstruction],
+                  manifest: dict) -> None:
+    """Write the reconstructions and the manifest to a temporary folder, then swap it in."""
+    models_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{models_dir.name}.", suffix=".tmp",
+                                dir=models_dir.parent))
+    try:
+        for k, rec in enumerate(reconstructions):
+            (tmp / str(k)).mkdir()
+            rec.write(tmp / str(k))
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        if models_dir.exists():
+            shutil.rmtree(models_dir)
+        os.replace(tmp, models_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_leftovers(work_dir: Path) -> None:
+    """Delete temporary folders a killed run may have left in ``work_dir``."""
+    if not work_dir.is_dir():
+        return
+    for leftover in [*work_dir.glob(f"{_MAPPING_TMP_PREFIX}*"),
+                     *work_dir.glob(f".{MODELS_DIR}.*.tmp")]:
+        if leftover.is_dir():
+            log.debug("removing %s left by an interrupted run", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
+                keypoints: Mapping[str, np.ndarray], matches: Mapping[PairKey, np.ndarray],
+                work_dir: str | os.PathLike, conf: ReconConf = ReconConf(),
+                overwrite: bool = False, name: str | None = None,
+                image_sizes: Mapping[str, tuple[int, int]] | None = None) -> list[Model]:
+    """Incremental SfM of one cluster; the models, largest first.
+
+    image_dir: folder of the image files; images: the cluster's image names (unique).
+    keypoints, matches, image_sizes: as in :func:`build_database`.
+    work_dir: where the database and the cached models live (one folder per cluster).
+    overwrite: map again even if ``work_dir`` holds models for these inputs.
+    name: how log messages call the cluster (default: ``work_dir``).
+
+    Returns the models registering at least ``conf.min_model_size`` images, sorted by the
+    number of registered images (then 3D points), descending; an image may be registered
+    in more than one model (see :func:`poses_for_images`). Returns [] with no pycolmap call
+    for fewer than 2 images, and [] with a warning when no pair has
+    ``conf.min_num_matches`` matches, when the mapper finds no model, or when pycolmap raises
+    (that failure is not cached, so a later call tries again).
+    """
+    work_dir = Path(work_dir)
+    label = name or str(work_dir)
+    images = list(images)
+    if len(set(images)) != len(images):
+        raise ValueError(f"cluster {label}: image names are not unique")
+    if len(images) < 2:
+        log.info("cluster %s: %d image(s), nothing to reconstruct", label, len(images))
+        return []
+    kpts = _check_keypoints(images, keypoints)
+    pair_matches = _check_matches(images, kpts, matches)
+    usable = [key for key, m in pair_matches.items() if len(m) >= conf.min_num_matches]
+    if not usable:
+        log.warning("cluster %s: no image pair has %d or more verified matches (%d pair(s) "
+                    "given); no reconstruction, its %d images stay unregistered", label,
+                    conf.min_num_matches, len(pair_matches), len(images))
+        return []
+
+    models_dir = work_dir / MODELS_DIR
+    fingerprint = _fingerprint(images, kpts, pair_matches, conf)
+    if not overwrite:
+        cached_fp = _cached_fingerprint(models_dir)
+        if cached_fp == fingerprint:
+            models = load_models(models_dir)
+            if models is not None:
+                log.info("cluster %s: loaded %d cached model(s) from %s", label, len(models),
+                         models_dir)
+                if not models:
+                    log.warning("cluster %s: the cached run found no model of %d or more "
+                                "images (%s)", label, conf.min_model_size, models_dir)
+                return models
+        elif cached_fp is not None:
+            log.info("cluster %s: inputs or options changed since %s was written; mapping "
+                     "again", label, models_dir)
+
+    db_path = work_dir / DATABASE_FILE
+    options = conf.pipeline_options()
+    _remove_leftovers(work_dir)
+    build_database(db_path, image_dir, images, kpts, pair_matches, conf, image_sizes)
+    mapping_dir = Path(tempfile.mkdtemp(prefix=_MAPPING_TMP_PREFIX, dir=work_dir))
+    started = time.perf_counter()
+    try:
+        with _colmap_log_level(conf.colmap_verbose):
+            found = pycolmap.incremental_mapping(db_path, Path(image_dir), mapping_dir,
+                                                 options)
+    except Exception as exc:  # pycolmap raises RuntimeError/ValueError on failure
+        log.warning("cluster %s: pycolmap incremental mapping failed in %s (%s: %s); its %d "
+                    "images stay unregistered", label, work_dir, type(exc).__name__, exc,
+                    len(images))
+        return []
+    finally:
+        shutil.rmtree(mapping_dir, ignore_errors=True)
+    seconds = time.perf_counter() - started
+
+    reconstructions = [rec for rec in found.values()
+                       if rec.num_reg_images() >= conf.min_model_size]
+    reconstructions.sort(key=lambda r: (-r.num_reg_images(), -r.num_points3D()))
+    models = [_model_from_reconstruction(rec) for rec in reconstructions]
+    manifest = {
+        "fingerprint": fingerprint,
+        "cache_key": conf.cache_key(),
+        "conf": asdict(conf),
+        "num_images": len(images),
+        "mapping_seconds": round(seconds, 3),
+        "models": [{"num_registered": m.num_registered, "num_points3D": m.num_points3D}
+                   for m in models],
+    }
+    _write_models(models_dir, reconstructions, manifest)
+    registered = len({n for m in models for n in m.poses})
+    if not models:
+        log.warning("cluster %s: the mapper found no model of %d or more images (%d image(s),"
+                    " %d usable pair(s), %s); its images stay unregistered", label,
+                    conf.min_model_size, len(images), len(usable), work_dir)
+    else:
+        log.info("cluster %s: %d model(s) (%s images), %d/%d images registered, %.1f s",
+                 label, len(models), "+".join(str(m.num_registered) for m in models),
+                 registered, len(images), seconds)
+    return models
+
+
+# =========================================================================== poses
+def poses_for_images(models: Sequence[Model], images: Sequence[str]
+                     ) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+    """Image name -> (model_index, R_cw (3, 3), t_cw (3,)) for the registered images.
+
+    An image registered in several models takes its pose from the one registering the most
+    images (ties: the earlier in ``models``); ``model_index`` indexes ``models``. Images
+    registered nowhere are absent.
+    """
+    order = sorted(range(len(models)), key=lambda k: (-models[k].num_registered, k))
+    out = {}
+    for name in images:
+        for k in order:
+            if name in models[k].poses:
+                R_cw, t_cw = models[k].poses[name]
+                out[name] = (k, R_cw, t_cw)
+                break
+    return out

@@ -1,0 +1,319 @@
+"""Local features: SIFT on demo renders, pixel conventions, RootSIFT, the HDF5 cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from src import local_features as lf
+from src.demo_data import make_scene, render_view, sample_cameras
+from src.geometry import camera_centers, look_at_rotation
+from src.utils_io import write_image_rgb
+
+WIDTH, HEIGHT = 320, 240
+
+
+def render_scene_views(seed: int, sideways_steps: list[float]) -> list[np.ndarray]:
+    """Views (uint8 RGB) of one demo scene from a sampled camera moved sideways by each step
+    (world units), all looking at the scene's target; no photometric jitter."""
+    scene = make_scene(np.random.default_rng(seed))
+    K, R_cw, t_cw = sample_cameras(np.random.default_rng(seed + 1000), scene, 1, WIDTH, HEIGHT)
+    center = camera_centers(R_cw[0], t_cw[0])
+    side = np.cross(scene.target - center, [0.0, 0.0, 1.0])
+    side /= np.linalg.norm(side)
+    views = []
+    for step in sideways_steps:
+        C = center + step * side
+        R = look_at_rotation(C, scene.target)
+        views.append(render_view(scene, K[0], R, -R @ C, WIDTH, HEIGHT))
+    return views
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, np.ndarray]:
+    """Two views of scene A, one of scene B, a blank image."""
+    view_a0, view_a1 = render_scene_views(seed=0, sideways_steps=[0.0, 0.5])
+    (view_b0,) = render_scene_views(seed=1, sideways_steps=[0.0])
+    return {"a0.png": view_a0, "a1.png": view_a1, "b0.png": view_b0,
+            "blank.png": np.full((HEIGHT, WIDTH, 3), 128, np.uint8)}
+
+
+@pytest.fixture
+def image_dir(tmp_path, images):
+    folder = tmp_path / "demo_set"
+    for name, image in images.items():
+        write_image_rgb(folder / name, image)
+    return folder
+
+
+class CallCounter:
+    """Wraps the SIFT extractor's __call__, counting calls; optionally fails on call n."""
+
+    def __init__(self, monkeypatch, fail_on_call: int | None = None):
+        self.calls = 0
+        original = lf._SiftExtractor.__call__
+        counter = self
+
+        def counted(extractor, image):
+            counter.calls += 1
+            if fail_on_call is not None and counter.calls == fail_on_call:
+                raise RuntimeError("simulated crash")
+            return original(extractor, image)
+
+        monkeypatch.setattr(lf._SiftExtractor, "__call__", counted)
+
+
+# --------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("name", ["aliked", "disk"])
+def test_learned_features_are_refused_until_their_issue(name):
+    with pytest.raises(ValueError, match="learned-features issue"):
+        lf.FeatureConf(name=name)
+
+
+@pytest.mark.parametrize("field, value", [("name", "orb"), ("max_keypoints", 0),
+                                          ("max_keypoints", 10.5), ("max_image_side", 4),
+                                          ("root_sift", 1), ("contrast_threshold", 0.0)])
+def test_bad_configuration_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"FeatureConf.{field}"):
+        lf.FeatureConf(**{field: value})
+
+
+def test_cache_key_is_stable_and_depends_on_every_field():
+    default = lf.FeatureConf()
+    assert default.cache_key() == lf.FeatureConf().cache_key()
+    assert default.cache_key().startswith("sift-4096-1600-")
+    others = [lf.FeatureConf(max_keypoints=100), lf.FeatureConf(max_image_side=800),
+              lf.FeatureConf(root_sift=False), lf.FeatureConf(upright=True),
+              lf.FeatureConf(contrast_threshold=0.02)]
+    keys = {conf.cache_key() for conf in [default, *others]}
+    assert len(keys) == 1 + len(others)
+
+
+# --------------------------------------------------------------------------- one image
+def test_features_have_documented_shapes_and_lie_inside_the_image(images):
+    features = lf.extract_features(images["a0.png"], lf.FeatureConf())
+    n = len(features)
+    assert 150 < n <= 4096  # several hundred on a 320 x 240 render
+    assert features.keypoints.shape == (n, 2) and features.keypoints.dtype == np.float32
+    assert features.descriptors.shape == (n, 128) and features.descriptors.dtype == np.float32
+    assert features.scores.shape == (n,) and features.scores.dtype == np.float32
+    assert features.image_size == (HEIGHT, WIDTH)
+    x, y = features.keypoints.T
+    assert x.min() >= -0.5 and x.max() <= WIDTH - 0.5
+    assert y.min() >= -0.5 and y.max() <= HEIGHT - 0.5
+    assert np.all(np.diff(features.scores) <= 0)  # strongest first
+
+
+def test_max_keypoints_keeps_the_strongest(images):
+    everything = lf.extract_features(images["a0.png"], lf.FeatureConf())
+    few = lf.extract_features(images["a0.png"], lf.FeatureConf(max_keypoints=50))
+    assert len(few) == 50
+    np.testing.assert_allclose(few.scores, everything.scores[:50], rtol=1e-6)
+
+
+def test_root_sift_is_the_square_root_of_l1_normalised_sift(images):
+    plain = lf.extract_features(images["a0.png"], lf.FeatureConf(root_sift=False))
+    root = lf.extract_features(images["a0.png"], lf.FeatureConf(root_sift=True))
+    np.testing.assert_array_equal(plain.keypoints, root.keypoints)
+    assert np.all(root.descriptors >= 0)
+    np.testing.assert_allclose(np.linalg.norm(root.descriptors, axis=1), 1.0, atol=1e-5)
+    expected = np.sqrt(plain.descriptors / plain.descriptors.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(root.descriptors, expected, atol=1e-5)
+
+
+def test_downscaled_detection_maps_keypoints_back_to_original_pixels(images):
+    small = images["a0.png"]
+    # every pixel as a 2 x 2 block: area-downscaling by 2 gives back exactly `small`
+    big = cv2.resize(small, (2 * WIDTH, 2 * HEIGHT), interpolation=cv2.INTER_NEAREST)
+    conf = lf.FeatureConf(max_image_side=WIDTH)
+    on_small = lf.extract_features(small, conf)
+    on_big = lf.extract_features(big, conf)
+    assert on_big.image_size == (2 * HEIGHT, 2 * WIDTH)
+    assert len(on_big) == len(on_small)
+    # pixel-centre convention: x_big = 2 (x_small + 0.5) - 0.5
+    np.testing.assert_allclose(on_big.keypoints, 2 * (on_small.keypoints + 0.5) - 0.5, atol=1e-3)
+    np.testing.assert_allclose(on_big.descriptors, on_small.descriptors, atol=1e-6)
+
+
+def test_keypoints_follow_the_pixel_centre_convention(images):
+    """Detected at full size on a 2x upscale (cv2.resize keeps pixel centres), keypoints
+    land where the same features are in the small image after x -> (x + 0.5) / 2 - 0.5;
+    the corner convention (x / 2) would be off by a quarter pixel."""
+    small = images["a0.png"]
+    big = cv2.resize(small, (2 * WIDTH, 2 * HEIGHT), interpolation=cv2.INTER_CUBIC)
+    on_small = lf.extract_features(small, lf.FeatureConf())
+    on_big = lf.extract_features(big, lf.FeatureConf())
+    mapped = (on_big.keypoints + 0.5) / 2 - 0.5
+    distance, nearest = cKDTree(on_small.keypoints).query(mapped)
+    close = distance < 1.0
+    assert close.sum() > 100
+    offset = np.median(mapped[close] - on_small.keypoints[nearest[close]], axis=0)
+    assert np.all(np.abs(offset) < 0.08), offset
+
+
+def test_upright_gives_one_keypoint_per_location(images):
+    conf = lf.FeatureConf(upright=True, max_keypoints=300)
+    features = lf.extract_features(images["a0.png"], conf)
+    assert 100 < len(features) <= 300
+    assert len(np.unique(features.keypoints, axis=0)) == len(features)
+    np.testing.assert_allclose(np.linalg.norm(features.descriptors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("image", [np.zeros((HEIGHT, WIDTH, 3), np.uint8),
+                                   np.full((HEIGHT, WIDTH, 3), 200, np.uint8),
+                                   np.zeros((5, 7, 3), np.uint8),
+                                   np.full((1, 1, 3), 255, np.uint8)],
+                         ids=["black", "grey", "tiny", "one-pixel"])
+def test_blank_and_tiny_images_give_no_keypoints(image):
+    features = lf.extract_features(image, lf.FeatureConf())
+    assert len(features) == 0
+    assert features.keypoints.shape == (0, 2) and features.descriptors.shape == (0, 128)
+    assert features.scores.shape == (0,)
+    assert features.image_size == image.shape[:2]
+
+
+def test_grayscale_input_matches_rgb_and_bad_input_is_refused(images):
+    rgb = images["b0.png"]
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    np.testing.assert_array_equal(lf.extract_features(gray).keypoints,
+                                  lf.extract_features(rgb).keypoints)
+    with pytest.raises(ValueError, match="uint8"):
+        lf.extract_features(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="RGB"):
+        lf.extract_features(np.zeros((10, 10, 4), np.uint8))
+
+
+# --------------------------------------------------------------------------- the cache
+def test_extract_dataset_stores_what_extract_features_returns(image_dir, images, tmp_path):
+    conf = lf.FeatureConf()
+    cache = tmp_path / f"features-{conf.cache_key()}.h5"
+    assert lf.extract_dataset(image_dir, list(images), conf, cache) == cache
+    loaded = lf.load_all_features(cache)
+    assert set(loaded) == set(images)
+    for name, image in images.items():
+        expected = lf.extract_features(image, conf)
+        np.testing.assert_array_equal(loaded[name].keypoints, expected.keypoints)
+        np.testing.assert_array_equal(loaded[name].descriptors, expected.descriptors)
+        np.testing.assert_array_equal(loaded[name].scores, expected.scores)
+        assert loaded[name].image_size == (HEIGHT, WIDTH)
+    assert len(loaded["blank.png"]) == 0
+    one = lf.load_features(cache, "a1.png")
+    np.testing.assert_array_equal(one.keypoints, loaded["a1.png"].keypoints)
+    with h5py.File(cache) as h5:
+        assert set(h5) == set(images)
+        assert tuple(h5["a0.png"].attrs["image_size"]) == (HEIGHT, WIDTH)
+        assert h5.attrs["config"] == conf.to_json()
+    with pytest.raises(KeyError, match="nope.png"):
+        lf.load_features(cache, "nope.png")
+    assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def test_second_call_skips_and_overwrite_recomputes(image_dir, images, tmp_path,
+                                                    monkeypatch):
+    conf = lf.FeatureConf()
+    cache = tmp_path / "features.h5"
+    counter = CallCounter(monkeypatch)
+    lf.extract_dataset(image_dir, list(images), conf, cache)
+    assert counter.calls == len(images)
+    mtime = os.stat(cache).st_mtime_ns
+    lf.extract_dataset(image_dir, list(images), conf, cache)
+    assert counter.calls == len(images) and os.stat(cache).st_mtime_ns == mtime
+    lf.extract_dataset(image_dir, list(images), conf, cache, overwrite=True)
+    assert counter.calls == 2 * len(images)
+    assert set(lf.load_all_features(cache)) == set(images)
+
+
+def test_new_images_are_added_without_redoing_old_ones(image_dir, images, tmp_path,
+                                                       monkeypatch):
+    conf = lf.FeatureConf(max_keypoints=100)
+    cache = tmp_path / "features.h5"
+    counter = CallCounter(monkeypatch)
+    lf.extract_dataset(image_dir, ["a0.png", "a1.png"], conf, cache)
+    lf.extract_dataset(image_dir, list(images), conf, cache)
+    assert counter.calls == len(images)
+    assert set(lf.load_all_features(cache)) == set(images)
+
+
+def test_corrupt_and_missing_images_are_logged_and_stored_empty(image_dir, tmp_path, caplog):
+    (image_dir / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a JPEG")
+    cache = tmp_path / "features.h5"
+    with caplog.at_level(logging.WARNING, logger="src.local_features"):
+        lf.extract_dataset(image_dir, ["a0.png", "broken.jpg", "gone.png"], lf.FeatureConf(),
+                           cache)
+    assert "broken.jpg" in caplog.text and "gone.png" in caplog.text
+    loaded = lf.load_all_features(cache)
+    for name in ("broken.jpg", "gone.png"):
+        assert len(loaded[name]) == 0 and loaded[name].descriptors.shape == (0, 128)
+        assert loaded[name].image_size == (0, 0)
+    assert len(loaded["a0.png"]) > 100
+    with h5py.File(cache) as h5:
+        assert "cannot decode" in h5["broken.jpg"].attrs["error"]
+        assert "error" not in h5["a0.png"].attrs
+
+
+def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(image_dir, images,
+                                                                     tmp_path, monkeypatch):
+    conf = lf.FeatureConf(max_keypoints=200)
+    cache = tmp_path / "features.h5"
+    names = list(images)
+    with monkeypatch.context() as patch:
+        CallCounter(patch, fail_on_call=3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            lf.extract_dataset(image_dir, names, conf, cache)
+    assert not cache.exists()  # nothing published...
+    assert lf._partial_path(cache).exists()  # ...but the work so far is kept
+    counter = CallCounter(monkeypatch)
+    lf.extract_dataset(image_dir, names, conf, cache)
+    assert counter.calls == len(names) - 2  # the two images done before the crash are kept
+    assert set(lf.load_all_features(cache)) == set(names)
+    assert not lf._partial_path(cache).exists()
+
+
+def test_a_crash_keeps_the_previous_cache_intact(image_dir, tmp_path, monkeypatch):
+    conf = lf.FeatureConf(max_keypoints=200)
+    cache = tmp_path / "features.h5"
+    lf.extract_dataset(image_dir, ["a0.png"], conf, cache)
+    before = cache.read_bytes()
+    with monkeypatch.context() as patch:
+        CallCounter(patch, fail_on_call=1)
+        with pytest.raises(RuntimeError):
+            lf.extract_dataset(image_dir, ["a0.png", "a1.png"], conf, cache)
+    assert cache.read_bytes() == before
+    assert set(lf.load_all_features(cache)) == {"a0.png"}
+
+
+def test_an_unreadable_leftover_is_discarded(image_dir, tmp_path, caplog):
+    cache = tmp_path / "features.h5"
+    lf._partial_path(cache).write_bytes(b"killed mid-write")
+    with caplog.at_level(logging.WARNING, logger="src.local_features"):
+        lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(), cache)
+    assert "starting over" in caplog.text
+    assert set(lf.load_all_features(cache)) == {"a0.png"}
+
+
+def test_a_cache_of_another_configuration_is_refused(image_dir, tmp_path):
+    cache = tmp_path / "features.h5"
+    lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(max_keypoints=100), cache)
+    with pytest.raises(ValueError, match="features.h5 was written with configuration"):
+        lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(max_keypoints=200), cache)
+    lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(max_keypoints=200), cache,
+                       overwrite=True)
+    assert len(lf.load_features(cache, "a0.png")) == 200
+
+
+def test_names_with_slashes_round_trip_and_bad_inputs_are_named(image_dir, images, tmp_path):
+    write_image_rgb(image_dir / "sub" / "50%.png", images["b0.png"])
+    cache = tmp_path / "features.h5"
+    lf.extract_dataset(image_dir, ["sub/50%.png", "a0.png"], lf.FeatureConf(), cache)
+    assert set(lf.load_all_features(cache)) == {"sub/50%.png", "a0.png"}
+    assert len(lf.load_features(cache, "sub/50%.png")) > 100
+    with pytest.raises(FileNotFoundError, match="no_such_folder"):
+        lf.extract_dataset(tmp_path / "no_such_folder", ["a0.png"], lf.FeatureConf(), cache)
+    with pytest.raises(ValueError, match="repeated"):
+        lf.extract_dataset(image_dir, ["a0.png", "a0.png"], lf.FeatureConf(), cache)

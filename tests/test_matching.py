@@ -1,0 +1,297 @@
+"""Matching and verification: mutual NN + ratio test, F against true poses, the HDF5 cache."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from src import matching
+from src.demo_data import make_scene, render_view, sample_cameras
+from src.geometry import camera_centers, look_at_rotation
+from src.local_features import FeatureConf, extract_dataset, load_all_features
+from src.matching import (MatchConf, load_pair, load_verified_matches, match_and_verify,
+                          match_descriptors, verify_matches)
+from src.utils_io import write_image_rgb
+
+WIDTH, HEIGHT = 320, 240
+
+
+def render_scene_views(seed: int, sideways_steps: list[float]):
+    """Views of one demo scene from a sampled camera moved sideways by each step (world
+    units), all looking at the scene's target; no photometric jitter.
+    Returns [(image uint8 RGB, K, R_cw, t_cw)]."""
+    scene = make_scene(np.random.default_rng(seed))
+    K, R_cw, t_cw = sample_cameras(np.random.default_rng(seed + 1000), scene, 1, WIDTH, HEIGHT)
+    center = camera_centers(R_cw[0], t_cw[0])
+    side = np.cross(scene.target - center, [0.0, 0.0, 1.0])
+    side /= np.linalg.norm(side)
+    views = []
+    for step in sideways_steps:
+        C = center + step * side
+        R = look_at_rotation(C, scene.target)
+        t = -R @ C
+        views.append((render_view(scene, K[0], R, t, WIDTH, HEIGHT), K[0], R, t))
+    return views
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def true_fundamental(K_a, R_a, t_a, K_b, R_b, t_b) -> np.ndarray:
+    """F with x_b^T F x_a = 0 from world-to-camera poses: relative pose R = R_b R_a^T,
+    t = t_b - R t_a, E = [t]x R, F = K_b^-T E K_a^-1."""
+    R = R_b @ R_a.T
+    t = t_b - R @ t_a
+    return np.linalg.inv(K_b).T @ skew(t) @ R @ np.linalg.inv(K_a)
+
+
+def epipolar_distance(F: np.ndarray, x_a: np.ndarray, x_b: np.ndarray) -> np.ndarray:
+    """Mean of the two point-to-epipolar-line distances (pixels) per correspondence."""
+    h_a = np.c_[x_a, np.ones(len(x_a))]
+    h_b = np.c_[x_b, np.ones(len(x_b))]
+    lines_b, lines_a = h_a @ F.T, h_b @ F
+    residual = np.abs(np.sum(h_b * lines_b, axis=1))
+    return 0.5 * (residual / np.linalg.norm(lines_b[:, :2], axis=1)
+                  + residual / np.linalg.norm(lines_a[:, :2], axis=1))
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    """Name -> (image, K, R_cw, t_cw): two views of scene A, one of scene B, a blank."""
+    (a0, a1) = render_scene_views(seed=0, sideways_steps=[0.0, 0.5])
+    (b0,) = render_scene_views(seed=1, sideways_steps=[0.0])
+    blank = (np.full((HEIGHT, WIDTH, 3), 90, np.uint8), None, None, None)
+    return {"a0.png": a0, "a1.png": a1, "b0.png": b0, "blank.png": blank}
+
+
+@pytest.fixture(scope="module")
+def features_path(scenes, tmp_path_factory):
+    root = tmp_path_factory.mktemp("matching")
+    for name, (image, *_pose) in scenes.items():
+        write_image_rgb(root / "images" / name, image)
+    conf = FeatureConf()
+    return extract_dataset(root / "images", list(scenes), conf,
+                           root / f"features-{conf.cache_key()}.h5")
+
+
+@pytest.fixture(scope="module")
+def features(features_path):
+    return load_all_features(features_path)
+
+
+PAIRS = [("a0.png", "a1.png"), ("a0.png", "b0.png"), ("a1.png", "blank.png"),
+         ("a1.png", "b0.png")]
+
+
+class MatchCounter:
+    """Wraps matching.match_descriptors, counting calls; optionally fails on call n."""
+
+    def __init__(self, monkeypatch, fail_on_call: int | None = None):
+        self.calls = 0
+        original = matching.match_descriptors
+        counter = self
+
+        def counted(desc_a, desc_b, conf):
+            counter.calls += 1
+            if fail_on_call is not None and counter.calls == fail_on_call:
+                raise RuntimeError("simulated crash")
+            return original(desc_a, desc_b, conf)
+
+        monkeypatch.setattr(matching, "match_descriptors", counted)
+
+
+# --------------------------------------------------------------------------- configuration
+@pytest.mark.parametrize("field, value", [("verifier", "loransac"), ("ratio", 0.0),
+                                          ("ratio", 1.5), ("min_matches", -1),
+                                          ("mutual", "yes"), ("confidence", 1.0),
+                                          ("ransac_threshold_px", 0), ("max_iterations", 0)])
+def test_bad_configuration_is_refused(field, value):
+    with pytest.raises(ValueError, match=f"MatchConf.{field}"):
+        MatchConf(**{field: value})
+
+
+def test_cache_key_is_stable_and_depends_on_every_field():
+    assert MatchConf().cache_key() == MatchConf().cache_key()
+    assert MatchConf().cache_key().startswith("mnn0.8-opencv-magsac-")
+    confs = [MatchConf(), MatchConf(ratio=0.9), MatchConf(mutual=False),
+             MatchConf(min_matches=20), MatchConf(verifier="pycolmap"),
+             MatchConf(ransac_threshold_px=2.0), MatchConf(confidence=0.999),
+             MatchConf(max_iterations=500), MatchConf(min_inliers=30)]
+    assert len({conf.cache_key() for conf in confs}) == len(confs)
+
+
+# --------------------------------------------------------------------------- descriptors
+def test_mutual_nearest_neighbours_recover_known_correspondences():
+    rng = np.random.default_rng(0)
+    desc_a = rng.normal(size=(60, 32)).astype(np.float32)
+    # b: a shuffled noisy copy of the first 40 rows of a, plus 25 unrelated descriptors
+    order = rng.permutation(40)
+    desc_b = np.concatenate([desc_a[order] + 0.05 * rng.normal(size=(40, 32)),
+                             rng.normal(size=(25, 32))]).astype(np.float32)
+    matches = match_descriptors(desc_a, desc_b, MatchConf())
+    assert matches.dtype == np.int32 and matches.shape[1] == 2
+    expected = {(int(a), int(b)) for b, a in enumerate(order)}
+    assert {tuple(m) for m in matches.tolist()} == expected
+
+
+def test_non_mutual_and_ambiguous_matches_are_rejected():
+    # a0 and a1 both have b0 as nearest neighbour, but b0's nearest is a1
+    desc_a = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)
+    desc_b = np.array([[0.9, 0.0], [10.0, 10.0]], np.float32)
+    assert match_descriptors(desc_a, desc_b, MatchConf()).tolist() == [[1, 0]]
+    assert match_descriptors(desc_a, desc_b, MatchConf(mutual=False)).tolist() == \
+        [[0, 0], [1, 0]]
+    # nearest at 1.0, second nearest at 1.1: ratio 0.91 fails 0.8 but passes 0.95
+    desc_a = np.array([[0.0, 0.0]], np.float32)
+    desc_b = np.array([[1.0, 0.0], [-1.1, 0.0]], np.float32)
+    assert len(match_descriptors(desc_a, desc_b, MatchConf(ratio=0.8))) == 0
+    assert match_descriptors(desc_a, desc_b, MatchConf(ratio=0.95)).tolist() == [[0, 0]]
+
+
+def test_tied_rows_give_one_match_per_column():
+    desc_a = np.array([[0.0, 0.0], [0.0, 0.0]], np.float32)
+    desc_b = np.array([[0.0, 0.1], [5.0, 5.0]], np.float32)
+    assert match_descriptors(desc_a, desc_b, MatchConf()).tolist() == [[0, 0]]
+
+
+def test_empty_and_single_descriptor_sets():
+    some = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+    empty = np.zeros((0, 8), np.float32)
+    for a, b in [(empty, some), (some, empty), (empty, empty)]:
+        matches = match_descriptors(a, b, MatchConf())
+        assert matches.shape == (0, 2) and matches.dtype == np.int32
+    # a single descriptor in b has no second neighbour: the ratio test cannot reject it
+    assert match_descriptors(some, some[2:3], MatchConf()).tolist() == [[2, 0]]
+    with pytest.raises(ValueError, match="one D"):
+        match_descriptors(some, np.zeros((3, 4), np.float32), MatchConf())
+
+
+# --------------------------------------------------------------------------- verification
+@pytest.mark.parametrize("verifier", ["opencv-magsac", "pycolmap"])
+def test_same_scene_pair_verifies_with_the_true_epipolar_geometry(scenes, features, verifier):
+    conf = MatchConf(verifier=verifier)
+    fa, fb = features["a0.png"], features["a1.png"]
+    matches = match_descriptors(fa.descriptors, fb.descriptors, conf)
+    mask, F = verify_matches(fa.keypoints, fb.keypoints, matches, conf,
+                             image_sizes=(fa.image_size, fb.image_size))
+    assert mask.shape == (len(matches),) and mask.dtype == bool
+    assert mask.sum() >= 100 and mask.mean() > 0.8
+    F_true = true_fundamental(*scenes["a0.png"][1:], *scenes["a1.png"][1:])
+    inliers = matches[mask]
+    x_a, x_b = fa.keypoints[inliers[:, 0]], fb.keypoints[inliers[:, 1]]
+    assert epipolar_distance(F_true, x_a, x_b).mean() < 1.0
+    # the estimated F agrees with the true one on the matches the truth calls correct
+    putative_a, putative_b = fa.keypoints[matches[:, 0]], fb.keypoints[matches[:, 1]]
+    correct = epipolar_distance(F_true, putative_a, putative_b) < 1.0
+    assert F is not None and F.shape == (3, 3)
+    assert epipolar_distance(F, putative_a[correct], putative_b[correct]).mean() < 1.0
+    assert np.mean(mask[correct]) > 0.9
+
+
+def test_different_scene_pair_is_rejected(features):
+    conf = MatchConf()
+    fa, fb = features["a0.png"], features["b0.png"]
+    matches = match_descriptors(fa.descriptors, fb.descriptors, conf)
+    mask, F = verify_matches(fa.keypoints, fb.keypoints, matches, conf)
+    assert len(matches) < 50
+    assert mask.sum() < conf.min_inliers and F is None
+
+
+def test_too_few_matches_give_no_inliers(features):
+    fa, fb = features["a0.png"], features["a1.png"]
+    matches = match_descriptors(fa.descriptors, fb.descriptors, MatchConf())[:7]
+    mask, F = verify_matches(fa.keypoints, fb.keypoints, matches,
+                             MatchConf(min_matches=0, min_inliers=0))
+    assert mask.shape == (7,) and not mask.any() and F is None
+    mask, F = verify_matches(fa.keypoints, fb.keypoints, np.zeros((0, 2), np.int32))
+    assert mask.shape == (0,) and F is None
+
+
+# --------------------------------------------------------------------------- the stage
+def test_match_and_verify_table_and_cache(features_path, features, tmp_path):
+    conf = MatchConf()
+    cache = tmp_path / f"matches-{conf.cache_key()}.h5"
+    table = match_and_verify(features_path, PAIRS, conf, cache)
+    assert list(table.columns) == ["image_a", "image_b", "matches", "inliers"]
+    assert list(zip(table.image_a, table.image_b)) == PAIRS
+    by_pair = table.set_index(["image_a", "image_b"])
+    assert by_pair.loc[("a0.png", "a1.png"), "inliers"] >= 100
+    assert by_pair.loc[("a0.png", "b0.png"), "inliers"] < conf.min_inliers
+    assert by_pair.loc[("a1.png", "b0.png"), "inliers"] < conf.min_inliers
+    assert tuple(by_pair.loc[("a1.png", "blank.png")]) == (0, 0)
+
+    verified = load_verified_matches(cache)
+    assert set(verified) == set(PAIRS)
+    for image_a, image_b, n_matches, n_inliers in table.itertuples(index=False):
+        putative, inliers, F = load_pair(cache, image_a, image_b)
+        assert len(putative) == n_matches and len(inliers) == n_inliers
+        assert putative.dtype == inliers.dtype == np.int32
+        np.testing.assert_array_equal(verified[(image_a, image_b)], inliers)
+        assert (F is None) == (n_inliers == 0)
+        # inliers are a subset of the putative matches, indices within the keypoints
+        assert {tuple(m) for m in inliers.tolist()} <= {tuple(m) for m in putative.tolist()}
+        if len(putative):
+            assert putative[:, 0].max() < len(features[image_a])
+            assert putative[:, 1].max() < len(features[image_b])
+    with h5py.File(cache) as h5:
+        assert h5["a0.png/a1.png"].attrs["image_a"] == "a0.png"
+        assert h5["a0.png/a1.png"]["inliers"].shape == (by_pair.loc[("a0.png", "a1.png"),
+                                                                    "inliers"], 2)
+    with pytest.raises(KeyError, match="b0.png"):
+        load_pair(cache, "b0.png", "a0.png")
+
+
+def test_second_call_skips_and_overwrite_recomputes(features_path, tmp_path, monkeypatch):
+    conf = MatchConf()
+    cache = tmp_path / "matches.h5"
+    counter = MatchCounter(monkeypatch)
+    first = match_and_verify(features_path, PAIRS, conf, cache)
+    assert counter.calls == len(PAIRS)
+    mtime = os.stat(cache).st_mtime_ns
+    again = match_and_verify(features_path, PAIRS, conf, cache)
+    assert counter.calls == len(PAIRS) and os.stat(cache).st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(first, again)
+    match_and_verify(features_path, PAIRS, conf, cache, overwrite=True)
+    assert counter.calls == 2 * len(PAIRS)
+    # new pairs are added; the old ones are not redone; duplicates are matched once
+    more = PAIRS + [("b0.png", "a0.png"), ("a0.png", "a1.png")]
+    table = match_and_verify(features_path, more, conf, cache)
+    assert counter.calls == 2 * len(PAIRS) + 1
+    assert len(table) == len(more)
+
+
+def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(features_path, tmp_path,
+                                                                     monkeypatch):
+    conf = MatchConf()
+    cache = tmp_path / "matches.h5"
+    with monkeypatch.context() as patch:
+        MatchCounter(patch, fail_on_call=3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            match_and_verify(features_path, PAIRS, conf, cache)
+    assert not cache.exists()
+    counter = MatchCounter(monkeypatch)
+    table = match_and_verify(features_path, PAIRS, conf, cache)
+    assert counter.calls == len(PAIRS) - 2
+    assert list(zip(table.image_a, table.image_b)) == PAIRS
+    assert set(load_verified_matches(cache)) == set(PAIRS)
+
+
+def test_bad_pairs_and_mismatched_caches_are_refused(features_path, tmp_path):
+    cache = tmp_path / "matches.h5"
+    with pytest.raises(ValueError, match="'a0.png' with itself"):
+        match_and_verify(features_path, [("a0.png", "a0.png")], MatchConf(), cache)
+    with pytest.raises(KeyError, match="nope.png"):
+        match_and_verify(features_path, [("a0.png", "nope.png")], MatchConf(), cache)
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        match_and_verify(tmp_path / "missing.h5", PAIRS, MatchConf(), cache)
+    match_and_verify(features_path, PAIRS[:1], MatchConf(), cache)
+    with pytest.raises(ValueError, match="matches.h5 was written with configuration"):
+        match_and_verify(features_path, PAIRS[:1], MatchConf(ratio=0.9), cache)
+    table = match_and_verify(features_path, PAIRS[:1], MatchConf(ratio=0.9), cache,
+                             overwrite=True)
+    assert table.inliers.iloc[0] >= 100

@@ -1,0 +1,365 @@
+"""Incremental SfM of a cluster from our keypoints and matches, on rendered demo views.
+
+Keypoints and verified matches come from OpenCV SIFT + ratio test + MAGSAC here in the test,
+so these tests do not depend on the project's own feature and matching stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pycolmap
+import pytest
+
+from src.demo_data import make_scene, render_view, sample_cameras
+from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
+from src.reconstruction import (Model, ReconConf, build_database, load_models,
+                                poses_for_images, read_image_size, reconstruct)
+
+WIDTH, HEIGHT = 320, 240
+N_VIEWS = 10
+SCENE_SEED = 4  # a scene whose 10 random views are all connected by matches
+STRANGER_SEED = 11  # an unrelated scene that gives the cluster an unregistrable image
+
+
+@dataclass
+class Cluster:
+    """Rendered views of one scene plus one view of another, with SIFT keypoints and
+    verified matches over all pairs."""
+
+    image_dir: Path
+    names: list[str]  # the scene's views, then "stranger.png"
+    K: np.ndarray  # (N_VIEWS, 3, 3) ground truth of the scene's views
+    R_cw: np.ndarray  # (N_VIEWS, 3, 3)
+    t_cw: np.ndarray  # (N_VIEWS, 3)
+    keypoints: dict[str, np.ndarray]
+    matches: dict[tuple[str, str], np.ndarray]
+
+    @property
+    def scene_views(self) -> list[str]:
+        return self.names[:N_VIEWS]
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+
+
+def _sift_matches(image_dir: Path, names: list[str]
+                  ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """SIFT keypoints (N, 2) float32 and MAGSAC-verified ratio-test matches for all pairs."""
+    sift = cv2.SIFT_create(nfeatures=2000)
+    keypoints, descriptors = {}, {}
+    for name in names:
+        gray = cv2.imread(str(image_dir / name), cv2.IMREAD_GRAYSCALE)
+        kps, desc = sift.detectAndCompute(gray, None)
+        keypoints[name] = np.array([k.pt for k in kps], np.float32).reshape(-1, 2)
+        descriptors[name] = desc
+    matcher = cv2.BFMatcher(cv2.NORM_L2)
+    matches = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if descriptors[a] is None or descriptors[b] is None:
+                continue
+            knn = matcher.knnMatch(descriptors[a], descriptors[b], k=2)
+            m = np.array([[p[0].queryIdx, p[0].trainIdx] for p in knn
+                          if len(p) == 2 and p[0].distance < 0.8 * p[1].distance],
+                         np.int32).reshape(-1, 2)
+            if len(m) < 8:
+                continue
+            F, mask = cv2.findFundamentalMat(keypoints[a][m[:, 0]], keypoints[b][m[:, 1]],
+                                             cv2.USAC_MAGSAC, 1.0, 0.999, 10000)
+            if F is None:
+                continue
+            inliers = m[mask.ravel().astype(bool)]
+            if len(inliers) >= 15:
+                matches[(a, b)] = inliers
+    return keypoints, matches
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Cluster:
+    image_dir = tmp_path_factory.mktemp("cluster_images")
+    rng = np.random.default_rng(SCENE_SEED)
+    scene = make_scene(rng)
+    K, R_cw, t_cw = sample_cameras(rng, scene, N_VIEWS, WIDTH, HEIGHT)
+    names = [f"view{i:02d}.png" for i in range(N_VIEWS)]
+    for i, name in enumerate(names):
+        _write_png(image_dir / name, render_view(scene, K[i], R_cw[i], t_cw[i], WIDTH, HEIGHT))
+    other_rng = np.random.default_rng(STRANGER_SEED)
+    other = make_scene(other_rng)
+    K_o, R_o, t_o = sample_cameras(other_rng, other, 1, WIDTH, HEIGHT)
+    _write_png(image_dir / "stranger.png", render_view(other, K_o[0], R_o[0], t_o[0], WIDTH,
+                                                       HEIGHT))
+    names.append("stranger.png")
+    keypoints, matches = _sift_matches(image_dir, names)
+    return Cluster(image_dir, names, K, R_cw, t_cw, keypoints, matches)
+
+
+@pytest.fixture(scope="module")
+def mapped(cluster, tmp_path_factory):
+    """One reconstruction of the cluster with the default options, and its wall time."""
+    work_dir = tmp_path_factory.mktemp("mapped")
+    started = time.perf_counter()
+    models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                         work_dir, ReconConf())
+    return models, work_dir, time.perf_counter() - started
+
+
+def _pose_errors(cluster: Cluster, poses: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    """Camera-centre errors (after a similarity alignment) as fractions of the camera spread,
+    and the errors (degrees) of all pairwise relative rotations, over the registered views."""
+    names = [n for n in cluster.scene_views if n in poses]
+    idx = [cluster.names.index(n) for n in names]
+    R_est = np.array([poses[n][-2] for n in names])
+    t_est = np.array([poses[n][-1] for n in names])
+    C_est = camera_centers(R_est, t_est)
+    C_true = camera_centers(cluster.R_cw[idx], cluster.t_cw[idx])
+    s, R, t = umeyama_similarity(C_est, C_true)
+    spread = float(np.mean(np.linalg.norm(C_true - C_true.mean(axis=0), axis=1)))
+    centre_err = np.linalg.norm(s * C_est @ R.T + t - C_true, axis=1) / spread
+    R_true = cluster.R_cw[idx]
+    rot_err = np.array([rotation_angle_deg(R_est[j] @ R_est[i].T, R_true[j] @ R_true[i].T)
+                        for i in range(len(names)) for j in range(i + 1, len(names))])
+    return centre_err, rot_err, spread
+
+
+# --------------------------------------------------------------------------- accuracy
+def test_reconstructs_the_cluster_accurately(cluster, mapped):
+    models, _, seconds = mapped
+    assert len(models) >= 1
+    poses = poses_for_images(models, cluster.names)
+    registered = [n for n in cluster.scene_views if n in poses]
+    assert len(registered) >= 0.8 * N_VIEWS, f"only {len(registered)}/{N_VIEWS} registered"
+    assert all(poses[n][0] == 0 for n in registered)  # one scene, one model
+    centre_err, rot_err, _ = _pose_errors(cluster, poses)
+    assert np.median(centre_err) < 0.05, centre_err
+    assert np.max(centre_err) < 0.15, centre_err
+    assert np.median(rot_err) < 1.0 and np.max(rot_err) < 3.0, rot_err
+    for name in registered:
+        R_cw, t_cw = models[0].poses[name]
+        assert R_cw.shape == (3, 3) and t_cw.shape == (3,)
+        np.testing.assert_allclose(R_cw @ R_cw.T, np.eye(3), atol=1e-9)
+        # Refined focal lengths near the truth (the prior was 1.2 x 320 = 384 px).
+        true_focal = cluster.K[cluster.names.index(name)][0, 0]
+        assert models[0].intrinsics[name][0, 0] == pytest.approx(true_focal, rel=0.1)
+    assert models[0].num_points3D == len(models[0].points3D) > 100
+    assert seconds < 20
+
+
+def test_unregistrable_image_is_absent_from_poses(cluster, mapped):
+    models, _, _ = mapped
+    poses = poses_for_images(models, cluster.names)
+    assert "stranger.png" not in poses
+    assert all("stranger.png" not in m.poses for m in models)
+
+
+def test_models_sorted_largest_first_and_small_ones_dropped(cluster, tmp_path):
+    # Two scenes in one "cluster": the first 6 views of the scene, plus the last 4 views
+    # renamed so that they cannot match them (no cross matches): two models, 6 then 4.
+    first, second = cluster.scene_views[:6], cluster.scene_views[6:]
+    rename = {n: f"b_{n}" for n in second}
+    for n in second:
+        (cluster.image_dir / rename[n]).write_bytes((cluster.image_dir / n).read_bytes())
+    images = first + [rename[n] for n in second]
+    keypoints = {**{n: cluster.keypoints[n] for n in first},
+                 **{rename[n]: cluster.keypoints[n] for n in second}}
+    matches = {}
+    for (a, b), m in cluster.matches.items():
+        if a in first and b in first:
+            matches[(a, b)] = m
+        elif a in second and b in second:
+            matches[(rename[a], rename[b])] = m
+    models = reconstruct(cluster.image_dir, images, keypoints, matches, tmp_path / "two",
+                         ReconConf(min_model_size=3))
+    sizes = [m.num_registered for m in models]
+    assert sizes == sorted(sizes, reverse=True) and len(models) >= 2, sizes
+    assert set(models[0].poses) <= set(first) and set(models[1].poses) <= set(images[6:])
+    # The same with a single model allowed, and with a minimum size above the second model.
+    assert len(reconstruct(cluster.image_dir, images, keypoints, matches, tmp_path / "one",
+                           ReconConf(max_models=1))) == 1
+    big_only = reconstruct(cluster.image_dir, images, keypoints, matches, tmp_path / "big",
+                           ReconConf(min_model_size=sizes[1] + 1))
+    assert [m.num_registered for m in big_only] == sizes[:1]
+
+
+# --------------------------------------------------------------------------- caching
+def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, monkeypatch):
+    models, work_dir, _ = mapped
+    calls = []
+    real_mapping = pycolmap.incremental_mapping
+
+    def counting_mapping(*args, **kwargs):
+        calls.append(args)
+        return real_mapping(*args, **kwargs)
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", counting_mapping)
+    started = time.perf_counter()
+    cached = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                         work_dir, ReconConf())
+    assert time.perf_counter() - started < 2.0 and calls == []
+    assert [m.num_registered for m in cached] == [m.num_registered for m in models]
+    for model, again in zip(models, cached):
+        assert again.poses.keys() == model.poses.keys()
+        for name, (R_cw, t_cw) in model.poses.items():
+            np.testing.assert_allclose(again.poses[name][0], R_cw, atol=1e-12)
+            np.testing.assert_allclose(again.poses[name][1], t_cw, atol=1e-12)
+        np.testing.assert_allclose(again.points3D, model.points3D, atol=1e-12)
+    assert [m.num_registered for m in load_models(work_dir / "models")] == \
+        [m.num_registered for m in models]
+
+    reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                work_dir, ReconConf(), overwrite=True)
+    assert len(calls) == 1
+    # Options that change the result are part of the cache key; verbosity is not.
+    reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                work_dir, ReconConf(colmap_verbose=True))
+    assert len(calls) == 1
+    reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                work_dir, ReconConf(min_num_matches=20))
+    assert len(calls) == 2
+    assert ReconConf(colmap_verbose=True).cache_key() == ReconConf().cache_key()
+    assert ReconConf(seed=1).cache_key() != ReconConf().cache_key()
+
+
+def test_changed_matches_are_not_served_from_the_cache(cluster, tmp_path, monkeypatch):
+    subset = cluster.scene_views[:5]
+    matches = {k: m for k, m in cluster.matches.items() if k[0] in subset and k[1] in subset}
+    reconstruct(cluster.image_dir, subset, cluster.keypoints, matches, tmp_path)
+    calls = []
+    monkeypatch.setattr(pycolmap, "incremental_mapping",
+                        lambda *a, **k: calls.append(a) or {})
+    fewer = dict(list(matches.items())[:-1])
+    reconstruct(cluster.image_dir, subset, cluster.keypoints, fewer, tmp_path)
+    assert len(calls) == 1
+
+
+# --------------------------------------------------------------------------- failures
+def test_fewer_than_two_images_gives_no_model_without_pycolmap(cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr(pycolmap, "incremental_mapping",
+                        lambda *a, **k: pytest.fail("pycolmap must not be called"))
+    name = cluster.names[0]
+    assert reconstruct(cluster.image_dir, [name], cluster.keypoints, {}, tmp_path) == []
+    assert reconstruct(cluster.image_dir, [], {}, {}, tmp_path) == []
+
+
+def test_cluster_without_matches_warns_and_gives_no_model(cluster, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+        models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, {},
+                             tmp_path, name="demo/cluster7")
+    assert models == []
+    assert any("demo/cluster7" in r.getMessage() and "matches" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_pycolmap_failure_warns_gives_no_model_and_is_not_cached(cluster, tmp_path,
+                                                                   monkeypatch, caplog):
+    def failing(*args, **kwargs):
+        raise RuntimeError("simulated mapper crash")
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", failing)
+    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+        models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints,
+                             cluster.matches, tmp_path)
+    assert models == []
+    assert any(str(tmp_path) in r.getMessage() and "simulated mapper crash" in r.getMessage()
+               for r in caplog.records)
+    assert not (tmp_path / "models").exists()
+
+
+def test_no_model_large_enough_warns(cluster, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+        models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints,
+                             cluster.matches, tmp_path, ReconConf(min_model_size=50))
+    assert models == []
+    assert any("no model" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------- determinism
+def test_same_seed_gives_the_same_models(cluster, mapped, tmp_path):
+    models, _, _ = mapped
+    again = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                        tmp_path, ReconConf())
+    assert [m.poses.keys() for m in again] == [m.poses.keys() for m in models]
+    for model, other in zip(models, again):
+        for name, (R_cw, t_cw) in model.poses.items():
+            np.testing.assert_allclose(other.poses[name][0], R_cw, atol=1e-9)
+            np.testing.assert_allclose(other.poses[name][1], t_cw, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- database
+def test_database_holds_cameras_rigs_frames_keypoints_and_verified_pairs(cluster, tmp_path):
+    names = cluster.scene_views[:4]
+    # Give one pair in reversed order: it must be stored the COLMAP way (id1 < id2).
+    pairs = {k: m for k, m in cluster.matches.items() if k[0] in names and k[1] in names}
+    (a, b), m = next(iter(pairs.items()))
+    pairs = {**{k: v for k, v in pairs.items() if k != (a, b)}, (b, a): m[:, ::-1]}
+    db_path = tmp_path / "cluster.db"
+    build_database(db_path, cluster.image_dir, names, cluster.keypoints, pairs)
+    assert [p.name for p in tmp_path.iterdir()] == ["cluster.db"]  # no temporary left
+    with pycolmap.Database.open(db_path) as db:
+        assert (db.num_cameras(), db.num_rigs(), db.num_frames(), db.num_images()) == (4, 4, 4, 4)
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        camera = db.read_camera(db.read_image(ids[names[0]]).camera_id)
+        assert camera.model_name == "SIMPLE_RADIAL"
+        assert (camera.width, camera.height) == (WIDTH, HEIGHT)
+        assert camera.focal_length == pytest.approx(1.2 * WIDTH)
+        assert (camera.principal_point_x, camera.principal_point_y) == (WIDTH / 2, HEIGHT / 2)
+        np.testing.assert_allclose(db.read_keypoints(ids[names[0]])[:, :2],
+                                   cluster.keypoints[names[0]] + 0.5, atol=1e-4)
+        assert db.num_verified_image_pairs() == len(pairs)
+        id_a, id_b = ids[a], ids[b]
+        stored = db.read_two_view_geometry(min(id_a, id_b), max(id_a, id_b))
+        assert stored.config == pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+        expected = m if id_a < id_b else m[:, ::-1]
+        # Stored as given, less matches reusing a keypoint (SIFT has a few; COLMAP assumes
+        # one-to-one matches).
+        stored_rows = {tuple(r) for r in stored.inlier_matches}
+        assert stored_rows <= {tuple(r) for r in expected}
+        assert len(stored_rows) >= 0.9 * len(expected)
+        for column in (0, 1):
+            assert len(np.unique(stored.inlier_matches[:, column])) == len(stored_rows)
+
+
+def test_matches_are_made_one_to_one_keeping_the_first():
+    from src.reconstruction import _one_to_one
+    m = np.array([[0, 0], [0, 1], [1, 1], [2, 2], [3, 2], [4, 4]])
+    np.testing.assert_array_equal(_one_to_one(m), [[0, 0], [1, 1], [2, 2], [4, 4]])
+
+
+def test_bad_inputs_raise_clear_errors(cluster, tmp_path):
+    names = cluster.scene_views[:2]
+    pair = (names[0], names[1])
+    good = {pair: cluster.matches[pair]}
+    with pytest.raises(ValueError, match="camera_model"):
+        ReconConf(camera_model="FISHEYE_MAGIC")
+    with pytest.raises(ValueError, match="min_model_size"):
+        ReconConf(min_model_size=1)
+    with pytest.raises(ValueError, match="no keypoints"):
+        reconstruct(cluster.image_dir, names, {names[0]: cluster.keypoints[names[0]]}, good,
+                    tmp_path)
+    out_of_range = {pair: np.array([[0, len(cluster.keypoints[names[1]])]], np.int32)}
+    with pytest.raises(ValueError, match="out of range"):
+        reconstruct(cluster.image_dir, names, cluster.keypoints, out_of_range, tmp_path)
+    with pytest.raises(ValueError, match="given twice"):
+        reconstruct(cluster.image_dir, names, cluster.keypoints,
+                    {**good, pair[::-1]: good[pair][:, ::-1]}, tmp_path)
+    scaled = {**cluster.keypoints, names[0]: cluster.keypoints[names[0]] * 4}
+    with pytest.raises(ValueError, match="outside"):
+        build_database(tmp_path / "x.db", cluster.image_dir, names, scaled, good)
+
+
+def test_read_image_size_and_poses_for_images(cluster):
+    assert read_image_size(cluster.image_dir / cluster.names[0]) == (WIDTH, HEIGHT)
+    eye, zero = np.eye(3), np.zeros(3)
+    small = Model(poses={"a": (eye, zero)}, num_points3D=0, points3D=np.zeros((0, 3)),
+                  intrinsics={})
+    large = Model(poses={"a": (eye, zero + 1), "b": (eye, zero)}, num_points3D=0,
+                  points3D=np.zeros((0, 3)), intrinsics={})
+    poses = poses_for_images([small, large], ["a", "b", "c"])
+    assert set(poses) == {"a", "b"}
+    assert poses["a"][0] == 1 and np.all(poses["a"][2] == 1)  # the larger model wins
