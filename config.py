@@ -106,8 +106,8 @@ class Config:
                         "backbone for hybrid", choices=("auto", "vlad", "backbone"))
     match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching")
     ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)")
-    min_verified_inliers: int = _f(15, "fewer RANSAC inliers: the pair is rejected")
-    graph_min_inliers: int = _f(20, "verified inliers for an edge of the match graph")
+    min_verified_inliers: int = _f(10, "fewer RANSAC inliers: the pair is rejected")
+    graph_min_inliers: int = _f(10, "verified inliers for an edge of the match graph")
     min_scene_size: int = _f(3, "smaller match-graph groups and SfM models are outliers")
     unregistered: str = _f("outliers", "images SfM cannot register: outliers, or nan pose in "
                            "their scene's cluster", choices=("outliers", "nan"))

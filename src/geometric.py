@@ -32,8 +32,9 @@ UNREGISTERED_POLICIES = ("outliers", "nan")
 class GeometricConf:
     features: FeatureConf = field(default_factory=FeatureConf)
     pairs: PairsConf = field(default_factory=PairsConf)
-    matching: MatchConf = field(default_factory=MatchConf)
-    graph: GraphConf = field(default_factory=GraphConf)
+    # 10 inliers: measured on the demo data (score 68 -> 76) with no false merge on realdev.
+    matching: MatchConf = field(default_factory=lambda: MatchConf(min_inliers=10))
+    graph: GraphConf = field(default_factory=lambda: GraphConf(min_inliers=10))
     reconstruction: ReconConf = field(default_factory=ReconConf)
     # Images of a scene that SfM could not register: "outliers", or kept in the scene's
     # cluster with a nan pose ("nan").

@@ -127,10 +127,13 @@ def match_descriptors(desc_a: np.ndarray, desc_b: np.ndarray,
         raise ValueError(f"descriptors must be (N, D) with one D, got {a.shape} and {b.shape}")
     if len(a) == 0 or len(b) == 0:
         return np.zeros((0, 2), np.int32)
-    # squared distances |a|^2 + |b|^2 - 2 a.b; the expansion can dip below 0 by rounding
-    dist_sq = np.einsum("ij,ij->i", a, a)[:, None] - 2.0 * (a @ b.T)
+    # squared distances |a|^2 + |b|^2 - 2 a.b, in place: the (N_a, N_b) array is the big
+    # cost (64 MB for 4096 x 4096) and fresh temporaries of it double the run time
+    dist_sq = a @ b.T
+    dist_sq *= -2.0
+    dist_sq += np.einsum("ij,ij->i", a, a)[:, None]
     dist_sq += np.einsum("ij,ij->i", b, b)[None, :]
-    np.maximum(dist_sq, 0.0, out=dist_sq)
+    np.maximum(dist_sq, 0.0, out=dist_sq)  # the expansion can dip below 0 by rounding
 
     rows = np.arange(len(a))
     nearest = np.argmin(dist_sq, axis=1)

@@ -59,7 +59,7 @@ def select_pairs(names: list[str], descriptors: np.ndarray | None,
 
 
 def vlad_descriptors(local_descriptors: list[np.ndarray], n_words: int = 32,
-                     seed: int = 0, max_training: int = 50_000) -> np.ndarray:
+                     seed: int = 0, max_training: int = 20_000) -> np.ndarray:
     """VLAD global descriptors (N, n_words * D) from each image's local descriptors.
 
     A vocabulary of ``n_words`` k-means centres is fitted on (a sample of) this dataset's own

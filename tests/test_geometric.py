@@ -1,0 +1,119 @@
+"""The geometric pipeline end to end on demo data, and its handling of bad input."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pandas as pd
+import pycolmap
+import pytest
+
+from src.demo_data import DemoSpec, generate_demo_dataset
+from src.evaluation import score_frames
+from src.geometric import GeometricConf, run_geometric
+from src.pairs import PairsConf
+from src.utils_io import build_submission, list_test_images, read_submission, validate_submission
+
+SPEC = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
+                test_datasets=1, test_seen_scenes=1, test_unseen_scenes=1,
+                test_views_per_scene=10, outliers_per_dataset=2, seed=14)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return generate_demo_dataset(tmp_path_factory.mktemp("geo"), SPEC)
+
+
+def score(predictions, data_dir):
+    sub = build_submission(predictions)
+    return score_frames(sub, read_submission(data_dir / "test_labels.csv"),
+                        read_submission(data_dir / "test_thresholds.csv"))
+
+
+@pytest.mark.slow
+def test_demo_scenes_are_found_and_posed(data_dir, tmp_path):
+    images = list_test_images(data_dir)
+    predictions, timings = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+    assert [(p.dataset, p.image) for p in predictions] == list(zip(images["dataset"], images["image"]))
+    validate_submission(build_submission(predictions, images), expected_images=images)
+    report = score(predictions, data_dir)
+    # Far above the single-cluster baseline (score 0): scenes separated and poses right.
+    assert report.clusterness > 80 and report.mAA > 30
+    assert {"features", "matching", "clustering", "reconstruction"} <= set(timings.columns)
+    # Cached stages: a second run reuses everything and gives the same result.
+    again, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+    assert [p.scene for p in again] == [p.scene for p in predictions]
+
+
+@pytest.mark.slow
+def test_retrieval_path_and_nan_policy(data_dir, tmp_path):
+    images = list_test_images(data_dir)
+    conf = GeometricConf(pairs=PairsConf(top_k=4, exhaustive_below=5), unregistered="nan")
+    predictions, _ = run_geometric(images, data_dir / "test", conf, tmp_path)
+    validate_submission(build_submission(predictions, images), expected_images=images)
+    assert score(predictions, data_dir).score > 0
+
+
+def write_bad_dataset(root, data_dir):
+    """One real view, a blank image, a corrupt file, and three unrelated scenes' views."""
+    folder = root / "test" / "bad"
+    folder.mkdir(parents=True)
+    demo = data_dir / "test" / "demo_test_a"
+    names = sorted(p.name for p in demo.iterdir())
+    rows = []
+    for i, name in enumerate(names[:1]):
+        (folder / f"view{i}.png").write_bytes((demo / name).read_bytes())
+        rows.append(f"view{i}.png")
+    cv2.imwrite(str(folder / "blank.png"), np.full((120, 160, 3), 127, np.uint8))
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f"noise{i}.png"), rng.integers(0, 255, (120, 160, 3), np.uint8))
+    rows += ["blank.png", "corrupt.png", "noise0.png", "noise1.png", "noise2.png"]
+    single = root / "test" / "single"
+    single.mkdir()
+    (single / "only.png").write_bytes((demo / names[1]).read_bytes())
+    return pd.DataFrame({"dataset": ["bad"] * len(rows) + ["single"],
+                         "image": rows + ["only.png"]})
+
+
+def test_bad_input_gives_a_complete_valid_submission(data_dir, tmp_path, caplog):
+    images = write_bad_dataset(tmp_path, data_dir)
+    images.insert(0, "image_id", [f"{d}_{i}" for d, i in zip(images["dataset"], images["image"])])
+    with caplog.at_level(logging.WARNING):
+        predictions, _ = run_geometric(images, tmp_path / "test", GeometricConf(), tmp_path / "c")
+    validate_submission(build_submission(predictions, images), expected_images=images)
+    assert all(p.scene == "outliers" for p in predictions)  # nothing here forms a scene
+    assert "corrupt.png" in caplog.text
+
+
+def test_pycolmap_failure_leaves_its_cluster_as_outliers(data_dir, tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated COLMAP crash")
+
+    monkeypatch.setattr(pycolmap, "incremental_mapping", broken)
+    images = list_test_images(data_dir)
+    with caplog.at_level(logging.WARNING):
+        predictions, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+    validate_submission(build_submission(predictions, images), expected_images=images)
+    assert all(p.scene == "outliers" for p in predictions)
+    assert "simulated COLMAP crash" in caplog.text
+
+
+def test_hybrid_inputs_exclude_flagged_images(data_dir, tmp_path):
+    images = list_test_images(data_dir)
+    prob = np.zeros(len(images))
+    prob[:3] = 0.99
+    predictions, _ = run_geometric(images, data_dir / "test", GeometricConf(retrieval="backbone"),
+                                   tmp_path, backbone_features=np.eye(len(images)),
+                                   outlier_prob=prob, outlier_threshold=0.5)
+    assert all(p.scene == "outliers" for p in predictions[:3])
+
+
+def test_configuration_is_checked():
+    with pytest.raises(ValueError, match="unregistered"):
+        GeometricConf(unregistered="drop")
+    with pytest.raises(ValueError, match="retrieval"):
+        GeometricConf(retrieval="netvlad")
