@@ -38,6 +38,10 @@ DEMO_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which field and why."""
+
+
 def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"doc": doc, "choices": choices})
 
@@ -136,7 +140,7 @@ class Config:
             if choices and getattr(self, f.name) not in choices:
                 problems.append(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
         if problems:
-            raise ValueError("invalid configuration: " + "; ".join(problems))
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -168,10 +172,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 def get_config(preset: str = "cpu-demo", **overrides: Any) -> Config:
     """The named preset with ``overrides`` applied; unknown names raise ValueError."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     unknown = set(overrides) - {f.name for f in fields(Config)}
     if unknown:
-        raise ValueError(f"unknown configuration field(s) {sorted(unknown)}")
+        raise ConfigError(f"unknown configuration field(s) {sorted(unknown)}")
     return Config(**{**PRESETS[preset], **overrides, "preset": preset})
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed.*")
 
-from config import Config, add_config_arguments, config_from_args, get_config
+from config import Config, ConfigError, add_config_arguments, config_from_args, get_config
 from src.clustering import ClusterSettings, SpreadScales, cluster_all
 from src.demo_data import ensure_data_dir
 from src.evaluation import score_submission, score_subset, seen_unseen_summary, true_scenes
@@ -168,7 +168,7 @@ def run(argv: list[str] | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (DataError, FileNotFoundError, ValueError) as err:
+    except (DataError, FileNotFoundError, ConfigError) as err:
         log.error("error: %s", err)
         return 2
     return 0

@@ -77,11 +77,14 @@ def plot_cameras_3d(table: pd.DataFrame, scenes: pd.Series, path: Path,
     ax = fig.add_subplot(projection="3d")
     R_cw = quat_xyzw_to_rotation(table[["qx", "qy", "qz", "qw"]].to_numpy())
     centers = camera_centers(R_cw, table[["tx", "ty", "tz"]].to_numpy())
-    span = np.ptp(centers[np.isfinite(centers).all(axis=1)], axis=0).max() if len(centers) else 1
-    arrow = 0.1 * (span if np.isfinite(span) and span > 0 else 1.0)
+    posed = np.isfinite(centers).all(axis=1)
+    span = np.ptp(centers[posed], axis=0).max() if posed.any() else 1.0
+    arrow = 0.1 * (span if span > 0 else 1.0)
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
     for k, name in enumerate(n for n in _cluster_order(scenes) if n != OUTLIER_SCENE):
-        sel = scenes.to_numpy() == name
+        sel = (scenes.to_numpy() == name) & posed
+        if not sel.any():
+            continue
         c, d = centers[sel], R_cw[sel][:, 2, :]  # optical axis in world = third row of R_cw
         ax.scatter(*c.T, color=colours[k % 10], s=18, label=f"{name} ({sel.sum()})")
         ax.quiver(*c.T, *(d * arrow).T, color=colours[k % 10], linewidth=0.8)

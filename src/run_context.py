@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from config import Config
+from config import Config, ConfigError
 from src.utils_io import atomic_path, write_csv_atomic
 
 log = logging.getLogger("imc")
@@ -70,7 +70,7 @@ class RunContext:
         elif saved.is_file() and stage != "infer":
             differs = _config_differences(json.loads(saved.read_text()), cfg.to_dict())
             if differs:
-                raise ValueError(
+                raise ConfigError(
                     f"{run_dir} holds a run with another configuration ({', '.join(differs)}); "
                     f"pass --run-name NEW for a new run or --overwrite to replace it")
             log.info("resuming the run in %s", run_dir)

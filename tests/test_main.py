@@ -74,3 +74,24 @@ def test_changed_training_config_refuses_to_resume(run_dir, data_dir, caplog):
             "--image-size", "40"]
     assert main.main(argv) == 2
     assert "another configuration (image_size)" in caplog.text
+
+
+def test_geometric_pipeline_runs_from_the_command_line(data_dir, tmp_path):
+    argv = ["--preset", "test", "--pipeline", "geometric", "--data-dir", str(data_dir),
+            "--output-dir", str(tmp_path)]
+    assert main.main(argv) == 0
+    run_dir = tmp_path / "test-geometric"
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    validate_submission(submission, expected_images=list_test_images(data_dir))
+    for name in ("timings_geometric.csv", "predictions_test.csv", "score_test.csv"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "model.keras").exists()  # nothing to train
+
+
+@pytest.mark.slow
+def test_hybrid_pipeline_uses_the_trained_model(run_dir, data_dir):
+    assert main.main(["--stage", "infer", "--run", str(run_dir), "--pipeline", "hybrid"]) == 0
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    validate_submission(submission, expected_images=list_test_images(data_dir))
+    assert (run_dir / "timings_geometric.csv").is_file()
+    assert (run_dir / "features_test.npy").is_file()
