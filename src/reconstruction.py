@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from src.utils_io import atomic_path
+from src.utils_io import atomic_path, decode_image_file
 
 log = logging.getLogger(__name__)
 
@@ -211,13 +211,7 @@ def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     Decodes with ``cv2.IMREAD_UNCHANGED`` like ``src.utils_io.read_image_rgb``, so the EXIF
     orientation is ignored there and here alike (keypoints and size agree).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise ValueError(f"{path}: OpenCV cannot decode the image to read its size")
+    image = decode_image_file(path)
     return int(image.shape[1]), int(image.shape[0])
 
 

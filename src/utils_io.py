@@ -88,11 +88,9 @@ def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 # --------------------------------------------------------------------------- images
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read PNG/JPEG as uint8 RGB (H, W, 3); grayscale and RGBA are converted.
-
-    Raises FileNotFoundError for a missing file and DataError for one that cannot be decoded.
-    """
+def decode_image_file(path: str | os.PathLike) -> np.ndarray:
+    """The image as OpenCV decodes it (``IMREAD_UNCHANGED``: EXIF orientation ignored, any
+    channel count and depth). FileNotFoundError / DataError name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
@@ -100,6 +98,15 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if image is None:
         raise DataError(f"{path}: cannot decode image (corrupt or not PNG/JPEG)")
+    return image
+
+
+def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
+    """Read PNG/JPEG as uint8 RGB (H, W, 3); grayscale and RGBA are converted.
+
+    Raises FileNotFoundError for a missing file and DataError for one that cannot be decoded.
+    """
+    image = decode_image_file(path)
     if image.dtype == np.uint16:
         image = (image / 257).astype(np.uint8)
     if image.ndim == 2:

@@ -12,27 +12,15 @@ import pytest
 from scipy.spatial import cKDTree
 
 from src import local_features as lf
-from src.demo_data import make_scene, render_view, sample_cameras
-from src.geometry import camera_centers, look_at_rotation
 from src.utils_io import write_image_rgb
 
-WIDTH, HEIGHT = 320, 240
+from tests import demo_views
+from tests.demo_views import HEIGHT, WIDTH
 
 
 def render_scene_views(seed: int, sideways_steps: list[float]) -> list[np.ndarray]:
-    """Views (uint8 RGB) of one demo scene from a sampled camera moved sideways by each step
-    (world units), all looking at the scene's target; no photometric jitter."""
-    scene = make_scene(np.random.default_rng(seed))
-    K, R_cw, t_cw = sample_cameras(np.random.default_rng(seed + 1000), scene, 1, WIDTH, HEIGHT)
-    center = camera_centers(R_cw[0], t_cw[0])
-    side = np.cross(scene.target - center, [0.0, 0.0, 1.0])
-    side /= np.linalg.norm(side)
-    views = []
-    for step in sideways_steps:
-        C = center + step * side
-        R = look_at_rotation(C, scene.target)
-        views.append(render_view(scene, K[0], R, -R @ C, WIDTH, HEIGHT))
-    return views
+    """Just the images of tests.demo_views.render_scene_views."""
+    return [view[0] for view in demo_views.render_scene_views(seed, sideways_steps)]
 
 
 @pytest.fixture(scope="module")
