@@ -55,6 +55,15 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
         io.read_image_rgb(empty)
 
 
+def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
+    import os
+    import stat
+    path = io.write_csv_atomic(pd.DataFrame({"a": [1]}), tmp_path / "x.csv")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
     target = tmp_path / "out.csv"
     target.write_text("old")
