@@ -490,8 +490,8 @@ def run(argv: list[str] | None = None) -> pd.DataFrame:
             "timed_batches": "", "timed_images": "", "timed_s": "", "warmup_s": "",
             "ratio": round(value, 3), "note": ""} for name, value in ratios]
         + [{**context, "measurement": "verdict", "images_per_s": "", "ms_per_batch": "",
-            "timed_batches": "", "timed_images": "", "timed_s": round(wall, 1),
-            "warmup_s": "", "ratio": "", "note": line}])
+            "timed_batches": "", "timed_images": "", "timed_s": "", "warmup_s": "",
+            "ratio": "", "note": line}])
     path = write_csv_atomic(table, OUTPUT_DIR / f"learned_{cfg.preset}.csv")
     print(f"wrote {path.relative_to(REPO_ROOT)} ({IMPORT_SECONDS + wall:.1f} s including imports)")
     return table
