@@ -14,16 +14,16 @@ Run from the repository root. The script PRINTS figures (it asserts nothing abou
    cached beforehand), pairs/N (between k/2 and k once N > exhaustive_below, against
    (N-1)/2 when every pair is matched), seconds per stage (features, retrieval, matching,
    clustering, reconstruction; ``other`` = wall minus the stages: loading caches,
-   bookkeeping), wall seconds, and the score (mAA, clustering, score). A second table gives
-   the growth exponent of each figure between consecutive sizes: log(y2/y1) / log(N2/N1),
-   1 for linear growth, 2 for quadratic.
+   bookkeeping), wall seconds, process CPU seconds (all threads), and the score (mAA,
+   clustering, score). A second table gives the growth exponent of each figure between
+   consecutive sizes: log(y2/y1) / log(N2/N1), 1 for linear growth, 2 for quadratic.
 2. ``--data-dir DIR`` (competition layout with test labels, e.g. realdev laid out with
    ``python -m src.data_layout ../shared/data/realdev /tmp/realdev_input``): the geometric
    pipeline with the project's default configuration (the ``cpu-demo`` preset with
    ``pipeline=geometric``; ``--top-k`` / ``--exhaustive-below`` override it when given) and a
    fresh cache, per dataset and overall. With ``--with-baseline`` the plain-pycolmap baseline
    (``benchmarks/benchmark_pycolmap_baseline.py``, its ``run_dataset``) runs on the same data
-   and both are printed side by side with the ratio of wall times.
+   and both are printed side by side with the ratios of wall and CPU times.
 
 The 1-minute load average is recorded before and after every run: the timings are only
 comparable on an otherwise idle machine. Tables are written (atomically) to
@@ -375,8 +375,8 @@ def data_dir_benchmark(args, conf: GeometricConf, work_root: Path) -> pd.DataFra
         cpu_ratio = b["cpu_s"] / g["cpu_s"]
         print(f"wall time ratio pycolmap / geometric = {ratio:.2f} "
               f"({'geometric faster' if ratio > 1 else 'pycolmap faster'}); CPU time ratio "
-              f"{cpu_ratio:.2f} (pycolmap uses every core, the geometric SfM one thread; the "
-              f"CPU ratio is the less load-sensitive of the two)")
+              f"{cpu_ratio:.2f} (process time of all threads: pycolmap uses every core, the "
+              f"geometric SfM one thread; on a loaded machine both figures inflate)")
         table["wall_ratio_pycolmap_over_geometric"] = ratio
         table["cpu_ratio_pycolmap_over_geometric"] = cpu_ratio
     return table
