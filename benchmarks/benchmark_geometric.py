@@ -154,6 +154,28 @@ def fmt_table(frame: pd.DataFrame, floats: dict[str, str] | None = None,
 
 
 # --------------------------------------------------------------------------- geometric runs
+def with_totals(table: pd.DataFrame, sum_columns: list[str], stage_columns: list[str],
+                report, wall: float, cpu: float, load_before: float,
+                load_after: float) -> pd.DataFrame:
+    """Per-dataset scores, an ``all`` row (sums, overall scores), and run-level columns
+    (wall, CPU, wall not spent in the stages, load averages) on the ``all`` row."""
+    table = table.copy()
+    if report is not None:
+        scores = report.per_dataset.set_index("dataset")
+        for ours, theirs in (("mAA", "mAA"), ("clustering", "clusterness"), ("score", "score")):
+            table[ours] = [float(scores.loc[d, theirs]) for d in table["dataset"]]
+    total = {"dataset": "all", **{c: table[c].sum() for c in sum_columns}}
+    if report is not None:
+        total.update(mAA=report.mAA, clustering=report.clusterness, score=report.score)
+    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+    is_total = table["dataset"] == "all"
+    table["wall_s"] = np.where(is_total, wall, np.nan)
+    table["other_s"] = np.where(is_total, wall - table[stage_columns].sum(axis=1), np.nan)
+    table["cpu_s"] = np.where(is_total, cpu, np.nan)
+    table["load1_before"], table["load1_after"] = load_before, load_after
+    return table
+
+
 def run_geometric_fresh(data_dir: Path, conf: GeometricConf, work_root: Path, label: str,
                         keep: bool) -> pd.DataFrame:
     """Run the geometric pipeline on every test dataset of ``data_dir`` with an empty cache;
@@ -172,31 +194,15 @@ def run_geometric_fresh(data_dir: Path, conf: GeometricConf, work_root: Path, la
     for rec in timings.to_dict("records"):
         dataset = rec["dataset"]
         pairs, verified = count_pairs(cache_root / dataset, conf.graph.min_inliers)
-        row = {"dataset": dataset, "images": int(rec["images"]),
-               "registered": n_registered.get(dataset, (0, 0))[0],
-               "clusters": n_registered.get(dataset, (0, 0))[1], "pairs": pairs,
-               "verified_pairs": verified,
-               **{f"{s}_s": float(rec.get(s, 0.0)) for s in STAGES}}
-        if report is not None:
-            scores = report.per_dataset.set_index("dataset")
-            row.update(mAA=float(scores.loc[dataset, "mAA"]),
-                       clustering=float(scores.loc[dataset, "clusterness"]),
-                       score=float(scores.loc[dataset, "score"]))
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    total = {"dataset": "all", "images": int(table["images"].sum()),
-             "registered": int(table["registered"].sum()),
-             "clusters": int(table["clusters"].sum()), "pairs": int(table["pairs"].sum()),
-             "verified_pairs": int(table["verified_pairs"].sum()),
-             **{f"{s}_s": float(table[f"{s}_s"].sum()) for s in STAGES}}
-    if report is not None:
-        total.update(mAA=report.mAA, clustering=report.clusterness, score=report.score)
-    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-    stage_sum = table[[f"{s}_s" for s in STAGES]].sum(axis=1)
-    table["wall_s"] = np.where(table["dataset"] == "all", wall, np.nan)
-    table["other_s"] = np.where(table["dataset"] == "all", wall - stage_sum, np.nan)
-    table["cpu_s"] = np.where(table["dataset"] == "all", cpu, np.nan)
-    table["load1_before"], table["load1_after"] = load_before, load_after
+        rows.append({"dataset": dataset, "images": int(rec["images"]),
+                     "registered": n_registered.get(dataset, (0, 0))[0],
+                     "clusters": n_registered.get(dataset, (0, 0))[1], "pairs": pairs,
+                     "verified_pairs": verified,
+                     **{f"{s}_s": float(rec.get(s, 0.0)) for s in STAGES}})
+    stage_columns = [f"{s}_s" for s in STAGES]
+    table = with_totals(pd.DataFrame(rows), ["images", "registered", "clusters", "pairs",
+                                             "verified_pairs", *stage_columns],
+                        stage_columns, report, wall, cpu, load_before, load_after)
     if not keep:
         shutil.rmtree(cache_root, ignore_errors=True)
     else:
@@ -304,24 +310,10 @@ def run_baseline(data_dir: Path, work_root: Path, keep: bool) -> pd.DataFrame:
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     load_after = load1()
     report = score_predictions(predictions, test_images, data_dir)
-    table = pd.DataFrame(rows)
-    if report is not None:
-        scores = report.per_dataset.set_index("dataset")
-        table["mAA"] = [float(scores.loc[d, "mAA"]) for d in table["dataset"]]
-        table["clustering"] = [float(scores.loc[d, "clusterness"]) for d in table["dataset"]]
-        table["score"] = [float(scores.loc[d, "score"]) for d in table["dataset"]]
-    total = {"dataset": "all", **{c: table[c].sum() for c in
-                                  ("images", "registered", "clusters", "pairs", "features_s",
-                                   "matching_s",
-                                   "reconstruction_s")}}
-    if report is not None:
-        total.update(mAA=report.mAA, clustering=report.clusterness, score=report.score)
-    table = pd.concat([table, pd.DataFrame([total])], ignore_index=True)
-    stage_sum = table[["features_s", "matching_s", "reconstruction_s"]].sum(axis=1)
-    table["wall_s"] = np.where(table["dataset"] == "all", wall, np.nan)
-    table["other_s"] = np.where(table["dataset"] == "all", wall - stage_sum, np.nan)
-    table["cpu_s"] = np.where(table["dataset"] == "all", cpu, np.nan)
-    table["load1_before"], table["load1_after"] = load_before, load_after
+    stage_columns = ["features_s", "matching_s", "reconstruction_s"]
+    table = with_totals(pd.DataFrame(rows), ["images", "registered", "clusters", "pairs",
+                                             *stage_columns],
+                        stage_columns, report, wall, cpu, load_before, load_after)
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return table
