@@ -31,6 +31,19 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
+def _log_to_file(path: Path) -> None:
+    """Send the log to this run's file only: a second run in the same process (tests,
+    notebooks) must not keep writing into the first run's log."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_imc_run", False)]:
+        root.removeHandler(handler)
+        handler.close()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler._imc_run = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+
+
 # Fields that may change between a run and its resumption: they do not touch training.
 _RESUMABLE_FIELDS = {"overwrite", "run_name", "output_dir", "outlier_threshold",
                      "cluster_min_samples", "cluster_eps_quantile", "cluster_eps_scale",
@@ -75,9 +88,7 @@ class RunContext:
                     f"pass --run-name NEW for a new run or --overwrite to replace it")
             log.info("resuming the run in %s", run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(run_dir / "run.log")
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logging.getLogger().addHandler(file_handler)
+        _log_to_file(run_dir / "run.log")
         with atomic_path(run_dir / ("config_infer.json" if stage == "infer" else "config.json")) as tmp:
             tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
         log.info("run folder: %s (preset %s)", run_dir, cfg.preset)
