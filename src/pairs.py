@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.utils_io import OUTLIER_SCENE
+
 
 @dataclass(frozen=True)
 class PairsConf:
@@ -98,3 +100,44 @@ def vlad_descriptors(local_descriptors: list[np.ndarray], n_words: int = 32,
         residuals = np.divide(residuals, norms, out=np.zeros_like(residuals), where=norms > 0)
         out[i] = residuals.ravel()
     return normalise_descriptors(out)
+
+
+# --------------------------------------------------------------------------- measurement
+def covisible_pairs(scene_of: dict[str, str],
+                    outlier_scene: str = OUTLIER_SCENE) -> set[tuple[str, str]]:
+    """Ground-truth co-visible pairs of one dataset: unordered pairs (a, b), a < b, of images
+    labelled with the same scene. Images labelled ``outlier_scene`` belong to no pair.
+
+    scene_of: image name -> ground-truth scene, for the images of ONE dataset (scene names
+    are only unique within a dataset).
+    """
+    by_scene: dict[str, list[str]] = {}
+    for image, scene in scene_of.items():
+        if scene != outlier_scene:
+            by_scene.setdefault(scene, []).append(image)
+    return {(a, b) for members in by_scene.values()
+            for a, b in itertools.combinations(sorted(members), 2)}
+
+
+def pair_recall_counts(pairs, scene_of: dict[str, str],
+                       outlier_scene: str = OUTLIER_SCENE) -> tuple[int, int]:
+    """(ground-truth co-visible pairs among ``pairs``, ground-truth co-visible pairs).
+
+    Counts, rather than the ratio, so that several datasets can be pooled. ``pairs``:
+    iterable of (a, b) image names in either order; repeats count once, pairs of an image
+    with itself, with an outlier or with an unlabelled image are never ground truth.
+    """
+    truth = covisible_pairs(scene_of, outlier_scene)
+    found = {(min(a, b), max(a, b)) for a, b in pairs} & truth
+    return len(found), len(truth)
+
+
+def pair_recall(pairs, scene_of: dict[str, str], outlier_scene: str = OUTLIER_SCENE) -> float:
+    """Share of the ground-truth co-visible pairs (see :func:`covisible_pairs`) that
+    ``pairs`` contains, in [0, 1]; nan when the dataset has no co-visible pair at all (no
+    scene with two images), where recall is undefined.
+
+    Measures pair selection alone: a pair that is selected but fails to match still counts.
+    """
+    found, total = pair_recall_counts(pairs, scene_of, outlier_scene)
+    return found / total if total else float("nan")

@@ -69,3 +69,60 @@ def test_vlad_separates_images_with_different_local_statistics():
     same = [sim[i, j] for i in range(10) for j in range(10) if i != j and i % 2 == j % 2]
     other = [sim[i, j] for i in range(10) for j in range(10) if i % 2 != j % 2]
     assert min(same) > max(other)
+
+
+# --------------------------------------------------------------------------- pair recall
+def test_pair_recall_of_a_hand_computed_case():
+    from src.pairs import covisible_pairs, pair_recall, pair_recall_counts
+    # scene s: a b c (3 pairs), scene t: d e (1 pair), f is an outlier -> 4 co-visible pairs
+    scene_of = {"a": "s", "b": "s", "c": "s", "d": "t", "e": "t", "f": "outliers"}
+    assert covisible_pairs(scene_of) == {("a", "b"), ("a", "c"), ("b", "c"), ("d", "e")}
+    pairs = [("a", "b"), ("c", "d"), ("d", "e"), ("a", "f")]  # 2 right, 2 across / outlier
+    assert pair_recall_counts(pairs, scene_of) == (2, 4)
+    assert pair_recall(pairs, scene_of) == 0.5
+    assert pair_recall([], scene_of) == 0.0
+
+
+def test_exhaustive_pairs_have_recall_one_and_order_does_not_matter():
+    from src.pairs import pair_recall
+    scene_of = {n: ("outliers" if i % 7 == 0 else f"scene{i % 3}")
+                for i, n in enumerate(names(40))}
+    exhaustive = select_pairs(names(40), None, PairsConf(exhaustive_below=40))
+    assert pair_recall(exhaustive, scene_of) == 1.0
+    some = exhaustive[::3]
+    swapped = [(b, a) for a, b in some]
+    assert pair_recall(swapped, scene_of) == pair_recall(some, scene_of)
+    assert pair_recall(some + swapped + some, scene_of) == pair_recall(some, scene_of)
+
+
+def test_outliers_and_unlabelled_images_never_make_a_ground_truth_pair():
+    from src.pairs import pair_recall, pair_recall_counts
+    scene_of = {"a": "s", "b": "s", "x": "outliers", "y": "outliers"}
+    # two outliers share the label "outliers" but are not a scene
+    assert pair_recall_counts([("x", "y"), ("a", "x"), ("a", "z"), ("a", "a")],
+                              scene_of) == (0, 1)
+    assert pair_recall([("b", "a"), ("x", "y")], scene_of) == 1.0
+    # a custom outlier label
+    assert pair_recall_counts([("a", "b")], {"a": "junk", "b": "junk"},
+                              outlier_scene="junk") == (0, 0)
+
+
+def test_recall_is_nan_without_any_co_visible_pair():
+    from src.pairs import pair_recall
+    assert np.isnan(pair_recall([("a", "b")], {"a": "s", "b": "t", "c": "outliers"}))
+    assert np.isnan(pair_recall([], {}))
+
+
+def test_retrieval_forced_below_the_exhaustive_size_recalls_separable_scenes():
+    # with exhaustive_below=0 even a small dataset goes through retrieval: k*N pairs, and
+    # descriptors that separate the scenes find every pair once k covers a scene
+    from src.pairs import pair_recall
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(3), 6)
+    descriptors = rng.normal(size=(3, 16))[labels] + 0.01 * rng.normal(size=(18, 16))
+    scene_of = dict(zip(names(18), (f"s{v}" for v in labels)))
+    few = select_pairs(names(18), descriptors, PairsConf(top_k=2, exhaustive_below=0))
+    full = select_pairs(names(18), descriptors, PairsConf(top_k=5, exhaustive_below=0))
+    assert len(few) < 18 * 17 // 2
+    assert 0 < pair_recall(few, scene_of) < 1
+    assert pair_recall(full, scene_of) == 1.0
