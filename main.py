@@ -33,7 +33,7 @@ from config import Config, ConfigError, add_config_arguments, config_from_args, 
 from src.clustering import ClusterSettings, SpreadScales, cluster_all
 from src.demo_data import ensure_data_dir
 from src.evaluation import score_submission, score_subset, seen_unseen_summary, true_scenes
-from src.geometric import GeometricConf, run_geometric
+from src.geometric import GeometricConf, choose_features, describe, run_geometric
 from src.inference import load_run_model, pose_table, predict
 from src.plots import plot_run_results
 from src.preprocessing import prepare_training_labels
@@ -92,6 +92,14 @@ def run(argv: list[str] | None = None) -> Path:
                                          cfg.val_fraction, cfg.seed)
         labels.save(ctx.run_dir)
 
+    if cfg.pipeline in ("geometric", "hybrid"):
+        try:
+            geometric_conf = GeometricConf.from_config(cfg)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        log.info("geometric pipeline: %s (%s)", describe(geometric_conf),
+                 choose_features(cfg.features, cfg.matcher)[2])
+
     model = scaler = None
     if cfg.pipeline in ("learned", "hybrid"):
         if args.stage in ("all", "train"):
@@ -133,7 +141,7 @@ def run(argv: list[str] | None = None) -> Path:
                 learned.save(ctx.run_dir)
         with ctx.stage("geometric"):
             predictions, stage_seconds = run_geometric(
-                test_images, data_dir / "test", GeometricConf.from_config(cfg),
+                test_images, data_dir / "test", geometric_conf,
                 ctx.run_dir / "geometric", cfg.overwrite,
                 backbone_features=learned.features if learned else None,
                 outlier_prob=learned.table["outlier_prob"].to_numpy() if learned else None,
@@ -168,7 +176,7 @@ def run(argv: list[str] | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     try:
         run(argv)
-    except (DataError, FileNotFoundError, ConfigError) as err:
+    except (DataError, FileNotFoundError, ConfigError, ImportError) as err:
         log.error("error: %s", err)
         return 2
     return 0

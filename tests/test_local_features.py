@@ -58,15 +58,10 @@ class CallCounter:
 
 
 # --------------------------------------------------------------------------- configuration
-@pytest.mark.parametrize("name", ["aliked", "disk"])
-def test_learned_features_are_refused_until_their_issue(name):
-    with pytest.raises(ValueError, match="learned-features issue"):
-        lf.FeatureConf(name=name)
-
-
 @pytest.mark.parametrize("field, value", [("name", "orb"), ("max_keypoints", 0),
                                           ("max_keypoints", 10.5), ("max_image_side", 4),
-                                          ("root_sift", 1), ("contrast_threshold", 0.0)])
+                                          ("root_sift", 1), ("contrast_threshold", 0.0),
+                                          ("model", "aliked-n16"), ("device", "tpu")])
 def test_bad_configuration_is_refused(field, value):
     with pytest.raises(ValueError, match=f"FeatureConf.{field}"):
         lf.FeatureConf(**{field: value})
