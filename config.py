@@ -111,14 +111,16 @@ class Config:
     matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's")
     torch_device: str = _f("auto", "device of aliked/disk/lightglue: auto = cuda if present",
                            choices=("auto", "cpu", "cuda"))
-    max_keypoints: int = _f(4096, "keypoints kept per image, strongest first")
+    max_keypoints: int = _f(0, "keypoints kept per image, strongest first; 0 = auto: SIFT "
+                            "2048; ALIKED/DISK 4096 with CUDA, 1024 on a CPU (LightGlue's "
+                            "cost grows with the square of it)")
     max_image_side: int = _f(1600, "images are downscaled to this longer side for features")
     pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval")
     pair_exhaustive_below: int = _f(30, "datasets with at most this many images match all "
                                     "pairs")
     retrieval: str = _f("auto", "global descriptor for pair selection: vlad (from local "
-                        "features), backbone (learned features), auto = vlad for geometric, "
-                        "backbone for hybrid", choices=("auto", "vlad", "backbone"))
+                        "features), backbone (learned features), auto = backbone for hybrid "
+                        "with --backbone-weights, else vlad", choices=("auto", "vlad", "backbone"))
     match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching")
     ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)")
     min_verified_inliers: int = _f(10, "fewer RANSAC inliers: the pair is rejected")
@@ -138,7 +140,7 @@ class Config:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs_easy", "epochs_all", "epochs_finetune1", "epochs_finetune2",
-                     "patience"):
+                     "patience", "max_keypoints"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_fraction", "dropout", "freeze_ratio_ft1", "freeze_ratio_ft2",

@@ -55,10 +55,15 @@ class GeometricConf:
         """The geometric fields of a config.Config, with ``auto`` choices resolved."""
         retrieval = cfg.retrieval
         if retrieval == "auto":
-            retrieval = "backbone" if cfg.pipeline == "hybrid" else "vlad"
+            # A backbone without ImageNet weights retrieves no better than random pairs
+            # (benchmarks/README.md, pair recall): VLAD unless weights are attached.
+            hybrid_with_weights = cfg.pipeline == "hybrid" and bool(cfg.backbone_weights)
+            retrieval = "backbone" if hybrid_with_weights else "vlad"
         features, matcher, _ = choose_features(cfg.features, cfg.matcher)
         return cls(
-            features=FeatureConf(name=features, max_keypoints=cfg.max_keypoints,
+            features=FeatureConf(name=features,
+                                 max_keypoints=choose_keypoints(features, cfg.max_keypoints,
+                                                                cfg.torch_device),
                                  max_image_side=cfg.max_image_side, model=cfg.feature_model,
                                  weights=cfg.feature_weights, device=cfg.torch_device),
             pairs=PairsConf(top_k=cfg.pair_top_k, exhaustive_below=cfg.pair_exhaustive_below),
@@ -88,6 +93,25 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
         raise ValueError(f"--matcher lightglue needs learned features "
                          f"({' or '.join(LIGHTGLUE_WEIGHTS)}), not {features!r}")
     return features, matcher, "; ".join(reasons) or "as configured"
+
+
+# Keypoints per image when none is configured. SIFT: 2048 scored as well as 4096 on realdev
+# (99.53 both) in 0.4x the time, matching being quadratic in it. On a CPU LightGlue takes
+# ~1.5 s per pair at 2048 keypoints and grows with the square of the count, so learned
+# features get fewer there.
+AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
+
+
+def choose_keypoints(features: str, requested: int = 0, device: str = "auto") -> int:
+    """``requested`` if set (> 0), else the AUTO_KEYPOINTS budget of the features on the
+    device that will run them."""
+    if requested > 0:
+        return requested
+    if features == "sift":
+        return AUTO_KEYPOINTS["sift"]
+    from src.torch_compat import cuda_available
+    on_cuda = device == "cuda" or (device == "auto" and cuda_available())
+    return AUTO_KEYPOINTS["learned-cuda" if on_cuda else "learned-cpu"]
 
 
 def describe(conf: GeometricConf) -> str:
@@ -142,6 +166,9 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
         order = [images.index(im) for im in kept]
         global_desc = backbone_features[order]
     else:
+        if conf.retrieval == "backbone" and len(kept) > conf.pairs.exhaustive_below:
+            log.warning("%s: backbone retrieval asked for but no backbone features given; "
+                        "retrieving with VLAD", dataset)
         global_desc = (timed("retrieval", vlad_descriptors,
                              [features[im].descriptors for im in kept])
                        if len(kept) > conf.pairs.exhaustive_below else None)

@@ -50,7 +50,9 @@ _RESUMABLE_FIELDS = {"overwrite", "run_name", "output_dir", "outlier_threshold",
                      "cluster_pose_weight", "cluster_feature_weight", "pipeline", "features",
                      "max_keypoints", "max_image_side", "pair_top_k", "pair_exhaustive_below",
                      "retrieval", "match_ratio", "ransac_threshold_px", "min_verified_inliers",
-                     "graph_min_inliers", "min_scene_size", "unregistered", "sfm_threads"}
+                     "graph_min_inliers", "min_scene_size", "unregistered", "sfm_threads",
+                     "matcher", "feature_model", "feature_weights", "matcher_weights",
+                     "torch_device"}
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:

@@ -117,3 +117,33 @@ def test_configuration_is_checked():
         GeometricConf(unregistered="drop")
     with pytest.raises(ValueError, match="retrieval"):
         GeometricConf(retrieval="netvlad")
+
+
+def test_automatic_choices_follow_the_device_and_the_weights(monkeypatch):
+    from config import ConfigError, get_config
+    from src import torch_compat
+    from src.geometric import choose_features
+
+    monkeypatch.setattr(torch_compat, "cuda_available", lambda: False)
+    cpu = GeometricConf.from_config(get_config("test", pipeline="geometric"))
+    assert (cpu.features.name, cpu.matching.matcher) == ("sift", "nn-ratio")
+    assert cpu.features.max_keypoints == 2048 and cpu.retrieval == "vlad"
+    learned = GeometricConf.from_config(get_config("test", pipeline="geometric",
+                                                   features="aliked"))
+    assert learned.matching.matcher == "lightglue" and learned.features.max_keypoints == 1024
+    explicit = GeometricConf.from_config(get_config("test", pipeline="geometric",
+                                                    features="disk", max_keypoints=300))
+    assert explicit.features.max_keypoints == 300
+    # The hybrid pipeline retrieves with the backbone only when real weights are attached.
+    assert GeometricConf.from_config(get_config("test", pipeline="hybrid")).retrieval == "vlad"
+    weighted = get_config("test", pipeline="hybrid", backbone_weights="/w/convnext.h5")
+    assert GeometricConf.from_config(weighted).retrieval == "backbone"
+    with pytest.raises(ValueError, match="lightglue needs learned features"):
+        choose_features("sift", "lightglue")
+    with pytest.raises(ConfigError, match="max_keypoints"):
+        get_config("test", max_keypoints=-1)
+
+    monkeypatch.setattr(torch_compat, "cuda_available", lambda: True)
+    assert choose_features() == ("aliked", "lightglue", "CUDA present")
+    gpu = GeometricConf.from_config(get_config("test", pipeline="geometric"))
+    assert gpu.features.name == "aliked" and gpu.features.max_keypoints == 4096

@@ -224,6 +224,10 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
     assert len(calls) == 2
     assert ReconConf(colmap_verbose=True).cache_key() == ReconConf().cache_key()
     assert ReconConf(seed=1).cache_key() != ReconConf().cache_key()
+    lean = ReconConf(ba_ignore_redundant_points=False)
+    assert lean.cache_key() != ReconConf().cache_key()
+    assert ReconConf().pipeline_options().mapper.ba_global_ignore_redundant_points3D is True
+    assert lean.pipeline_options().mapper.ba_global_ignore_redundant_points3D is False
 
 
 def test_changed_matches_are_not_served_from_the_cache(cluster, tmp_path, monkeypatch):
