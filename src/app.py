@@ -147,11 +147,11 @@ def page_overview(run_dir: str, stamp: float) -> None:
                    f"{report.clusterness:.2f} (src.evaluation, the IMC 2025 metric)")
     st.subheader("Time per stage")
     if run.timings is not None:
-        st.bar_chart(run.timings.set_index("stage")["seconds"], horizontal=True,
-                     x_label="seconds", height=60 + 28 * len(run.timings))
+        st.bar_chart(run.timings, x="stage", y="seconds", horizontal=True, sort=False,
+                     x_label="stage", y_label="seconds", height=80 + 28 * len(run.timings))
     if run.stage_seconds is not None:
         st.caption("Geometric stages per dataset, seconds")
-        st.dataframe(run.stage_seconds, hide_index=True)
+        st.dataframe(run.stage_seconds.round(2), hide_index=True)
     if run.timings is None and run.stage_seconds is None:
         st.info("This run has no timings.csv.")
 
@@ -166,6 +166,9 @@ def page_dataset(run_dir: str, stamp: float, dataset: str) -> None:
                + (", thumbnails framed green where the image belongs to the cluster's "
                   "ground-truth scene, red where not" if truth else ""))
     thumbs = thumbnails(run_dir, stamp, dataset)
+    report = score_run(run_dir, stamp)
+    scored_on = {} if report is None else {
+        row.scene: row.cluster for row in report.per_scene.itertuples() if row.dataset == dataset}
     for group in groups:
         title = f"{group.name} · {len(group.images)} image(s)"
         if group.correct is not None:
@@ -174,7 +177,13 @@ def page_dataset(run_dir: str, stamp: float, dataset: str) -> None:
             st.divider()
         st.subheader(title)
         if group.expected_scene is not None and not group.is_outliers:
-            st.caption(f"ground-truth scene: {group.expected_scene}")
+            note = f"ground-truth scene: {group.expected_scene}"
+            other = scored_on.get(group.expected_scene)
+            if other is not None and other != group.name:
+                # The scene is split over clusters; the metric pairs it with one of them only.
+                note += (f" (split: the scorer pairs this scene with {other}, so these images "
+                         "earn it no mAA)")
+            st.caption(note)
         correct = group.correct or [None] * len(group.images)
         truth_names = group.truth or [None] * len(group.images)
         captions = [name if scene is None else f"{'✓' if ok else '✗'} {name} ({scene})"
@@ -226,12 +235,14 @@ def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
         aligned = alignment(run_dir, stamp, dataset, cluster, scene)
         st.subheader(f"aligned to ground-truth scene {scene}")
         st.caption(f"Similarity (scale {aligned.scale:.3g}) fitted on the cameras the scorer "
-                   f"registers within its loosest threshold, {aligned.threshold:g}")
+                   f"registers within its loosest threshold, {aligned.threshold:.3g}")
         st.plotly_chart(viewer.alignment_figure(aligned), key=f"aligned_{dataset}")
     st.subheader("Per-image centre error")
-    st.dataframe(viewer.alignment_table(aligned), hide_index=True)
-    st.caption("Cameras the scorer registers per threshold: " + ", ".join(
-        f"{n} within {t:g}" for t, n in zip(aligned.thresholds, aligned.within)))
+    st.dataframe(viewer.alignment_table(aligned), hide_index=True, column_config={
+        "centre error": st.column_config.NumberColumn(format="%.4g")})
+    st.caption("Distances in the ground truth's units. Cameras the scorer registers per "
+               "threshold: " + ", ".join(f"{n}/{len(aligned.images)} within {t:.3g}"
+                                         for t, n in zip(aligned.thresholds, aligned.within)))
 
 
 def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
@@ -276,7 +287,8 @@ def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
     if poses is None:
         st.info("No relative pose: the two images are not posed in the same cluster.")
     else:
-        st.dataframe(poses, hide_index=True)
+        st.dataframe(poses, hide_index=True, column_config={
+            "rotation (deg)": st.column_config.NumberColumn(format="%.2f")})
     st.caption(f"matches: {matches_path.name}; features: {features_path.name}")
 
 

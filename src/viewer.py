@@ -413,7 +413,7 @@ def _camera_traces(centers: np.ndarray, axes: np.ndarray, names: list[str], colo
     return [go.Scatter3d(x=centers[:, 0], y=centers[:, 1], z=centers[:, 2], mode="markers",
                          marker=dict(size=4, color=colour), name=label,
                          text=hover or names, hoverinfo="text"),
-            go.Scatter3d(x=x, y=y, z=z, mode="lines", line=dict(color=colour, width=3),
+            go.Scatter3d(x=x, y=y, z=z, mode="lines", line=dict(color=colour, width=5),
                          name=f"{label}: viewing direction", hoverinfo="skip",
                          showlegend=False)]
 
@@ -436,7 +436,7 @@ def cameras_figure(centers: np.ndarray, R_cw: np.ndarray, names: list[str],
         fig.add_trace(go.Scatter3d(x=points[:, 0], y=points[:, 1], z=points[:, 2],
                                    mode="markers", marker=dict(size=1.5, color="#888888"),
                                    name=f"sparse points ({len(points)})", hoverinfo="skip"))
-    arrow = 0.1 * _span(centers)
+    arrow = 0.2 * _span(centers)
     for trace in _camera_traces(centers, R_cw[:, 2, :], names, "#1f77b4",
                                 f"cameras ({len(names)})", arrow):
         fig.add_trace(trace)
@@ -446,7 +446,7 @@ def cameras_figure(centers: np.ndarray, R_cw: np.ndarray, names: list[str],
 def alignment_figure(alignment: Alignment, title: str = "") -> go.Figure:
     """Ground-truth cameras beside the aligned predictions, a red line for each error."""
     fig = go.Figure()
-    arrow = 0.1 * _span(alignment.gt_centers)
+    arrow = 0.2 * _span(alignment.gt_centers)
     for trace in _camera_traces(alignment.gt_centers, alignment.gt_axes, alignment.images,
                                 "#2ca02c", "ground truth", arrow):
         fig.add_trace(trace)
@@ -464,7 +464,8 @@ def alignment_table(alignment: Alignment) -> pd.DataFrame:
     """Per image: centre error after alignment and whether the scorer registers it at the
     loosest threshold."""
     return pd.DataFrame({"image": alignment.images, "centre error": alignment.errors,
-                         f"within {alignment.threshold:g}": alignment.errors < alignment.threshold})
+                         f"within {alignment.threshold:.3g}":
+                             alignment.errors < alignment.threshold})
 
 
 # =========================================================================== pairs

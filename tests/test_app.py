@@ -100,7 +100,7 @@ def test_overview_shows_the_runs_counts_and_the_scorers_score(monkeypatch, submi
     assert "Time per stage" in [s.value for s in app.subheader]
     assert len(app.get("vega_lite_chart")) == 1  # seconds per stage of timings.csv
     pd.testing.assert_frame_equal(app.dataframe[1].value.reset_index(drop=True),
-                                  pd.read_csv(RUN_DIR / "timings_geometric.csv"))
+                                  pd.read_csv(RUN_DIR / "timings_geometric.csv").round(2))
 
 
 def test_dataset_page_shows_each_cluster_and_marks_each_image(monkeypatch, submission, report):
