@@ -58,10 +58,16 @@ def ground_truth(run_dir: str, stamp: float):
 
 
 @st.cache_data(show_spinner="Making thumbnails...")
-def thumbnails(run_dir: str, stamp: float, dataset: str) -> dict[str, object]:
+def gallery(run_dir: str, stamp: float, dataset: str) -> list:
+    """The dataset's cluster groups and their framed thumbnails as JPEG bytes (encoded once:
+    re-encoding 100 arrays on every rerun is what made the page slow)."""
     run = load_run(run_dir, stamp)
-    return {image: viewer.thumbnail(run.image_path(dataset, image), THUMB_SIDE)
-            for image in run.predictions["image"].iloc[run.rows(dataset)]}
+    groups = viewer.cluster_groups(run, dataset, ground_truth(run_dir, stamp),
+                                   score_run(run_dir, stamp))
+    return [(group, [viewer.encode_jpeg(viewer.framed(
+                viewer.thumbnail(run.image_path(dataset, name), THUMB_SIDE), ok))
+             for name, ok in zip(group.images, group.correct or [None] * len(group.images))])
+            for group in groups]
 
 
 @st.cache_resource(show_spinner="Loading the SfM models...")
@@ -159,17 +165,16 @@ def page_overview(run_dir: str, stamp: float) -> None:
 def page_dataset(run_dir: str, stamp: float, dataset: str) -> None:
     run = load_run(run_dir, stamp)
     truth = ground_truth(run_dir, stamp)
-    groups = viewer.cluster_groups(run, dataset, truth, score_run(run_dir, stamp))
-    n_clusters = sum(not g.is_outliers for g in groups)
+    groups = gallery(run_dir, stamp, dataset)
+    n_clusters = sum(not g.is_outliers for g, _ in groups)
     st.title(dataset)
     st.caption(f"{len(run.rows(dataset))} images in {n_clusters} cluster(s)"
                + (", thumbnails framed green where the image belongs to the cluster's "
                   "ground-truth scene, red where not" if truth else ""))
-    thumbs = thumbnails(run_dir, stamp, dataset)
     report = score_run(run_dir, stamp)
     scored_on = {} if report is None else {
         row.scene: row.cluster for row in report.per_scene.itertuples() if row.dataset == dataset}
-    for group in groups:
+    for group, thumbs in groups:
         title = f"{group.name} · {len(group.images)} image(s)"
         if group.correct is not None:
             title += f" · {sum(group.correct)}/{len(group.correct)} right"
@@ -188,8 +193,7 @@ def page_dataset(run_dir: str, stamp: float, dataset: str) -> None:
         truth_names = group.truth or [None] * len(group.images)
         captions = [name if scene is None else f"{'✓' if ok else '✗'} {name} ({scene})"
                     for name, scene, ok in zip(group.images, truth_names, correct)]
-        st.image([viewer.framed(thumbs[name], ok) for name, ok in zip(group.images, correct)],
-                 caption=captions, width=THUMB_SIDE)
+        st.image(thumbs, caption=captions, width=THUMB_SIDE)
 
 
 def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:

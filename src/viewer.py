@@ -302,6 +302,15 @@ def framed(image: np.ndarray, correct: bool | None, width: int = 5) -> np.ndarra
     return out
 
 
+def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
+    """uint8 RGB -> JPEG bytes, ready for a browser."""
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise DataError("OpenCV could not encode a thumbnail as JPEG")
+    return encoded.tobytes()
+
+
 # =========================================================================== cameras
 def cluster_rows(run: RunData, dataset: str, cluster: str, posed_only: bool = True
                  ) -> np.ndarray:

@@ -128,6 +128,8 @@ def test_thumbnails_keep_the_aspect_and_unreadable_images_become_grey(run, tmp_p
     assert frame.shape == (thumb.shape[0] + 6, thumb.shape[1] + 6, 3)
     assert tuple(frame[0, 0]) == viewer.WRONG_RGB
     assert tuple(viewer.framed(thumb, True)[0, 0]) == viewer.RIGHT_RGB
+    decoded = cv2.imdecode(np.frombuffer(viewer.encode_jpeg(frame), np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == frame.shape
 
 
 def test_every_cluster_has_its_sfm_model_with_points(run):
