@@ -234,11 +234,11 @@ def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
             st.info(f"Fewer than 3 posed cameras of {cluster} share a ground-truth scene: no "
                     "similarity to align them with.")
             return
+        st.subheader("aligned to the ground truth")
         scene = choose("Ground-truth scene", f"scene_{cluster}", scenes) if len(scenes) > 1 \
             else scenes[0]
         aligned = alignment(run_dir, stamp, dataset, cluster, scene)
-        st.subheader(f"aligned to ground-truth scene {scene}")
-        st.caption(f"Similarity (scale {aligned.scale:.3g}) fitted on the cameras the scorer "
+        st.caption(f"Scene {scene}. Similarity (scale {aligned.scale:.3g}) fitted on the cameras the scorer "
                    f"registers within its loosest threshold, {aligned.threshold:.3g}")
         st.plotly_chart(viewer.alignment_figure(aligned), key=f"aligned_{dataset}")
     st.subheader("Per-image centre error")

@@ -427,9 +427,16 @@ def _camera_traces(centers: np.ndarray, axes: np.ndarray, names: list[str], colo
                          showlegend=False)]
 
 
-def _layout(fig: go.Figure, title: str) -> go.Figure:
+def _layout(fig: go.Figure, title: str, points: np.ndarray) -> go.Figure:
+    # True proportions, except that an axis is drawn at least a third as long as the longest:
+    # plotly crops very flat boxes (cameras at one height) and flattens them to a line.
+    finite = points[np.isfinite(points).all(axis=1)]
+    extent = np.ptp(finite, axis=0) if len(finite) > 1 else np.ones(3)
+    ratio = np.maximum(extent / max(extent.max(), 1e-12), 1 / 3)
     fig.update_layout(title=title, height=560, margin=dict(l=0, r=0, t=40, b=0),
-                      scene=dict(aspectmode="data"), legend=dict(x=0, y=1))
+                      scene=dict(aspectmode="manual",
+                                 aspectratio=dict(x=ratio[0], y=ratio[1], z=ratio[2])),
+                      legend=dict(x=0, y=1))
     return fig
 
 
@@ -449,7 +456,8 @@ def cameras_figure(centers: np.ndarray, R_cw: np.ndarray, names: list[str],
     for trace in _camera_traces(centers, R_cw[:, 2, :], names, "#1f77b4",
                                 f"cameras ({len(names)})", arrow):
         fig.add_trace(trace)
-    return _layout(fig, title)
+    shown = [centers, centers + arrow * R_cw[:, 2, :]]
+    return _layout(fig, title, np.concatenate(shown + ([points] if points is not None else [])))
 
 
 def alignment_figure(alignment: Alignment, title: str = "") -> go.Figure:
@@ -466,7 +474,9 @@ def alignment_figure(alignment: Alignment, title: str = "") -> go.Figure:
     x, y, z = _segments(alignment.pred_centers, alignment.gt_centers)
     fig.add_trace(go.Scatter3d(x=x, y=y, z=z, mode="lines", line=dict(color="#d62728", width=4),
                                name="centre error", hoverinfo="skip"))
-    return _layout(fig, title)
+    return _layout(fig, title, np.concatenate([
+        alignment.gt_centers, alignment.gt_centers + arrow * alignment.gt_axes,
+        alignment.pred_centers, alignment.pred_centers + arrow * alignment.pred_axes]))
 
 
 def alignment_table(alignment: Alignment) -> pd.DataFrame:

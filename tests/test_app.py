@@ -146,7 +146,7 @@ def test_cameras_page_shows_the_clusters_cameras_points_and_errors(monkeypatch, 
 
     # The per-image errors are the scorer's registration errors at its loosest threshold.
     labels = read_submission(DATA_DIR / "test_labels.csv").set_index("image")
-    scene = app.subheader[1].value.rsplit(" ", 1)[1]
+    scene = app.caption[1].value.split(".")[0].removeprefix("Scene ")
     in_scene = rows[[labels.loc[im, "scene"] == scene for im in rows["image"]]]
 
     def centres(frame):
