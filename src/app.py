@@ -339,6 +339,9 @@ def main() -> None:
     query_default("page", list(PAGES))
     page = st.sidebar.radio("Page", list(PAGES), format_func=PAGES.get, key="page")
     st.query_params["page"] = page
+    if args.run and not (args.run / viewer.SUBMISSION_FILE).is_file():
+        st.sidebar.warning(f"--run {args.run}: not a run folder (no submission.csv there); "
+                           "run `python main.py --pipeline geometric` first")
     if page == "upload":
         page_upload(args)
         return

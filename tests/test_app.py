@@ -252,3 +252,13 @@ def test_a_learned_style_run_without_caches_or_labels(monkeypatch, tmp_path, sub
             assert "no cached matches" in app.info[0].value
         if page == "cameras":
             assert len(plotly_specs(app)) == 1  # predicted cameras only: nothing to align to
+
+
+def test_a_missing_run_folder_is_named_not_fatal(monkeypatch, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["src/app.py", "--run", str(tmp_path / "nothing"),
+                                      "--uploads-dir", str(tmp_path)])
+    app = AppTest.from_file(str(APP), default_timeout=60)
+    app.run()
+    assert not app.exception
+    assert "not a run folder" in app.sidebar.warning[0].value
+    assert "No run folder found" in app.error[0].value
