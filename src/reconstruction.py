@@ -103,7 +103,11 @@ class ReconConf:
     ba_ignore_redundant_points: bool = True
     seed: int = 0  # seed of COLMAP's random generator (RANSAC, sampling); -1 = COLMAP default
     num_threads: int = 1  # mapper threads; -1 = all cores. 1 is reproducible bit for bit
-    max_runtime_seconds: int = -1  # stop mapping after this many seconds (-1 = no limit)
+    # Stop mapping after this many seconds (-1 = no limit; 0 = auto, 60 + 5 per image). A
+    # safety net: on DISK + LightGlue demo matches full of weak false pairs the mapper ran
+    # for over 15 minutes on 23 images. COLMAP checks it between registrations, so a run
+    # may overshoot; what it found by then is kept.
+    max_runtime_seconds: int = 0
     colmap_verbose: bool = False  # let COLMAP print its INFO log (else warnings and errors only)
 
     def __post_init__(self) -> None:
@@ -131,9 +135,9 @@ class ReconConf:
             raise ValueError(f"ReconConf.num_threads must be >= 1 or -1 (all cores), got "
                              f"{self.num_threads}")
         runtime = self.max_runtime_seconds
-        if isinstance(runtime, bool) or not isinstance(runtime, int) or not (
-                runtime == -1 or runtime > 0):
-            raise ValueError("ReconConf.max_runtime_seconds must be an integer > 0 or -1 (no "
+        if isinstance(runtime, bool) or not isinstance(runtime, int) or runtime < -1:
+            raise ValueError("ReconConf.max_runtime_seconds must be an integer >= 0 (0 = auto) "
+                             "or -1 (no "
                              f"limit), got {runtime!r}")
 
     def cache_key(self) -> str:
@@ -143,8 +147,15 @@ class ReconConf:
         text = json.dumps({"cache_version": CACHE_VERSION, **values}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
-    def pipeline_options(self) -> pycolmap.IncrementalPipelineOptions:
-        """These options as pycolmap's IncrementalPipelineOptions."""
+    def runtime_limit(self, num_images: int) -> int:
+        """Seconds the mapper may run on ``num_images`` images; -1 for no limit."""
+        if self.max_runtime_seconds == 0:
+            return 60 + 5 * num_images
+        return self.max_runtime_seconds
+
+    def pipeline_options(self, num_images: int = 0) -> pycolmap.IncrementalPipelineOptions:
+        """These options as pycolmap's IncrementalPipelineOptions (``num_images`` sets the
+        automatic runtime limit)."""
         opts = pycolmap.IncrementalPipelineOptions()
         opts.min_num_matches = self.min_num_matches
         opts.multiple_models = self.max_models > 1
@@ -156,7 +167,7 @@ class ReconConf:
         opts.ba_refine_principal_point = self.ba_refine_principal_point
         opts.ba_refine_extra_params = self.ba_refine_extra_params
         opts.mapper.ba_global_ignore_redundant_points3D = self.ba_ignore_redundant_points
-        opts.max_runtime_seconds = self.max_runtime_seconds
+        opts.max_runtime_seconds = self.runtime_limit(num_images)
         # The pipeline passes its seed and thread count down to the mapper and triangulator;
         # setting them on the sub-options as well makes that explicit.
         opts.random_seed = self.seed
@@ -523,7 +534,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
                      "again", label, models_dir)
 
     db_path = work_dir / DATABASE_FILE
-    options = conf.pipeline_options()
+    options = conf.pipeline_options(len(images))
     _remove_leftovers(work_dir)
     build_database(db_path, image_dir, images, kpts, pair_matches, conf, image_sizes)
     mapping_dir = Path(tempfile.mkdtemp(prefix=_MAPPING_TMP_PREFIX, dir=work_dir))
@@ -540,6 +551,11 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
     finally:
         shutil.rmtree(mapping_dir, ignore_errors=True)
     seconds = time.perf_counter() - started
+    limit = options.max_runtime_seconds
+    if limit > 0 and seconds >= limit:
+        log.warning("cluster %s: mapping stopped at its time limit (%.0f s of %d s allowed for "
+                    "%d images); the models found so far are kept", label, seconds, limit,
+                    len(images))
 
     reconstructions = [rec for rec in found.values()
                        if rec.num_reg_images() >= conf.min_model_size]

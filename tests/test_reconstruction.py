@@ -230,6 +230,15 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
     assert lean.pipeline_options().mapper.ba_global_ignore_redundant_points3D is False
 
 
+def test_mapping_time_limit_defaults_to_a_per_image_budget():
+    assert ReconConf().runtime_limit(23) == 60 + 5 * 23
+    assert ReconConf().pipeline_options(23).max_runtime_seconds == 175
+    assert ReconConf(max_runtime_seconds=30).pipeline_options(23).max_runtime_seconds == 30
+    assert ReconConf(max_runtime_seconds=-1).runtime_limit(500) == -1
+    with pytest.raises(ValueError, match="max_runtime_seconds"):
+        ReconConf(max_runtime_seconds=-2)
+
+
 def test_changed_matches_are_not_served_from_the_cache(cluster, tmp_path, monkeypatch):
     subset = cluster.scene_views[:5]
     matches = {k: m for k, m in cluster.matches.items() if k[0] in subset and k[1] in subset}
