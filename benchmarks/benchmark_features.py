@@ -49,7 +49,7 @@ VARIANTS = {
 }
 LABELS = {"sift": "SIFT + NN-ratio (default on CPU)", "aliked": "ALIKED + LightGlue",
           "disk": "DISK + LightGlue", "pycolmap": "plain pycolmap"}
-COLUMNS = ["variant", "score", "mAA", "clustering", "registered", "images", "pairs",
+COLUMNS = ["variant", "status", "score", "mAA", "clustering", "registered", "images", "pairs",
            "features_s", "retrieval_s", "matching_s", "clustering_s", "reconstruction_s",
            "wall_s", "peak_MB", "load1_before", "load1_after"]
 
@@ -77,14 +77,24 @@ def run_one(variant: str, data_dir: Path, learned_keypoints: int, work: Path) ->
             for k, v in row.items()}
 
 
-def run_in_child(variant: str, data_dir: Path, learned_keypoints: int, work: Path) -> dict:
+def run_in_child(variant: str, data_dir: Path, learned_keypoints: int, work: Path,
+                 timeout: float) -> dict:
+    """The variant's row; a run that fails or outlasts ``timeout`` seconds is a row too,
+    with its status, so that one bad variant does not lose the others."""
     result = work / f"{variant}.json"
+    result.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--one", variant, "--data-dir", str(data_dir),
                "--learned-keypoints", str(learned_keypoints), "--work-dir", str(work),
                "--result", str(result)]
-    # COLMAP's INFO log would bury the tables
-    subprocess.run(command, check=True, env={**os.environ, "GLOG_minloglevel": "2"})
-    return json.loads(result.read_text())
+    try:
+        # COLMAP's INFO log would bury the tables
+        subprocess.run(command, check=True, timeout=timeout,
+                       env={**os.environ, "GLOG_minloglevel": "2"})
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "status": f"stopped after {timeout:.0f} s"}
+    except subprocess.CalledProcessError as error:
+        return {"variant": variant, "status": f"failed (exit {error.returncode})"}
+    return {**json.loads(result.read_text()), "status": "ok"}
 
 
 def default_data_dirs() -> list[Path]:
@@ -108,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learned-keypoints", type=int, default=0,
                         help="keypoints per image of the learned variants (default 0: the "
                              "configuration's automatic budget for this device)")
+    parser.add_argument("--timeout", type=float, default=1200,
+                        help="seconds a variant may run before it is stopped and reported "
+                             "as such (default 1200)")
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     parser.add_argument("--progress", action="store_true", help="show progress bars")
@@ -142,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for variant in args.variants:
             print(f"{data_dir}: {LABELS[variant]} ...", flush=True)
-            rows.append(run_in_child(variant, data_dir, args.learned_keypoints, work))
+            rows.append(run_in_child(variant, data_dir, args.learned_keypoints, work,
+                                     args.timeout))
         table = pd.DataFrame(rows)
         for column in COLUMNS:
             if column not in table:
