@@ -18,7 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only bac
 log = logging.getLogger(__name__)
 
 
-def _cluster_order(scenes: pd.Series) -> list[str]:
+def cluster_order(scenes: pd.Series) -> list[str]:
+    """Cluster names, largest first (ties by name), ``outliers`` last if present; the order
+    of the galleries here and in the viewer."""
     names = [s for s in pd.unique(scenes) if s != OUTLIER_SCENE]
     names.sort(key=lambda s: (-int((scenes == s).sum()), s))
     return names + ([OUTLIER_SCENE] if (scenes == OUTLIER_SCENE).any() else [])
@@ -32,7 +34,7 @@ def plot_cluster_gallery(table: pd.DataFrame, scenes: pd.Series, image_root: Pat
     ``truth`` (ground-truth scene per image), when given, is printed under each thumbnail.
     Unreadable images are shown as a grey tile with their name, not skipped.
     """
-    order = _cluster_order(scenes)
+    order = cluster_order(scenes)
     rows = []
     for name in order:
         members = np.flatnonzero(scenes.to_numpy() == name)
@@ -81,7 +83,7 @@ def plot_cameras_3d(table: pd.DataFrame, scenes: pd.Series, path: Path,
     span = np.ptp(centers[posed], axis=0).max() if posed.any() else 1.0
     arrow = 0.1 * (span if span > 0 else 1.0)
     colours = plt.cm.tab10(np.linspace(0, 1, 10))
-    for k, name in enumerate(n for n in _cluster_order(scenes) if n != OUTLIER_SCENE):
+    for k, name in enumerate(n for n in cluster_order(scenes) if n != OUTLIER_SCENE):
         sel = (scenes.to_numpy() == name) & posed
         if not sel.any():
             continue

@@ -33,7 +33,7 @@ from src.evaluation import ScoreReport, registration_errors, score_submission, t
 from src.geometry import apply_similarity, camera_centers, rotation_angle_deg, umeyama_similarity
 from src.local_features import load_all_features, read_cache_config
 from src.matching import load_pair, load_verified_matches
-from src.plots import _cluster_order
+from src.plots import cluster_order
 from src.reconstruction import Model, load_models
 from src.utils_io import (IMAGE_SUFFIXES, OUTLIER_SCENE, DataError, decode_image_file,
                           parse_numbers, read_image_rgb, read_submission, write_image_rgb)
@@ -265,7 +265,7 @@ def cluster_groups(run: RunData, dataset: str, truth: GroundTruth | None = None,
     rows = run.rows(dataset)
     scenes = run.predictions["scene"].iloc[rows].reset_index(drop=True)
     groups = []
-    for name in _cluster_order(scenes):
+    for name in cluster_order(scenes):
         members = [int(r) for r in rows[scenes.to_numpy() == name]]
         images = list(run.predictions["image"].iloc[members])
         if truth is None:
@@ -323,7 +323,7 @@ def cluster_rows(run: RunData, dataset: str, cluster: str, posed_only: bool = Tr
 def posed_clusters(run: RunData, dataset: str) -> list[str]:
     """The dataset's clusters with at least one posed image, largest first."""
     scenes = run.predictions["scene"].iloc[run.rows(dataset)].reset_index(drop=True)
-    return [name for name in _cluster_order(scenes)
+    return [name for name in cluster_order(scenes)
             if name != OUTLIER_SCENE and len(cluster_rows(run, dataset, name))]
 
 
