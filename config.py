@@ -54,7 +54,8 @@ class Config:
     # Data and outputs
     data_dir: str = _f(DEMO_DATA_DIR, "competition-layout data folder (train/, test/, CSVs)")
     output_dir: str = _f("outputs", "where run folders are written")
-    run_name: str = _f("", "run folder name under output_dir; empty = preset + timestamp")
+    run_name: str = _f("", "run folder name under output_dir; empty = the preset (+ pipeline "
+                       "unless learned, + the data folder's name unless the preset's)")
     demo_size: str = _f("default", "size of the generated demo data (used when data_dir is "
                         "the demo folder)", choices=tuple(DEMO_SIZES))
     seed: int = _f(40, "random seed for splits, shuffling, initialisation and demo data")

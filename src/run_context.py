@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from config import Config, ConfigError
+from config import Config, ConfigError, get_config
 from src.utils_io import atomic_path, write_csv_atomic
 
 log = logging.getLogger("imc")
@@ -60,6 +60,17 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
+def default_run_name(cfg: Config) -> str:
+    """The preset's name, plus the pipeline's when it is not the learned one, plus the data
+    folder's name when it is not the preset's own: runs on other data get their own folder
+    instead of colliding with the demo run."""
+    name = cfg.preset if cfg.pipeline == "learned" else f"{cfg.preset}-{cfg.pipeline}"
+    preset_data = get_config(cfg.preset).data_dir if cfg.preset else cfg.data_dir
+    if Path(cfg.data_dir).resolve() != Path(preset_data).resolve():
+        name += f"-{Path(cfg.data_dir).resolve().name}"
+    return name
+
+
 @dataclass
 class RunContext:
     """Where a run writes, and how long each of its stages took."""
@@ -69,15 +80,13 @@ class RunContext:
 
     @classmethod
     def create(cls, cfg: Config, stage: str = "all") -> "RunContext":
-        """Make or reopen ``output_dir/<run_name>`` (default: the preset's name, plus the
-        pipeline's when it is not the learned one).
+        """Make or reopen ``output_dir/<run_name>`` (default: :func:`default_run_name`).
 
         Reopening a folder resumes its run, so it must hold the same training configuration;
         ``overwrite`` starts it afresh instead. The ``infer`` stage only reads the trained
         model, so it may change anything (its configuration goes to ``config_infer.json``).
         """
-        default_name = cfg.preset if cfg.pipeline == "learned" else f"{cfg.preset}-{cfg.pipeline}"
-        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_name)
+        run_dir = Path(cfg.output_dir) / (cfg.run_name or default_run_name(cfg))
         saved = run_dir / "config.json"
         if cfg.overwrite and run_dir.exists():
             log.info("overwrite: removing the earlier run in %s", run_dir)

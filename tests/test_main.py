@@ -24,7 +24,7 @@ def run_dir(tmp_path_factory, data_dir):
     argv = ["--preset", "test", "--data-dir", str(data_dir), "--output-dir", str(out),
             "--epochs-finetune1", "0", "--epochs-finetune2", "0"]
     assert main.main(argv) == 0
-    return out / "test"
+    return out / f"test-{data_dir.name}"  # data other than the preset's: its own folder
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_geometric_pipeline_runs_from_the_command_line(data_dir, tmp_path):
     argv = ["--preset", "test", "--pipeline", "geometric", "--data-dir", str(data_dir),
             "--output-dir", str(tmp_path)]
     assert main.main(argv) == 0
-    run_dir = tmp_path / "test-geometric"
+    run_dir = tmp_path / f"test-geometric-{data_dir.name}"
     submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
     validate_submission(submission, expected_images=list_test_images(data_dir))
     for name in ("timings_geometric.csv", "predictions_test.csv", "score_test.csv"):
