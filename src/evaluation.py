@@ -20,6 +20,10 @@ default parameters), vectorised:
 
 The ground-truth ``outliers`` scene and predicted ``outliers`` clusters take no part in the
 registration; images a submission puts in real clusters still count in the cluster sizes.
+A ground-truth scene whose best match is the ``outliers`` group leaves the denominator's image
+count but keeps its 3-camera deduction, so a dataset's mAA (and score) can exceed 100 when
+other scenes are well registered. The organisers' code does the same (``gt_scene_sum_table``
+stays 0 for an ``outliers`` column); it is kept, to score as the leaderboard does.
 
 Command line: ``python -m src.evaluation SUBMISSION LABELS THRESHOLDS``.
 """
