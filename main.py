@@ -33,7 +33,7 @@ from config import Config, ConfigError, add_config_arguments, config_from_args, 
 from src.clustering import ClusterSettings, SpreadScales, cluster_all
 from src.demo_data import ensure_data_dir
 from src.evaluation import score_submission, score_subset, seen_unseen_summary, true_scenes
-from src.geometric import GeometricConf, choose_features, describe, run_geometric
+from src.geometric import GeometricConf, describe, run_geometric
 from src.inference import load_run_model, pose_table, predict
 from src.plots import plot_run_results
 from src.preprocessing import prepare_training_labels
@@ -97,8 +97,7 @@ def run(argv: list[str] | None = None) -> Path:
             geometric_conf = GeometricConf.from_config(cfg)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        log.info("geometric pipeline: %s (%s)", describe(geometric_conf),
-                 choose_features(cfg.features, cfg.matcher)[2])
+        log.info("geometric pipeline: %s", describe(geometric_conf))
 
     model = scaler = None
     if cfg.pipeline in ("learned", "hybrid"):

@@ -42,6 +42,8 @@ class GeometricConf:
     # Global descriptor for pair selection: "vlad" (from the local features, no network) or
     # "backbone" (the learned model's features; hybrid mode).
     retrieval: str = "vlad"
+    # Why the features and matcher are what they are (``auto`` resolved by device), for the log.
+    reason: str = field(default="as configured", compare=False)
 
     def __post_init__(self) -> None:
         if self.unregistered not in UNREGISTERED_POLICIES:
@@ -59,7 +61,7 @@ class GeometricConf:
             # (benchmarks/README.md, pair recall): VLAD unless weights are attached.
             hybrid_with_weights = cfg.pipeline == "hybrid" and bool(cfg.backbone_weights)
             retrieval = "backbone" if hybrid_with_weights else "vlad"
-        features, matcher, _ = choose_features(cfg.features, cfg.matcher)
+        features, matcher, reason = choose_features(cfg.features, cfg.matcher)
         return cls(
             features=FeatureConf(name=features,
                                  max_keypoints=choose_keypoints(features, cfg.max_keypoints,
@@ -75,7 +77,7 @@ class GeometricConf:
                             min_cluster_size=cfg.min_scene_size),
             reconstruction=ReconConf(min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads),
-            unregistered=cfg.unregistered, retrieval=retrieval)
+            unregistered=cfg.unregistered, retrieval=retrieval, reason=reason)
 
 
 def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
@@ -109,9 +111,8 @@ def choose_keypoints(features: str, requested: int = 0, device: str = "auto") ->
         return requested
     if features == "sift":
         return AUTO_KEYPOINTS["sift"]
-    from src.torch_compat import cuda_available
-    on_cuda = device == "cuda" or (device == "auto" and cuda_available())
-    return AUTO_KEYPOINTS["learned-cuda" if on_cuda else "learned-cpu"]
+    from src.torch_compat import torch_device
+    return AUTO_KEYPOINTS[f"learned-{torch_device(device)}"]
 
 
 def describe(conf: GeometricConf) -> str:
@@ -124,7 +125,7 @@ def describe(conf: GeometricConf) -> str:
         device = f" on {torch_device(f.device)}"
     return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
-            f" images, else top {conf.pairs.top_k} by {conf.retrieval}")
+            f" images, else top {conf.pairs.top_k} by {conf.retrieval} ({conf.reason})")
 
 
 def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:

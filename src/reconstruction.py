@@ -137,8 +137,7 @@ class ReconConf:
         runtime = self.max_runtime_seconds
         if isinstance(runtime, bool) or not isinstance(runtime, int) or runtime < -1:
             raise ValueError("ReconConf.max_runtime_seconds must be an integer >= 0 (0 = auto) "
-                             "or -1 (no "
-                             f"limit), got {runtime!r}")
+                             f"or -1 (no limit), got {runtime!r}")
 
     def cache_key(self) -> str:
         """12 hex digits that change whenever an option that can change the result does."""

@@ -197,7 +197,7 @@ def torch_device(requested: str = "auto") -> str:
 
     if requested not in TORCH_DEVICES:
         raise ValueError(f"device must be one of {TORCH_DEVICES}, got {requested!r}")
-    has_cuda = torch.cuda.is_available()
+    has_cuda = cuda_available()
     if requested == "cuda" and not has_cuda:
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
     return "cuda" if requested == "cuda" or (requested == "auto" and has_cuda) else "cpu"
