@@ -97,18 +97,6 @@ def run_in_child(variant: str, data_dir: Path, learned_keypoints: int, work: Pat
     return {**json.loads(result.read_text()), "status": "ok"}
 
 
-def default_data_dirs() -> list[Path]:
-    demo = REPO_ROOT / "outputs" / "demo_data"
-    if not (demo / "test").is_dir():
-        from config import get_config
-        from src.demo_data import ensure_data_dir
-        ensure_data_dir(get_config("cpu-demo"))
-    dirs = [demo]
-    if Path("/tmp/realdev_input/test").is_dir():
-        dirs.append(Path("/tmp/realdev_input"))
-    return dirs
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         args.result.write_text(json.dumps(row))
         return 0
 
-    from benchmark_geometric import fmt_table  # noqa: E402
+    from benchmark_geometric import default_data_dirs, fmt_table  # noqa: E402
 
     from src.utils_io import write_csv_atomic
 

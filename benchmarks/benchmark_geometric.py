@@ -72,6 +72,7 @@ log = logging.getLogger("benchmark_geometric")
 STAGES = ("features", "retrieval", "matching", "clustering", "reconstruction")
 DEFAULT_SIZES = (10, 40, 160)
 BASELINE_SCRIPT = REPO_ROOT / "benchmarks" / "benchmark_pycolmap_baseline.py"
+DEFAULT_REALDEV = Path("/tmp/realdev_input")  # python -m src.data_layout ../shared/data/realdev
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,6 +82,21 @@ def load1() -> float:
         return os.getloadavg()[0]
     except OSError:
         return float("nan")
+
+
+def default_data_dirs() -> list[Path]:
+    """The demo data (generated as ``python main.py`` would, if missing) and realdev laid out
+    as a competition input, if it is there."""
+    from config import DEMO_DATA_DIR, get_config
+    from src.demo_data import ensure_data_dir
+
+    dirs = [ensure_data_dir(get_config("cpu-demo", data_dir=DEMO_DATA_DIR))]
+    if (DEFAULT_REALDEV / "test_labels.csv").is_file():
+        dirs.append(DEFAULT_REALDEV)
+    else:
+        print(f"note: {DEFAULT_REALDEV} not found (python -m src.data_layout "
+              f"../shared/data/realdev {DEFAULT_REALDEV}); only the demo data")
+    return dirs
 
 
 def demo_spec_for(n: int, seed: int = 7) -> DemoSpec:

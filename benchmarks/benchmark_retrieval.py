@@ -77,7 +77,6 @@ log = logging.getLogger("benchmark_retrieval")
 
 OPTIONS = ("vlad-sift", "vlad-aliked", "backbone", "random")
 DEFAULT_OPTIONS = ("vlad-sift", "backbone", "random", "vlad-aliked")
-DEFAULT_REALDEV = Path("/tmp/realdev_input")
 RANDOM_DIM = 256  # random descriptors: wide enough that similarities are nearly independent
 
 
@@ -91,21 +90,6 @@ def _benchmark_geometric():
 
 
 # --------------------------------------------------------------------------- data
-def default_data_dirs() -> list[Path]:
-    """The demo data (generated as ``python main.py`` would, if missing) and realdev laid out
-    as a competition input, if it is there."""
-    from config import DEMO_DATA_DIR, get_config
-    from src.demo_data import ensure_data_dir
-
-    dirs = [ensure_data_dir(get_config("cpu-demo", data_dir=DEMO_DATA_DIR))]
-    if (DEFAULT_REALDEV / "test_labels.csv").is_file():
-        dirs.append(DEFAULT_REALDEV)
-    else:
-        print(f"note: {DEFAULT_REALDEV} not found (python -m src.data_layout "
-              f"../shared/data/realdev {DEFAULT_REALDEV}); only the demo data")
-    return dirs
-
-
 def load_datasets(data_dir: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     """Per test dataset: image names (in ``list_test_images`` order) and image -> scene."""
     labels_path = data_dir / "test_labels.csv"
@@ -318,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, nargs="+", action="extend", default=None,
                         help="competition-layout folder(s) with test_labels.csv (repeatable; "
-                             f"default: the demo data, and {DEFAULT_REALDEV} if present)")
+                             "default: the demo data, and /tmp/realdev_input if present)")
     parser.add_argument("--k", type=int, nargs="+", default=[5, 10, 20],
                         help="neighbours retrieved per image (default 5 10 20)")
     parser.add_argument("--options", nargs="+", choices=OPTIONS, default=list(DEFAULT_OPTIONS),
@@ -357,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     bench = _benchmark_geometric()
     import sklearn.cluster  # noqa: F401  (imported lazily by vlad_descriptors; not timed)
-    data_dirs = args.data_dir or default_data_dirs()
+    data_dirs = args.data_dir or bench.default_data_dirs()
     for data_dir in data_dirs:
         if not (data_dir / "test_labels.csv").is_file():
             parser.error(f"{data_dir} has no test_labels.csv (lay it out with "

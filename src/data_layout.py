@@ -15,7 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 from src.utils_io import (SUBMISSION_COLUMNS, DataError, default_image_id, list_images,
                           read_submission, write_csv_atomic)

@@ -193,8 +193,6 @@ def load_network(module_name: str, file_name: str, weights: str, device: str, fa
 def torch_device(requested: str = "auto") -> str:
     """"cuda" when asked for or (auto) present, else "cpu"; ValueError if cuda is asked for
     and absent."""
-    import torch
-
     if requested not in TORCH_DEVICES:
         raise ValueError(f"device must be one of {TORCH_DEVICES}, got {requested!r}")
     has_cuda = cuda_available()

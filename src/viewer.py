@@ -31,7 +31,7 @@ import plotly.graph_objects as go
 
 from src.evaluation import ScoreReport, registration_errors, score_submission, true_scenes
 from src.geometry import apply_similarity, camera_centers, rotation_angle_deg, umeyama_similarity
-from src.local_features import load_all_features, read_cache_config
+from src.local_features import read_cache_config
 from src.matching import load_pair, load_verified_matches
 from src.plots import cluster_order
 from src.reconstruction import Model, load_models
