@@ -23,6 +23,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from src import viewer  # noqa: E402
+from src.local_features import load_all_features  # noqa: E402
 from src.utils_io import read_image_rgb  # noqa: E402
 
 PAGES = {"overview": "Overview", "dataset": "Dataset", "cameras": "Cameras in 3D",
@@ -83,7 +84,7 @@ def alignment(run_dir: str, stamp: float, dataset: str, cluster: str, scene: str
 
 @st.cache_resource(show_spinner="Loading the features...")
 def features(path: str, mtime: float):
-    return viewer.load_all_features(path)
+    return load_all_features(path)
 
 
 @st.cache_data(show_spinner=False)

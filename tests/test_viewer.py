@@ -15,6 +15,7 @@ import pytest
 from src import viewer
 from src.evaluation import registration_errors, score_submission
 from src.geometry import look_at_rotation, translations_from_centers
+from src.local_features import load_all_features
 from src.matching import load_pair
 from src.utils_io import OUTLIER_SCENE, read_image_rgb, read_submission
 
@@ -230,7 +231,7 @@ def test_pair_view_splits_putative_matches_into_inliers_and_rejected(run):
     table = viewer.pair_table(matches_path)
     assert list(table["inliers"]) == sorted(table["inliers"], reverse=True)
     a, b, inliers = table.iloc[0]
-    features = viewer.load_all_features(viewer.cache_files(RUN_DIR, dataset, "features")[0])
+    features = load_all_features(viewer.cache_files(RUN_DIR, dataset, "features")[0])
     pair = viewer.load_pair_view(matches_path, features, a, b)
     putative, verified, _F = load_pair(matches_path, a, b)
     assert len(pair.inliers) == inliers == len(verified)
