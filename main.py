@@ -30,17 +30,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed.*")
 
 from config import Config, ConfigError, add_config_arguments, config_from_args, get_config
-from src.clustering import ClusterSettings, SpreadScales, cluster_all
+from src.data_io import DataError
 from src.demo_data import ensure_data_dir
-from src.evaluation import score_submission, score_subset, seen_unseen_summary, true_scenes
-from src.geometric import GeometricConf, describe, run_geometric
-from src.inference import load_run_model, pose_table, predict
+from src.evaluation import score_test_set
+from src.geometric.pipeline import GeometricConf, describe, predict_geometric
+from src.learned.preprocessing import prepare_training_labels
 from src.plots import plot_run_results
-from src.preprocessing import prepare_training_labels
 from src.run_context import RunContext, setup_logging
-from src.training import configure_precision, select_strategy, train_model
-from src.utils_io import (DataError, build_submission, list_test_images, write_csv_atomic,
-                          write_submission)
+from src.submission import list_test_images, write_run_submission
 
 log = logging.getLogger("imc")
 STAGES = ("all", "train", "infer")
@@ -80,96 +77,48 @@ def run(argv: list[str] | None = None) -> Path:
     setup_logging()
     cfg = resolve_config(args)
     ctx = RunContext.create(cfg, args.stage)
-    strategy = select_strategy()
-    configure_precision(cfg.mixed_precision, strategy)
-    batch_size = cfg.batch_size_per_replica * strategy.num_replicas_in_sync
-
     with ctx.stage("data"):
         data_dir = ensure_data_dir(cfg)
     with ctx.stage("labels"):
         labels = prepare_training_labels(data_dir / "train_labels.csv",
                                          data_dir / "train_thresholds.csv",
-                                         cfg.val_fraction, cfg.seed)
-        labels.save(ctx.run_dir)
-
+                                         cfg.val_fraction, cfg.seed, save_to=ctx.run_dir)
     if cfg.pipeline in ("geometric", "hybrid"):
-        try:
-            geometric_conf = GeometricConf.from_config(cfg)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        geometric_conf = GeometricConf.from_config(cfg)  # a bad choice fails before training
         log.info("geometric pipeline: %s", describe(geometric_conf))
-
-    model = scaler = None
     if cfg.pipeline in ("learned", "hybrid"):
-        if args.stage in ("all", "train"):
-            with ctx.stage("train"):
-                model = train_model(cfg, labels, data_dir, strategy, ctx.run_dir)
-            scaler = labels.scaler
-        else:
-            model, scaler = load_run_model(ctx.run_dir)
+        learned = learned_pipeline()
+        trained = learned.train_or_load_model(cfg, args.stage, labels, data_dir, ctx)
     if args.stage == "train":
         return ctx.run_dir
 
     test_images = list_test_images(data_dir)
     if cfg.pipeline == "learned":
-        scales = SpreadScales.from_scene_stats(labels.scene_stats)
-        settings = ClusterSettings.from_config(cfg)
-        if len(labels.val):
-            with ctx.stage("validate"):
-                val = predict(model, scaler, labels.val, data_dir / "train", batch_size)
-                val_scenes = cluster_all(val.table, val.features, scales, settings)
-                report = score_subset(build_submission(val.pose_predictions(val_scenes)),
-                                      data_dir / "train_labels.csv",
-                                      data_dir / "train_thresholds.csv", labels.val)
-                log.info("validation score (held-out views of training scenes):\n%s",
-                         report.table())
-                write_csv_atomic(report.per_dataset, ctx.run_dir / "score_validation.csv")
-        with ctx.stage("infer"):
-            test = predict(model, scaler, test_images, data_dir / "test", batch_size)
-        with ctx.stage("cluster"):
-            scenes = cluster_all(test.table, test.features, scales, settings)
-            test.table["scene"] = scenes.to_numpy()
-            test.save(ctx.run_dir)
-        predictions = test.pose_predictions(scenes)
-        table = test.table
+        predictions, table = learned.predict_learned(trained, cfg, labels, test_images,
+                                                     data_dir, ctx)
     else:
-        learned = None
+        hints = None
         if cfg.pipeline == "hybrid":
             with ctx.stage("infer"):
-                learned = predict(model, scaler, test_images, data_dir / "test", batch_size)
-                learned.save(ctx.run_dir)
+                hints = learned.learned_hints(trained, test_images, data_dir, ctx.run_dir)
         with ctx.stage("geometric"):
-            predictions, stage_seconds = run_geometric(
-                test_images, data_dir / "test", geometric_conf,
-                ctx.run_dir / "geometric", cfg.overwrite,
-                backbone_features=learned.features if learned else None,
-                outlier_prob=learned.table["outlier_prob"].to_numpy() if learned else None,
-                outlier_threshold=cfg.outlier_threshold)
-            write_csv_atomic(stage_seconds, ctx.run_dir / "timings_geometric.csv")
-            table = pose_table(predictions)
-            write_csv_atomic(table, ctx.run_dir / "predictions_test.csv")
-        scenes = table["scene"]
-
+            predictions, table = predict_geometric(test_images, data_dir / "test",
+                                                   geometric_conf, ctx.run_dir, cfg.overwrite,
+                                                   hints, cfg.outlier_threshold)
     with ctx.stage("submission"):
-        submission = build_submission(predictions, test_images)
-        path = write_submission(submission, ctx.run_dir / "submission.csv", test_images)
-        write_submission(submission, Path(cfg.output_dir) / "submission.csv", test_images)
-        log.info("wrote %s (%d images in %d datasets, validated)", path, len(submission),
-                 submission["dataset"].nunique())
-    truth = None
+        path = write_run_submission(predictions, test_images, ctx.run_dir, cfg.output_dir)
     with ctx.stage("score"):
-        test_labels = data_dir / "test_labels.csv"
-        if test_labels.is_file():
-            report = score_submission(path, test_labels, data_dir / "test_thresholds.csv")
-            log.info("test score:\n%s\n%s", report.table(),
-                     seen_unseen_summary(report, set(labels.labels["scene"])))
-            write_csv_atomic(report.per_dataset, ctx.run_dir / "score_test.csv")
-            truth = true_scenes(table, test_labels)
-        else:
-            log.info("no test labels in %s: the test score is computed by Kaggle", data_dir)
+        truth = score_test_set(path, data_dir, set(labels.labels["scene"]), table, ctx.run_dir)
     with ctx.stage("plots"):
-        plot_run_results(table, scenes, data_dir / "test", ctx.run_dir / "plots", truth)
+        plot_run_results(table, table["scene"], data_dir / "test", ctx.run_dir / "plots", truth)
     return ctx.run_dir
+
+
+def learned_pipeline():
+    """The learned pipeline's stages (src.learned.pipeline), imported on first use: it loads
+    TensorFlow (3 s), which geometric runs and ``--help`` never need."""
+    from src.learned import pipeline
+    return pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ plain pycolmap, on labelled data in competition layout.
 Run from the repository root. Each variant runs in its own child process (so that its peak
 memory is its own: the child's maximum resident set size) with a fresh, empty cache, the
 project's default configuration (the ``cpu-demo`` preset, ``pipeline=geometric``) and only the
-features/matcher changed (keypoint budgets: the automatic ones of ``src.geometric``, or
+features/matcher changed (keypoint budgets: the automatic ones of ``src.geometric.pipeline``, or
 ``--learned-keypoints`` for the learned variants; LightGlue's cost grows with the square of it
 on a CPU). ``pycolmap`` is the plain-pycolmap baseline of
 ``benchmarks/benchmark_pycolmap_baseline.py`` (SIFT, exhaustive matching, incremental mapping).
@@ -59,7 +59,7 @@ def run_one(variant: str, data_dir: Path, learned_keypoints: int, work: Path) ->
     import benchmark_geometric as bg  # beside this file
 
     from config import get_config
-    from src.geometric import GeometricConf
+    from src.geometric.pipeline import GeometricConf
 
     if variant == "pycolmap":
         table = bg.run_baseline(data_dir, work, keep=False)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmark_geometric import default_data_dirs, fmt_table  # noqa: E402
 
-    from src.utils_io import write_csv_atomic
+    from src.data_io import write_csv_atomic
 
     import pycolmap
     import torch

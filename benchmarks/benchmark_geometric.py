@@ -9,7 +9,7 @@ Run from the repository root. The script PRINTS figures (it asserts nothing abou
 1. Scaling (``--sizes``; the default when no ``--data-dir`` is given): for each N, a demo
    data set whose one test dataset holds about N images (two scenes of (N-2)/2 views and two
    outliers; generated once and cached under ``<demo-root>/N<k>``) goes through
-   ``src.geometric.run_geometric`` with a fresh, empty cache folder. Per N: images, image
+   ``src.geometric.pipeline.run_geometric`` with a fresh, empty cache folder. Per N: images, image
    pairs matched (counted in the matches cache the run wrote: every pair it matched, none
    cached beforehand), pairs/N (between k/2 and k once N > exhaustive_below, against
    (N-1)/2 when every pair is matched), seconds per stage (features, retrieval, matching,
@@ -62,10 +62,11 @@ import pandas as pd  # noqa: E402
 from config import get_config  # noqa: E402
 from src.demo_data import DemoSpec, generate_demo_dataset  # noqa: E402
 from src.evaluation import score_frames  # noqa: E402
-from src.geometric import GeometricConf, run_geometric  # noqa: E402
-from src.matching import load_verified_matches  # noqa: E402
-from src.utils_io import (OUTLIER_SCENE, PosePrediction, build_submission,  # noqa: E402
-                          list_test_images, read_submission, write_csv_atomic)
+from src.geometric.pipeline import GeometricConf, run_geometric  # noqa: E402
+from src.geometric.matching import load_verified_matches  # noqa: E402
+from src.data_io import write_csv_atomic
+from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission, list_test_images,
+    read_submission)
 
 log = logging.getLogger("benchmark_geometric")
 

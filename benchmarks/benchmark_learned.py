@@ -13,7 +13,7 @@ Run from the repository root. The script PRINTS figures (it asserts nothing abou
 2. training images/s: ``model.fit`` of the preset's model on the cached training pipeline,
    with the backbone trainable (freeze_ratio 0.0) and frozen (freeze_ratio 1.0), the two
    settings of the curriculum.
-3. inference images/s: ``src.inference.predict`` end to end (decode + forward + NumPy), and
+3. inference images/s: ``src.learned.inference.predict`` end to end (decode + forward + NumPy), and
    ``model.infer`` forward passes alone on images decoded beforehand.
 4. input-pipeline / training throughput ratios and a one-line verdict.
 5. the context: strategy, replicas, precision policy, device, TF version, sizes, images.
@@ -59,14 +59,15 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from config import DEMO_DATA_DIR, PRESETS, get_config  # noqa: E402
-from src.dataset import image_dataset, training_dataset  # noqa: E402
+from src.learned.dataset import image_dataset, training_dataset  # noqa: E402
 from src.demo_data import ensure_data_dir  # noqa: E402
-from src.inference import predict  # noqa: E402
-from src.model_architecture import BACKBONES, set_backbone_trainable  # noqa: E402
-from src.preprocessing import prepare_training_labels  # noqa: E402
-from src.training import (WarmupCosineDecay, build_model, configure_precision,  # noqa: E402
+from src.learned.inference import predict  # noqa: E402
+from src.learned.model_architecture import BACKBONES, set_backbone_trainable  # noqa: E402
+from src.learned.preprocessing import prepare_training_labels  # noqa: E402
+from src.learned.training import (WarmupCosineDecay, build_model, configure_precision,  # noqa: E402
                           device_kind, select_strategy)
-from src.utils_io import list_test_images, write_csv_atomic  # noqa: E402
+from src.data_io import write_csv_atomic  # noqa: E402
+from src.submission import list_test_images  # noqa: E402
 
 IMPORT_SECONDS = time.perf_counter() - IMPORT_START
 
@@ -221,7 +222,7 @@ def bench_training(model, ds, cfg, strategy, freeze_ratio: float, n_images: int,
 
 def bench_predict(model, scaler, test_images, image_root, batch_size, n_batches
                   ) -> Measurement:
-    """``src.inference.predict`` end to end: decode (no cache) + forward + NumPy."""
+    """``src.learned.inference.predict`` end to end: decode (no cache) + forward + NumPy."""
     start = time.perf_counter()
     predict(model, scaler, test_images, image_root, batch_size)  # traces model.infer
     warmup = time.perf_counter() - start

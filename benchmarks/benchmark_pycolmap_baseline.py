@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pycolmap  # noqa: E402
 
 from src.evaluation import score_submission  # noqa: E402
-from src.utils_io import (OUTLIER_SCENE, PosePrediction, build_submission,  # noqa: E402
-                          list_test_images, write_csv_atomic, write_submission)
+from src.data_io import write_csv_atomic
+from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission, list_test_images,
+    write_submission)
 
 
 def cam_from_world(image) -> tuple[np.ndarray, np.ndarray]:

@@ -7,24 +7,24 @@
 
 Run from the repository root. For every data folder (competition layout with
 ``test_labels.csv``), every test dataset, every retrieval option and every k, the pairs are
-chosen by ``src.pairs.select_pairs`` with ``PairsConf(top_k=k, exhaustive_below=0)``: retrieval
+chosen by ``src.geometric.pairs.select_pairs`` with ``PairsConf(top_k=k, exhaustive_below=0)``: retrieval
 is forced even on datasets small enough for the pipeline's exhaustive shortcut. The script
-PRINTS, per data folder, the pairs selected and the **pair recall** (``src.pairs.pair_recall``:
+PRINTS, per data folder, the pairs selected and the **pair recall** (``src.geometric.pairs.pair_recall``:
 the share of ground-truth co-visible pairs, two images of the same labelled scene, outliers
 excluded, that the selection contains), pooled over the folder's datasets and per dataset,
 the precision (share of the selected pairs that are co-visible) and the seconds spent
 computing the global descriptors. Exhaustive matching (recall 1 by definition) is listed
 for the pair count. Retrieval options:
 
-- ``vlad-sift``: ``src.pairs.vlad_descriptors`` over the pipeline's local features
+- ``vlad-sift``: ``src.geometric.pairs.vlad_descriptors`` over the pipeline's local features
   (``FeatureConf()``: SIFT, RootSIFT descriptors), one row per vocabulary size in
   ``--vlad-words`` (the pipeline uses 32). Seconds: vocabulary fitting and encoding;
   feature extraction is printed apart (the pipeline extracts them for matching anyway).
 - ``vlad-aliked``: the same over ALIKED descriptors (``FeatureConf(name="aliked",
-  max_keypoints=--aliked-max-keypoints)``); skipped with a note while ``src.local_features``
+  max_keypoints=--aliked-max-keypoints)``); skipped with a note while ``src.geometric.features``
   does not offer ALIKED.
-- ``backbone``: the pooled features of a ConvNeXt (``src.model_architecture.build_backbone``,
-  ``--backbone`` at ``--image-size`` px, images read by ``src.dataset.image_dataset``), from
+- ``backbone``: the pooled features of a ConvNeXt (``src.learned.model_architecture.build_backbone``,
+  ``--backbone`` at ``--image-size`` px, images read by ``src.learned.dataset.image_dataset``), from
   RANDOM weights unless ``--backbone-weights FILE`` gives a local weights file (e.g. Keras'
   ``convnext_tiny_notop.h5``); nothing is downloaded. ``--backbone-model FILE`` uses a
   saved Keras backbone instead, such as a run's ``backbone.keras`` (rows ``backbone-model``;
@@ -69,9 +69,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info line
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from src.local_features import FeatureConf, extract_dataset, load_all_features  # noqa: E402
-from src.pairs import PairsConf, pair_recall_counts, select_pairs, vlad_descriptors  # noqa: E402
-from src.utils_io import list_test_images, read_submission, write_csv_atomic  # noqa: E402
+from src.geometric.features import FeatureConf, extract_dataset, load_all_features  # noqa: E402
+from src.geometric.pairs import PairsConf, pair_recall_counts, select_pairs, vlad_descriptors  # noqa: E402
+from src.data_io import write_csv_atomic  # noqa: E402
+from src.submission import list_test_images, read_submission  # noqa: E402
 
 log = logging.getLogger("benchmark_retrieval")
 
@@ -139,7 +140,7 @@ class BackboneDescriptors:
                  seed: int) -> None:
         import keras
 
-        from src.model_architecture import build_backbone
+        from src.learned.model_architecture import build_backbone
 
         start = time.perf_counter()
         keras.utils.set_random_seed(seed)
@@ -165,7 +166,7 @@ class BackboneDescriptors:
         return np.asarray(self.model(padded, training=False), np.float64)[:len(batch)]
 
     def __call__(self, paths: list[Path]) -> np.ndarray:
-        from src.dataset import image_dataset
+        from src.learned.dataset import image_dataset
 
         batches = [self._forward(batch)
                    for batch in image_dataset(paths, self.image_size, self.batch_size)]
@@ -185,7 +186,7 @@ def aliked_conf(max_keypoints: int) -> FeatureConf | None:
 def oracle_descriptors(names: list[str], scene_of: dict[str, str], seed: int) -> np.ndarray:
     """(N, N) descriptors from the labels: one axis per scene (each outlier its own), plus
     noise small enough never to cross scenes but enough to break ties at random."""
-    from src.utils_io import OUTLIER_SCENE
+    from src.submission import OUTLIER_SCENE
 
     groups = [scene_of[n] if scene_of[n] != OUTLIER_SCENE else f"outlier {n}" for n in names]
     index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vlad-words", type=int, nargs="+", default=[16, 32, 64],
                         help="VLAD vocabulary sizes (default 16 32 64; the pipeline uses 32)")
     parser.add_argument("--backbone", default="convnext_tiny",
-                        help="backbone for the backbone option (src.model_architecture."
+                        help="backbone for the backbone option (src.learned.model_architecture."
                              "BACKBONES; default convnext_tiny)")
     parser.add_argument("--image-size", type=int, default=128,
                         help="backbone input size in pixels (default 128, CPU-friendly)")

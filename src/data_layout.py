@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 
-from src.utils_io import (SUBMISSION_COLUMNS, DataError, default_image_id, list_images,
-                          read_submission, write_csv_atomic)
+from src.data_io import DataError, list_images, write_csv_atomic
+from src.submission import SUBMISSION_COLUMNS, default_image_id, read_submission
 
 
 def layout_as_test(src: str | os.PathLike, dst: str | os.PathLike,

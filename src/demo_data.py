@@ -41,8 +41,9 @@ import numpy as np
 import pandas as pd
 
 from src.geometry import camera_centers, look_at_rotation
-from src.utils_io import (LABEL_COLUMNS, OUTLIER_SCENE, SUBMISSION_COLUMNS, atomic_path,
-                          default_image_id, format_numbers, write_csv_atomic, write_image_rgb)
+from src.data_io import (LABEL_COLUMNS, atomic_path, format_numbers, write_csv_atomic,
+    write_image_rgb)
+from src.submission import OUTLIER_SCENE, SUBMISSION_COLUMNS, default_image_id
 
 log = logging.getLogger(__name__)
 

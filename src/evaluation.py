@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,10 @@ import numpy as np
 import pandas as pd
 
 from src.geometry import _horn_rotations, camera_centers
-from src.utils_io import OUTLIER_SCENE, DataError, parse_numbers, read_submission
+from src.data_io import DataError, parse_numbers, write_csv_atomic
+from src.submission import OUTLIER_SCENE, read_submission
+
+log = logging.getLogger(__name__)
 
 SKIP_TOP_THRESHOLDS = 2  # the two tightest thresholds are not scored
 CAMERAS_DEDUCTED = 3  # a similarity from 3 cameras always fits them: they earn nothing
@@ -350,6 +354,23 @@ def seen_unseen_summary(report: ScoreReport, seen_scenes: set[str]) -> str:
             parts.append(f"{label} scenes: mean mAA {scenes.loc[mask, 'mAA'].mean():.2f} "
                          f"over {int(mask.sum())} scene(s)")
     return "; ".join(parts) if parts else "no scored scenes"
+
+
+def score_test_set(submission_csv: str | Path, data_dir: str | Path, seen_scenes: set[str],
+                   table: pd.DataFrame, run_dir: str | Path) -> pd.Series | None:
+    """Score a run's submission when ``data_dir`` has test labels (demo and laid-out data;
+    on Kaggle the score is computed there): the table and the seen/unseen split go to the
+    log and ``score_test.csv``. Returns each row of ``table``'s true scene (for the plots),
+    or None without labels."""
+    data_dir = Path(data_dir)
+    test_labels = data_dir / "test_labels.csv"
+    if not test_labels.is_file():
+        log.info("no test labels in %s: the test score is computed by Kaggle", data_dir)
+        return None
+    report = score_submission(submission_csv, test_labels, data_dir / "test_thresholds.csv")
+    log.info("test score:\n%s\n%s", report.table(), seen_unseen_summary(report, seen_scenes))
+    write_csv_atomic(report.per_dataset, Path(run_dir) / "score_test.csv")
+    return true_scenes(table, test_labels)
 
 
 def main(argv: list[str] | None = None) -> int:

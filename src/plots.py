@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from src.geometry import camera_centers, quat_xyzw_to_rotation
-from src.utils_io import OUTLIER_SCENE, DataError, read_image_rgb
+from src.data_io import DataError, read_image_rgb
+from src.submission import OUTLIER_SCENE
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)

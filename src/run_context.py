@@ -15,7 +15,7 @@ from typing import Iterator
 import pandas as pd
 
 from config import Config, ConfigError, get_config
-from src.utils_io import atomic_path, write_csv_atomic
+from src.data_io import atomic_path, write_csv_atomic
 
 log = logging.getLogger("imc")
 

@@ -1,4 +1,4 @@
-"""The Streamlit viewer (src/app.py) driven page by page with AppTest on the tiny saved run
+"""The Streamlit viewer (src/viewer/app.py) driven page by page with AppTest on the tiny saved run
 in tests/fixtures/tiny_run: no exception, and each page shows what the run holds."""
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from streamlit.testing.v1 import AppTest
 
 from src.evaluation import registration_errors, score_submission
 from src.geometry import camera_centers
-from src.matching import load_pair, load_verified_matches
-from src.reconstruction import load_models
-from src.utils_io import OUTLIER_SCENE, parse_numbers, read_submission
+from src.geometric.matching import load_pair, load_verified_matches
+from src.geometric.reconstruction import load_models
+from src.data_io import parse_numbers
+from src.submission import OUTLIER_SCENE, read_submission
 
-APP = Path(__file__).resolve().parents[1] / "src" / "app.py"
+APP = Path(__file__).resolve().parents[1] / "src" / "viewer" / "app.py"
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_run"
 RUN_DIR = FIXTURE / "run"
 DATA_DIR = FIXTURE / "data"
@@ -45,7 +46,7 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def open_page(monkeypatch, page: str, uploads_dir: Path | None = None, **params) -> AppTest:
-    argv = ["src/app.py", "--run", str(RUN_DIR)]
+    argv = ["src/viewer/app.py", "--run", str(RUN_DIR)]
     if uploads_dir is not None:
         argv += ["--uploads-dir", str(uploads_dir)]
     monkeypatch.setattr(sys, "argv", argv)
@@ -240,7 +241,7 @@ def test_a_learned_style_run_without_caches_or_labels(monkeypatch, tmp_path, sub
     run_dir = tmp_path / "bare"
     run_dir.mkdir()
     (run_dir / "submission.csv").write_bytes((RUN_DIR / "submission.csv").read_bytes())
-    monkeypatch.setattr(sys, "argv", ["src/app.py", "--run", str(run_dir)])
+    monkeypatch.setattr(sys, "argv", ["src/viewer/app.py", "--run", str(run_dir)])
     for page in ("overview", "dataset", "cameras", "pair"):
         app = AppTest.from_file(str(APP), default_timeout=60)
         app.query_params["page"] = page
@@ -255,7 +256,7 @@ def test_a_learned_style_run_without_caches_or_labels(monkeypatch, tmp_path, sub
 
 
 def test_a_missing_run_folder_is_named_not_fatal(monkeypatch, tmp_path):
-    monkeypatch.setattr(sys, "argv", ["src/app.py", "--run", str(tmp_path / "nothing"),
+    monkeypatch.setattr(sys, "argv", ["src/viewer/app.py", "--run", str(tmp_path / "nothing"),
                                       "--uploads-dir", str(tmp_path)])
     app = AppTest.from_file(str(APP), default_timeout=60)
     app.run()

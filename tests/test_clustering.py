@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from src.clustering import (ClusterSettings, SpreadScales, cluster_all, cluster_dataset,
+from src.learned.clustering import (ClusterSettings, SpreadScales, cluster_all, cluster_dataset,
                             dbscan_eps)
-from src.preprocessing import scene_statistics
+from src.learned.preprocessing import scene_statistics
 
 SCALES = SpreadScales(quaternion=0.2, translation=1.0)
 

@@ -8,7 +8,8 @@ from config import DEMO_SIZES
 from src.data_layout import layout_as_test, main
 from src.demo_data import DemoSpec, generate_demo_dataset
 from src.evaluation import score_submission
-from src.utils_io import DataError, list_test_images, read_submission
+from src.data_io import DataError
+from src.submission import list_test_images, read_submission
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from src import dataset as ds
-from src import preprocessing as pp
-from src.utils_io import DataError, format_numbers
+from src.learned import dataset as ds
+from src.learned import preprocessing as pp
+from src.data_io import DataError, format_numbers
 
 S = 24  # model input side in the tests
 

@@ -14,8 +14,9 @@ import pytest
 
 from src import demo_data as demo
 from src.geometry import camera_centers, is_rotation, look_at_rotation, rotation_angle_deg
-from src.utils_io import (LABEL_COLUMNS, OUTLIER_SCENE, SUBMISSION_COLUMNS, default_image_id,
-                          parse_numbers, read_image_rgb, read_submission, validate_submission)
+from src.data_io import LABEL_COLUMNS, parse_numbers, read_image_rgb
+from src.submission import (OUTLIER_SCENE, SUBMISSION_COLUMNS, default_image_id,
+    read_submission, validate_submission)
 
 # Small enough to generate in a second or two, big enough to have every kind of row.
 TINY = demo.DemoSpec(image_width=96, image_height=72, train_datasets=2,

@@ -10,7 +10,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from src.evaluation import main, registration_errors, score_frames
-from src.utils_io import DataError, format_numbers, read_submission
+from src.data_io import DataError, format_numbers
+from src.submission import read_submission
 from tests import reference_metric
 
 FIXTURES = Path(__file__).parent / "fixtures"

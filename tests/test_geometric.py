@@ -12,9 +12,9 @@ import pytest
 
 from src.demo_data import DemoSpec, generate_demo_dataset
 from src.evaluation import score_frames
-from src.geometric import GeometricConf, run_geometric
-from src.pairs import PairsConf
-from src.utils_io import build_submission, list_test_images, read_submission, validate_submission
+from src.geometric.pipeline import GeometricConf, run_geometric
+from src.geometric.pairs import PairsConf
+from src.submission import build_submission, list_test_images, read_submission, validate_submission
 
 SPEC = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
                 test_datasets=1, test_seen_scenes=1, test_unseen_scenes=1,
@@ -121,8 +121,8 @@ def test_configuration_is_checked():
 
 def test_automatic_choices_follow_the_device_and_the_weights(monkeypatch):
     from config import ConfigError, get_config
-    from src import torch_compat
-    from src.geometric import choose_features
+    from src.geometric import torch_compat
+    from src.geometric.pipeline import choose_features
 
     monkeypatch.setattr(torch_compat, "cuda_available", lambda: False)
     cpu = GeometricConf.from_config(get_config("test", pipeline="geometric"))

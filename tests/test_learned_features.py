@@ -12,9 +12,9 @@ from scipy.spatial.transform import Rotation
 
 pytest.importorskip("torch")
 
-import src.local_features as lf  # noqa: E402
-from src.matching import LightGlueMatcher, MatchConf, match_and_verify  # noqa: E402
-from src.torch_compat import packaged_weights_dir  # noqa: E402
+import src.geometric.features as lf  # noqa: E402
+from src.geometric.matching import LightGlueMatcher, MatchConf, match_and_verify  # noqa: E402
+from src.geometric.torch_compat import packaged_weights_dir  # noqa: E402
 from tests.demo_views import render_scene_views  # noqa: E402
 
 SMALL = dict(max_keypoints=512)
@@ -188,7 +188,7 @@ def test_a_missing_package_names_what_to_install(monkeypatch):
 
 
 def test_featureless_images_are_named_in_a_warning(tmp_path, pair, caplog):
-    from src.geometric import GeometricConf, reconstruct_dataset
+    from src.geometric.pipeline import GeometricConf, reconstruct_dataset
 
     folder = tmp_path / "images"
     folder.mkdir()

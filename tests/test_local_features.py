@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from src import local_features as lf
-from src.utils_io import write_image_rgb
+from src.geometric import features as lf
+from src.data_io import write_image_rgb
 
 from tests import demo_views
 from tests.demo_views import HEIGHT, WIDTH
@@ -226,7 +226,7 @@ def test_new_images_are_added_without_redoing_old_ones(image_dir, images, tmp_pa
 def test_corrupt_and_missing_images_are_logged_and_stored_empty(image_dir, tmp_path, caplog):
     (image_dir / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a JPEG")
     cache = tmp_path / "features.h5"
-    with caplog.at_level(logging.WARNING, logger="src.local_features"):
+    with caplog.at_level(logging.WARNING, logger="src.geometric.features"):
         lf.extract_dataset(image_dir, ["a0.png", "broken.jpg", "gone.png"], lf.FeatureConf(),
                            cache)
     assert "broken.jpg" in caplog.text and "gone.png" in caplog.text
@@ -274,7 +274,7 @@ def test_a_crash_keeps_the_previous_cache_intact(image_dir, tmp_path, monkeypatc
 def test_an_unreadable_leftover_is_discarded(image_dir, tmp_path, caplog):
     cache = tmp_path / "features.h5"
     lf._partial_path(cache).write_bytes(b"killed mid-write")
-    with caplog.at_level(logging.WARNING, logger="src.local_features"):
+    with caplog.at_level(logging.WARNING, logger="src.geometric.features"):
         lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(), cache)
     assert "starting over" in caplog.text
     assert set(lf.load_all_features(cache)) == {"a0.png"}

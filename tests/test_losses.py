@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 from scipy.spatial.transform import Rotation
 
-from src import losses
+from src.learned import losses
 from src.geometry import camera_centers
-from src.metrics import OutlierAccuracy, QuaternionSimilarity, TranslationMAE
+from src.learned.metrics import OutlierAccuracy, QuaternionSimilarity, TranslationMAE
 
 MEAN = np.array([1.0, -2.0, 0.5], np.float32)
 SCALE = np.array([2.0, 0.5, 3.0], np.float32)

@@ -9,7 +9,7 @@ import main
 from config import DEMO_SIZES
 from src.demo_data import DemoSpec, generate_demo_dataset
 from src.evaluation import score_submission
-from src.utils_io import list_test_images, validate_submission
+from src.submission import list_test_images, validate_submission
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from src import matching
-from src.local_features import FeatureConf, extract_dataset, load_all_features
-from src.matching import (MatchConf, load_pair, load_verified_matches, match_and_verify,
+from src.geometric import matching
+from src.geometric.features import FeatureConf, extract_dataset, load_all_features
+from src.geometric.matching import (MatchConf, load_pair, load_verified_matches, match_and_verify,
                           match_descriptors, verify_matches)
-from src.utils_io import write_image_rgb
+from src.data_io import write_image_rgb
 
 from tests.demo_views import HEIGHT, WIDTH, render_scene_views
 

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 
-from src.model_architecture import PoseRegressor, build_backbone, set_backbone_trainable
+from src.learned.model_architecture import PoseRegressor, build_backbone, set_backbone_trainable
 
 ROOT = Path(__file__).resolve().parents[1]
 

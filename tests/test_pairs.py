@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from src.pairs import PairsConf, select_pairs
+from src.geometric.pairs import PairsConf, select_pairs
 
 
 def names(n):
@@ -52,7 +52,7 @@ def test_bad_inputs_are_refused():
 
 
 def test_vlad_separates_images_with_different_local_statistics():
-    from src.pairs import vlad_descriptors
+    from src.geometric.pairs import vlad_descriptors
     rng = np.random.default_rng(1)
     modes = rng.normal(size=(2, 6, 16)) * 3  # two "scenes", each with its own local patterns
     local = []
@@ -73,7 +73,7 @@ def test_vlad_separates_images_with_different_local_statistics():
 
 # --------------------------------------------------------------------------- pair recall
 def test_pair_recall_of_a_hand_computed_case():
-    from src.pairs import covisible_pairs, pair_recall, pair_recall_counts
+    from src.geometric.pairs import covisible_pairs, pair_recall, pair_recall_counts
     # scene s: a b c (3 pairs), scene t: d e (1 pair), f is an outlier -> 4 co-visible pairs
     scene_of = {"a": "s", "b": "s", "c": "s", "d": "t", "e": "t", "f": "outliers"}
     assert covisible_pairs(scene_of) == {("a", "b"), ("a", "c"), ("b", "c"), ("d", "e")}
@@ -84,7 +84,7 @@ def test_pair_recall_of_a_hand_computed_case():
 
 
 def test_exhaustive_pairs_have_recall_one_and_order_does_not_matter():
-    from src.pairs import pair_recall
+    from src.geometric.pairs import pair_recall
     scene_of = {n: ("outliers" if i % 7 == 0 else f"scene{i % 3}")
                 for i, n in enumerate(names(40))}
     exhaustive = select_pairs(names(40), None, PairsConf(exhaustive_below=40))
@@ -96,7 +96,7 @@ def test_exhaustive_pairs_have_recall_one_and_order_does_not_matter():
 
 
 def test_outliers_and_unlabelled_images_never_make_a_ground_truth_pair():
-    from src.pairs import pair_recall, pair_recall_counts
+    from src.geometric.pairs import pair_recall, pair_recall_counts
     scene_of = {"a": "s", "b": "s", "x": "outliers", "y": "outliers"}
     # two outliers share the label "outliers" but are not a scene
     assert pair_recall_counts([("x", "y"), ("a", "x"), ("a", "z"), ("a", "a")],
@@ -108,7 +108,7 @@ def test_outliers_and_unlabelled_images_never_make_a_ground_truth_pair():
 
 
 def test_recall_is_nan_without_any_co_visible_pair():
-    from src.pairs import pair_recall
+    from src.geometric.pairs import pair_recall
     assert np.isnan(pair_recall([("a", "b")], {"a": "s", "b": "t", "c": "outliers"}))
     assert np.isnan(pair_recall([], {}))
 
@@ -116,7 +116,7 @@ def test_recall_is_nan_without_any_co_visible_pair():
 def test_retrieval_forced_below_the_exhaustive_size_recalls_separable_scenes():
     # with exhaustive_below=0 even a small dataset goes through retrieval: k*N pairs, and
     # descriptors that separate the scenes find every pair once k covers a scene
-    from src.pairs import pair_recall
+    from src.geometric.pairs import pair_recall
     rng = np.random.default_rng(3)
     labels = np.repeat(np.arange(3), 6)
     descriptors = rng.normal(size=(3, 16))[labels] + 0.01 * rng.normal(size=(18, 16))

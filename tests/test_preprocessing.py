@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from src import preprocessing as pp
-from src.utils_io import DataError, read_submission
+from src.learned import preprocessing as pp
+from src.data_io import DataError
+from src.submission import read_submission
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LABELS = FIXTURES / "imc2025_labels_subset.csv"

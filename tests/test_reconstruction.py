@@ -18,7 +18,7 @@ import pytest
 
 from src.demo_data import make_scene, render_view, sample_cameras
 from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
-from src.reconstruction import (Model, ReconConf, build_database, load_models,
+from src.geometric.reconstruction import (Model, ReconConf, build_database, load_models,
                                 poses_for_images, read_image_size, reconstruct)
 
 WIDTH, HEIGHT = 320, 240
@@ -261,7 +261,7 @@ def test_fewer_than_two_images_gives_no_model_without_pycolmap(cluster, tmp_path
 
 
 def test_cluster_without_matches_warns_and_gives_no_model(cluster, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+    with caplog.at_level(logging.WARNING, logger="src.geometric.reconstruction"):
         models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, {},
                              tmp_path, name="demo/cluster7")
     assert models == []
@@ -275,7 +275,7 @@ def test_pycolmap_failure_warns_gives_no_model_and_is_not_cached(cluster, tmp_pa
         raise RuntimeError("simulated mapper crash")
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", failing)
-    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+    with caplog.at_level(logging.WARNING, logger="src.geometric.reconstruction"):
         models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints,
                              cluster.matches, tmp_path)
     assert models == []
@@ -285,7 +285,7 @@ def test_pycolmap_failure_warns_gives_no_model_and_is_not_cached(cluster, tmp_pa
 
 
 def test_no_model_large_enough_warns(cluster, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="src.reconstruction"):
+    with caplog.at_level(logging.WARNING, logger="src.geometric.reconstruction"):
         models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints,
                              cluster.matches, tmp_path, ReconConf(min_model_size=50))
     assert models == []
@@ -339,7 +339,7 @@ def test_database_holds_cameras_rigs_frames_keypoints_and_verified_pairs(cluster
 
 
 def test_matches_are_made_one_to_one_keeping_the_first():
-    from src.reconstruction import _one_to_one
+    from src.geometric.reconstruction import _one_to_one
     m = np.array([[0, 0], [0, 1], [1, 1], [2, 2], [3, 2], [4, 4]])
     np.testing.assert_array_equal(_one_to_one(m), [[0, 0], [1, 1], [2, 2], [4, 4]])
 

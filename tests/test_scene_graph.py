@@ -7,7 +7,7 @@ import itertools
 import pandas as pd
 import pytest
 
-from src.scene_graph import GraphConf, cluster_match_graph, find_bridges
+from src.geometric.scene_graph import GraphConf, cluster_match_graph, find_bridges
 
 
 def clique(prefix, n, inliers=100):

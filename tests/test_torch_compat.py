@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from src.torch_compat import deform_conv2d, ensure_torchvision  # noqa: E402
+from src.geometric.torch_compat import deform_conv2d, ensure_torchvision  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "torch" / "deform_conv2d_torchvision.npz"
 

@@ -11,11 +11,11 @@ import pytest
 import tensorflow as tf
 
 from config import DEMO_SIZES, get_config
-from src.dataset import evaluation_dataset
+from src.learned.dataset import evaluation_dataset
 from src.demo_data import DemoSpec, generate_demo_dataset
-from src.inference import Predictions, load_run_model, predict
-from src.preprocessing import prepare_training_labels
-from src.training import (WarmupCosineDecay, build_model, configure_precision, curriculum,
+from src.learned.inference import Predictions, load_run_model, predict
+from src.learned.preprocessing import prepare_training_labels
+from src.learned.training import (WarmupCosineDecay, build_model, configure_precision, curriculum,
                           select_strategy, train_model)
 
 

@@ -15,7 +15,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 
 sys.path.insert(0, sys.argv[1])
-from src.model_architecture import PoseRegressor  # noqa: E402
+from src.learned.model_architecture import PoseRegressor  # noqa: E402
 
 WEIGHTS = {"quaternion": 10.0, "translation": 0.01, "center": 0.001, "outlier": 10.0}
 

@@ -28,14 +28,12 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from src.geometry import camera_centers, is_rotation, rotation_to_quat_xyzw
-from src.utils_io import (LABEL_COLUMNS, OUTLIER_SCENE, DataError, atomic_path, parse_numbers,
-                          read_submission, write_csv_atomic)
+from src.data_io import LABEL_COLUMNS, DataError, atomic_path, parse_numbers, write_csv_atomic
+from src.submission import OUTLIER_SCENE, QUAT_COLUMNS, TRANSLATION_COLUMNS, read_submission
 
 log = logging.getLogger(__name__)
 
 ROTATION_COLUMNS = [f"r{i}{j}" for i in range(3) for j in range(3)]
-TRANSLATION_COLUMNS = ["tx", "ty", "tz"]
-QUAT_COLUMNS = ["qx", "qy", "qz", "qw"]
 CENTER_COLUMNS = ["cx", "cy", "cz"]
 
 
@@ -271,8 +269,10 @@ class TrainingLabels:
 
 
 def prepare_training_labels(labels_csv: str | os.PathLike, thresholds_csv: str | os.PathLike,
-                            val_fraction: float, seed: int) -> TrainingLabels:
-    """Read, parse and split the training labels; fit the scaler on the training split."""
+                            val_fraction: float, seed: int,
+                            save_to: str | os.PathLike | None = None) -> TrainingLabels:
+    """Read, parse and split the training labels; fit the scaler on the training split.
+    With ``save_to`` (a run folder) the split, scaler and scene statistics are saved there."""
     thresholds = read_thresholds(thresholds_csv)
     labels = attach_difficulty(read_labels(labels_csv), thresholds)
     train, val = split_train_val(labels, val_fraction, seed)
@@ -281,7 +281,10 @@ def prepare_training_labels(labels_csv: str | os.PathLike, thresholds_csv: str |
              len(labels), labels["dataset"].nunique(),
              labels.loc[~labels["is_outlier"], ["dataset", "scene"]].drop_duplicates().shape[0],
              len(train), len(val))
-    return TrainingLabels(labels=labels, thresholds=thresholds,
-                          easy_datasets=easy_datasets(train),
-                          scaler=fit_translation_scaler(train),
-                          scene_stats=scene_statistics(train))
+    prepared = TrainingLabels(labels=labels, thresholds=thresholds,
+                              easy_datasets=easy_datasets(train),
+                              scaler=fit_translation_scaler(train),
+                              scene_stats=scene_statistics(train))
+    if save_to is not None:
+        prepared.save(save_to)
+    return prepared

@@ -1,6 +1,6 @@
 """Per-example losses of the pose regressor and their reduction over the global batch.
 
-Targets (see src.dataset): ``quaternion`` (B, 4) unit x y z w, ``translation`` (B, 3)
+Targets (see src.learned.dataset): ``quaternion`` (B, 4) unit x y z w, ``translation`` (B, 3)
 normalised by the translation scaler, ``outlier`` (B, 1) in {0, 1}. Rows without a pose
 (outliers, unposed images) carry NaN pose targets: they are masked out of the pose losses,
 and the NaNs are replaced before any arithmetic so that no NaN reaches a gradient.

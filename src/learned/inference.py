@@ -14,11 +14,12 @@ import keras
 import numpy as np
 import pandas as pd
 
-from src.dataset import image_dataset
+from src.learned.dataset import image_dataset
 from src.geometry import quat_xyzw_to_rotation
-from src.model_architecture import PoseRegressor
-from src.preprocessing import QUAT_COLUMNS, TRANSLATION_COLUMNS, load_scaler
-from src.utils_io import PosePrediction, atomic_path, write_csv_atomic
+from src.learned.model_architecture import PoseRegressor
+from src.learned.preprocessing import load_scaler
+from src.data_io import atomic_path, write_csv_atomic
+from src.submission import QUAT_COLUMNS, TRANSLATION_COLUMNS, PosePrediction
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,3 @@ def predict(model: PoseRegressor, scaler, images: pd.DataFrame, image_root: Path
     table[TRANSLATION_COLUMNS] = t
     table["outlier_prob"] = stacked["outlier"].reshape(-1)
     return Predictions(table=table, features=stacked["features"].reshape(len(table), -1))
-
-
-def pose_table(predictions: list[PosePrediction]) -> pd.DataFrame:
-    """Submission rows as a table: dataset, image, scene, qx..qw, tx..tz (NaN when no pose)."""
-    from src.geometry import rotation_to_quat_xyzw
-
-    R = np.array([p.R_cw for p in predictions], dtype=np.float64).reshape(-1, 3, 3)
-    t = np.array([p.t_cw for p in predictions], dtype=np.float64).reshape(-1, 3)
-    posed = np.isfinite(R).all(axis=(1, 2)) & np.isfinite(t).all(axis=1)
-    q = np.full((len(predictions), 4), np.nan)
-    if posed.any():
-        q[posed] = rotation_to_quat_xyzw(R[posed])
-    table = pd.DataFrame({"dataset": [p.dataset for p in predictions],
-                          "image": [p.image for p in predictions],
-                          "scene": [p.scene for p in predictions]})
-    table[QUAT_COLUMNS] = q
-    table[TRANSLATION_COLUMNS] = t
-    return table

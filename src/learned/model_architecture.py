@@ -13,8 +13,8 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from src.losses import HEADS, weighted_loss
-from src.metrics import OutlierAccuracy, QuaternionSimilarity, TranslationMAE
+from src.learned.losses import HEADS, weighted_loss
+from src.learned.metrics import OutlierAccuracy, QuaternionSimilarity, TranslationMAE
 
 log = logging.getLogger(__name__)
 

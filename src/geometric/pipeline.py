@@ -17,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.local_features import FeatureConf, extract_dataset, load_all_features
-from src.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.pairs import PairsConf, select_pairs, vlad_descriptors
-from src.reconstruction import ReconConf, poses_for_images, reconstruct
-from src.scene_graph import GraphConf, cluster_match_graph
-from src.utils_io import OUTLIER_SCENE, PosePrediction
+from config import ConfigError
+from src.geometric.features import FeatureConf, extract_dataset, load_all_features
+from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
+from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
+from src.geometric.reconstruction import ReconConf, poses_for_images, reconstruct
+from src.geometric.scene_graph import GraphConf, cluster_match_graph
+from src.data_io import write_csv_atomic
+from src.submission import OUTLIER_SCENE, PosePrediction, pose_table
 
 log = logging.getLogger(__name__)
 UNREGISTERED_POLICIES = ("outliers", "nan")
@@ -54,7 +56,15 @@ class GeometricConf:
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":
-        """The geometric fields of a config.Config, with ``auto`` choices resolved."""
+        """The geometric fields of a config.Config, with ``auto`` choices resolved; a
+        combination that cannot run raises config.ConfigError naming it."""
+        try:
+            return cls._from_config(cfg)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+
+    @classmethod
+    def _from_config(cls, cfg) -> "GeometricConf":
         retrieval = cfg.retrieval
         if retrieval == "auto":
             # A backbone without ImageNet weights retrieves no better than random pairs
@@ -86,7 +96,7 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
     where CUDA is present, ALIKED + LightGlue (milliseconds per image and pair there)."""
     reasons = []
     if features == "auto":
-        from src.torch_compat import cuda_available
+        from src.geometric.torch_compat import cuda_available
         features = "aliked" if cuda_available() else "sift"
         reasons.append("CUDA present" if features == "aliked" else "no CUDA: the fast CPU path")
     if matcher == "auto":
@@ -111,7 +121,7 @@ def choose_keypoints(features: str, requested: int = 0, device: str = "auto") ->
         return requested
     if features == "sift":
         return AUTO_KEYPOINTS["sift"]
-    from src.torch_compat import torch_device
+    from src.geometric.torch_compat import torch_device
     return AUTO_KEYPOINTS[f"learned-{torch_device(device)}"]
 
 
@@ -121,7 +131,7 @@ def describe(conf: GeometricConf) -> str:
     name = f"{f.name} ({f.model})" if f.learned else f.name
     device = ""
     if f.learned or m.matcher == "lightglue":
-        from src.torch_compat import torch_device
+        from src.geometric.torch_compat import torch_device
         device = f" on {torch_device(f.device)}"
     return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
@@ -249,3 +259,26 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
         rows.append({"dataset": dataset, "images": len(images), **timings})
     ordered = [predictions[(d, i)] for d, i in zip(test_images["dataset"], test_images["image"])]
     return ordered, pd.DataFrame(rows).fillna(0.0)
+
+
+def predict_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,
+                      run_dir: Path, overwrite: bool = False, hints=None,
+                      outlier_threshold: float = 0.5,
+                      ) -> tuple[list[PosePrediction], pd.DataFrame]:
+    """The geometric pipeline as a run stage: :func:`run_geometric` with its caches in
+    ``run_dir/geometric``, writing ``timings_geometric.csv`` and ``predictions_test.csv``.
+
+    ``hints`` (hybrid) is the learned model's prediction for ``test_images`` (row-aligned):
+    its ``features`` choose the pairs and its table's ``outlier_prob`` above
+    ``outlier_threshold`` removes images before matching. Returns the submission rows and
+    the pose table (with ``scene``). main.py and the viewer's uploads both run this.
+    """
+    predictions, stage_seconds = run_geometric(
+        test_images, image_root, conf, Path(run_dir) / "geometric", overwrite,
+        backbone_features=hints.features if hints is not None else None,
+        outlier_prob=hints.table["outlier_prob"].to_numpy() if hints is not None else None,
+        outlier_threshold=outlier_threshold)
+    write_csv_atomic(stage_seconds, Path(run_dir) / "timings_geometric.csv")
+    table = pose_table(predictions)
+    write_csv_atomic(table, Path(run_dir) / "predictions_test.csv")
+    return predictions, table

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from src.utils_io import OUTLIER_SCENE
+from src.submission import OUTLIER_SCENE
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from src.losses import denormalize, pose_mask
+from src.learned.losses import denormalize, pose_mask
 
 
 class _MaskedMean(keras.metrics.Metric):

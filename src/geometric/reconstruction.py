@@ -50,7 +50,7 @@ import cv2
 import numpy as np
 import pycolmap
 
-from src.utils_io import atomic_path, decode_image_file
+from src.data_io import atomic_path, decode_image_file
 
 log = logging.getLogger(__name__)
 

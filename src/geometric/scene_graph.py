@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from src.utils_io import OUTLIER_SCENE
+from src.submission import OUTLIER_SCENE
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,9 @@ import pandas as pd
 import tensorflow as tf
 
 from config import Config
-from src.losses import HEADS
-from src.model_architecture import PoseRegressor, set_backbone_trainable
-from src.utils_io import atomic_path, write_csv_atomic
+from src.learned.losses import HEADS
+from src.learned.model_architecture import PoseRegressor, set_backbone_trainable
+from src.data_io import atomic_path, write_csv_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -297,7 +297,7 @@ def train_model(cfg: Config, labels, data_dir: Path, strategy: tf.distribute.Str
     ``labels`` is the preprocessing stage's TrainingLabels; images are read from
     ``data_dir/train``.
     """
-    from src.dataset import evaluation_dataset, training_dataset
+    from src.learned.dataset import evaluation_dataset, training_dataset
 
     image_root = Path(data_dir) / "train"
     global_batch = cfg.batch_size_per_replica * strategy.num_replicas_in_sync

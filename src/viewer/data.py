@@ -1,4 +1,6 @@
-"""What the viewer (``src/app.py``) shows, as plain functions with no Streamlit in them.
+"""What the viewer (``src/viewer/app.py``) shows, as plain functions with no Streamlit in them:
+the data of a run folder. Pictures of it are drawn by ``src.viewer.figures``; runs on uploaded
+photos are made by ``src.viewer.uploads``.
 
 A run folder (``outputs/<run>``) is read, never written: its ``submission.csv`` (both
 pipelines write it), its stage timings, and, for the geometric pipeline, the caches under
@@ -6,47 +8,33 @@ pipelines write it), its stage timings, and, for the geometric pipeline, the cac
 ``load_pair`` / ``load_verified_matches``, ``load_models``). Scores come from
 ``src.evaluation``; the labels are the run's ``data_dir/test_labels.csv`` when present.
 
-"Run on uploads" lays the photos out as a competition input inside a new run folder and runs
-the geometric pipeline's stages on it (:func:`run_on_uploads`).
-
 Poses are world-to-camera (``x_cam = R_cw @ X + t_cw``, centre ``C = -R_cw.T @ t_cw``);
 a camera looks along the third row of ``R_cw``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import time
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-import cv2
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 
+from src.data_io import parse_numbers
 from src.evaluation import ScoreReport, registration_errors, score_submission, true_scenes
+from src.geometric.features import read_cache_config
+from src.geometric.matching import load_pair, load_verified_matches
+from src.geometric.reconstruction import Model, load_models
 from src.geometry import apply_similarity, camera_centers, rotation_angle_deg, umeyama_similarity
-from src.local_features import read_cache_config
-from src.matching import load_pair, load_verified_matches
 from src.plots import cluster_order
-from src.reconstruction import Model, load_models
-from src.utils_io import (IMAGE_SUFFIXES, OUTLIER_SCENE, DataError, decode_image_file,
-                          parse_numbers, read_image_rgb, read_submission, write_image_rgb)
+from src.submission import OUTLIER_SCENE, read_submission
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SUBMISSION_FILE = "submission.csv"
-UPLOAD_DATASET = "uploads"
-RIGHT_RGB, WRONG_RGB, UNKNOWN_RGB = (46, 160, 67), (215, 48, 39), (160, 160, 160)
-INLIER_RGB, REJECTED_RGB = (40, 200, 60), (230, 50, 50)
-# Browsers slow down on huge point clouds; a fixed random subset looks the same.
-MAX_POINTS_SHOWN = 20000
 
 
 # =========================================================================== run folders
@@ -279,38 +267,6 @@ def cluster_groups(run: RunData, dataset: str, truth: GroundTruth | None = None,
     return groups
 
 
-def thumbnail(path: Path | None, side: int = 160) -> np.ndarray:
-    """The image scaled so its longer side is ``side`` pixels (uint8 RGB); a grey tile when
-    it cannot be read."""
-    try:
-        if path is None:
-            raise FileNotFoundError("no image folder")
-        image = read_image_rgb(path)
-    except (FileNotFoundError, DataError):
-        return np.full((side * 3 // 4, side, 3), 128, np.uint8)
-    scale = side / max(image.shape[:2])
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
-
-
-def framed(image: np.ndarray, correct: bool | None, width: int = 5) -> np.ndarray:
-    """The thumbnail in a green (right), red (wrong) or grey (unknown) frame."""
-    colour = UNKNOWN_RGB if correct is None else RIGHT_RGB if correct else WRONG_RGB
-    out = np.empty((image.shape[0] + 2 * width, image.shape[1] + 2 * width, 3), np.uint8)
-    out[:] = colour
-    out[width:-width, width:-width] = image
-    return out
-
-
-def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
-    """uint8 RGB -> JPEG bytes, ready for a browser."""
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise DataError("OpenCV could not encode a thumbnail as JPEG")
-    return encoded.tobytes()
-
-
 # =========================================================================== cameras
 def cluster_rows(run: RunData, dataset: str, cluster: str, posed_only: bool = True
                  ) -> np.ndarray:
@@ -401,84 +357,6 @@ def align_cluster(run: RunData, truth: GroundTruth, dataset: str, cluster: str,
                      rotation=rotation, translation=translation)
 
 
-def _span(points: np.ndarray) -> float:
-    finite = points[np.isfinite(points).all(axis=1)]
-    span = float(np.ptp(finite, axis=0).max()) if len(finite) > 1 else 0.0
-    return span if span > 0 else 1.0
-
-
-def _segments(starts: np.ndarray, ends: np.ndarray) -> tuple[list, list, list]:
-    """x, y, z lists drawing one line per row (None breaks the line between rows)."""
-    xyz: tuple[list, list, list] = ([], [], [])
-    for a, b in zip(starts, ends):
-        for axis in range(3):
-            xyz[axis].extend([a[axis], b[axis], None])
-    return xyz
-
-
-def _camera_traces(centers: np.ndarray, axes: np.ndarray, names: list[str], colour: str,
-                   label: str, arrow: float, hover: list[str] | None = None) -> list[go.Scatter3d]:
-    x, y, z = _segments(centers, centers + arrow * axes)
-    return [go.Scatter3d(x=centers[:, 0], y=centers[:, 1], z=centers[:, 2], mode="markers",
-                         marker=dict(size=4, color=colour), name=label,
-                         text=hover or names, hoverinfo="text"),
-            go.Scatter3d(x=x, y=y, z=z, mode="lines", line=dict(color=colour, width=5),
-                         name=f"{label}: viewing direction", hoverinfo="skip",
-                         showlegend=False)]
-
-
-def _layout(fig: go.Figure, title: str, points: np.ndarray) -> go.Figure:
-    # True proportions, except that an axis is drawn at least a third as long as the longest:
-    # plotly crops very flat boxes (cameras at one height) and flattens them to a line.
-    finite = points[np.isfinite(points).all(axis=1)]
-    extent = np.ptp(finite, axis=0) if len(finite) > 1 else np.ones(3)
-    ratio = np.maximum(extent / max(extent.max(), 1e-12), 1 / 3)
-    fig.update_layout(title=title, height=560, margin=dict(l=0, r=0, t=40, b=0),
-                      scene=dict(aspectmode="manual",
-                                 aspectratio=dict(x=ratio[0], y=ratio[1], z=ratio[2])),
-                      legend=dict(x=0, y=1))
-    return fig
-
-
-def cameras_figure(centers: np.ndarray, R_cw: np.ndarray, names: list[str],
-                   points: np.ndarray | None = None, title: str = "") -> go.Figure:
-    """Camera centres and viewing directions (and sparse points) of one cluster, in its own
-    frame; interactive."""
-    fig = go.Figure()
-    if points is not None and len(points):
-        if len(points) > MAX_POINTS_SHOWN:
-            keep = np.random.default_rng(0).choice(len(points), MAX_POINTS_SHOWN, replace=False)
-            points = points[np.sort(keep)]
-        fig.add_trace(go.Scatter3d(x=points[:, 0], y=points[:, 1], z=points[:, 2],
-                                   mode="markers", marker=dict(size=1.5, color="#888888"),
-                                   name=f"sparse points ({len(points)})", hoverinfo="skip"))
-    arrow = 0.2 * _span(centers)
-    for trace in _camera_traces(centers, R_cw[:, 2, :], names, "#1f77b4",
-                                f"cameras ({len(names)})", arrow):
-        fig.add_trace(trace)
-    shown = [centers, centers + arrow * R_cw[:, 2, :]]
-    return _layout(fig, title, np.concatenate(shown + ([points] if points is not None else [])))
-
-
-def alignment_figure(alignment: Alignment, title: str = "") -> go.Figure:
-    """Ground-truth cameras beside the aligned predictions, a red line for each error."""
-    fig = go.Figure()
-    arrow = 0.2 * _span(alignment.gt_centers)
-    for trace in _camera_traces(alignment.gt_centers, alignment.gt_axes, alignment.images,
-                                "#2ca02c", "ground truth", arrow):
-        fig.add_trace(trace)
-    hover = [f"{name}: error {err:.3g}" for name, err in zip(alignment.images, alignment.errors)]
-    for trace in _camera_traces(alignment.pred_centers, alignment.pred_axes, alignment.images,
-                                "#1f77b4", "predicted, aligned", arrow, hover):
-        fig.add_trace(trace)
-    x, y, z = _segments(alignment.pred_centers, alignment.gt_centers)
-    fig.add_trace(go.Scatter3d(x=x, y=y, z=z, mode="lines", line=dict(color="#d62728", width=4),
-                               name="centre error", hoverinfo="skip"))
-    return _layout(fig, title, np.concatenate([
-        alignment.gt_centers, alignment.gt_centers + arrow * alignment.gt_axes,
-        alignment.pred_centers, alignment.pred_centers + arrow * alignment.pred_axes]))
-
-
 def alignment_table(alignment: Alignment) -> pd.DataFrame:
     """Per image: centre error after alignment and whether the scorer registers it at the
     loosest threshold."""
@@ -548,34 +426,6 @@ def load_pair_view(matches_path: Path, features: dict, image_a: str, image_b: st
                     inliers, split_matches(putative, inliers))
 
 
-def draw_matches(image_a: np.ndarray, image_b: np.ndarray, pair: PairView,
-                 height: int = 480) -> np.ndarray:
-    """Both images side by side at the same height, rejected matches in red under the
-    verified ones in green (uint8 RGB)."""
-    scales, resized = [], []
-    for image in (image_a, image_b):
-        scale = height / image.shape[0]
-        scales.append(scale)
-        resized.append(cv2.resize(image, (max(1, round(image.shape[1] * scale)), height),
-                                  interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
-    gap = 8
-    canvas = np.full((height, resized[0].shape[1] + gap + resized[1].shape[1], 3), 255, np.uint8)
-    canvas[:, :resized[0].shape[1]] = resized[0]
-    offset = resized[0].shape[1] + gap
-    canvas[:, offset:] = resized[1]
-    line = max(1, height // 400)
-    for matches, colour in ((pair.rejected, REJECTED_RGB), (pair.inliers, INLIER_RGB)):
-        for ia, ib in np.asarray(matches).reshape(-1, 2):
-            # Keypoints have integer values at pixel centres: +0.5 maps them onto the canvas.
-            xa, ya = (pair.keypoints_a[ia] + 0.5) * scales[0] - 0.5
-            xb, yb = (pair.keypoints_b[ib] + 0.5) * scales[1] - 0.5
-            a, b = (int(round(xa)), int(round(ya))), (int(round(xb)) + offset, int(round(yb)))
-            cv2.line(canvas, a, b, colour, line, cv2.LINE_AA)
-            cv2.circle(canvas, a, line + 1, colour, -1, cv2.LINE_AA)
-            cv2.circle(canvas, b, line + 1, colour, -1, cv2.LINE_AA)
-    return canvas
-
-
 def relative_pose(R_a: np.ndarray, t_a: np.ndarray, R_b: np.ndarray, t_b: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Pose of camera b relative to camera a: x_b = R_ba @ x_a + t_ba (camera frames)."""
@@ -620,142 +470,3 @@ def relative_pose_table(run: RunData, truth: GroundTruth | None, dataset: str, i
         table.append({"": "error", "rotation (deg)": float(rotation_angle_deg(R_pred, R_true)),
                       "translation direction": f"{np.degrees(np.arccos(cos)):.2f} deg apart"})
     return pd.DataFrame(table)
-
-
-# =========================================================================== uploads
-@dataclass
-class StagedUploads:
-    """Uploaded files laid out as ``data_dir/test/<dataset>/``: the images kept, and the
-    files skipped with the reason."""
-
-    data_dir: Path
-    accepted: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _unzipped(files: Iterable[tuple[str, bytes]], rejected: list[tuple[str, str]]
-              ) -> Iterable[tuple[str, bytes]]:
-    """The uploads with every zip replaced by its files (folders and macOS metadata left out)."""
-    for name, data in files:
-        if not name.lower().endswith(".zip"):
-            yield name, data
-            continue
-        try:
-            with zipfile.ZipFile(io.BytesIO(data)) as archive:
-                for member in archive.infolist():
-                    inner = Path(member.filename)
-                    if member.is_dir() or "__MACOSX" in inner.parts or inner.name.startswith("."):
-                        continue
-                    yield f"{name}/{member.filename}", archive.read(member)
-        except (zipfile.BadZipFile, OSError) as error:
-            rejected.append((name, f"not a readable zip file ({error})"))
-
-
-def stage_uploads(files: Iterable[tuple[str, bytes]], data_dir: str | Path,
-                  dataset: str = UPLOAD_DATASET) -> StagedUploads:
-    """Write uploaded files (name, bytes) as the test images of one dataset, keeping only
-    what the project's image decoder reads.
-
-    Zips are unpacked; images in another format OpenCV reads (BMP, TIFF, WebP...) are saved
-    as PNG, since the pipeline lists PNG/JPEG files only; anything else is skipped and named
-    in ``rejected``. Names that repeat get a numeric suffix.
-    """
-    staged = StagedUploads(Path(data_dir))
-    folder = staged.data_dir / "test" / dataset
-    folder.mkdir(parents=True, exist_ok=True)
-    for upload_name, data in _unzipped(files, staged.rejected):
-        stem, suffix = Path(upload_name).stem, Path(upload_name).suffix
-        target_suffix = suffix if suffix in IMAGE_SUFFIXES else ".png"
-        name = f"{stem}{target_suffix}"
-        k = 1
-        while (folder / name).exists():
-            name, k = f"{stem}-{k}{target_suffix}", k + 1
-        path = folder / name
-        path.write_bytes(data)
-        try:
-            decode_image_file(path)
-            if suffix not in IMAGE_SUFFIXES:
-                write_image_rgb(path, read_image_rgb(path))
-        except (DataError, OSError) as error:
-            path.unlink()
-            reason = ("cannot be decoded as an image (corrupt, or not an image file)"
-                      if isinstance(error, DataError) else str(error))
-            staged.rejected.append((upload_name, reason))
-            continue
-        staged.accepted.append(name)
-    return staged
-
-
-# Module loggers of the pipeline's stages, and how far along a run is when each speaks.
-STAGE_PROGRESS = {"src.local_features": 0.2, "src.pairs": 0.35, "src.matching": 0.45,
-                  "src.scene_graph": 0.6, "src.geometric": 0.65, "src.reconstruction": 0.8}
-
-
-class _ProgressHandler(logging.Handler):
-    """Turns the pipeline's log messages into progress reports (fraction, message)."""
-
-    def __init__(self, report: Callable[[float, str], None]) -> None:
-        super().__init__(logging.INFO)
-        self.report, self.fraction = report, 0.05
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.fraction = max(self.fraction, STAGE_PROGRESS.get(record.name, self.fraction))
-        try:
-            self.report(self.fraction, record.getMessage())
-        except Exception:  # a broken progress display must not stop the run
-            self.handleError(record)
-
-
-def new_upload_run_name(output_dir: Path) -> str:
-    """``uploads-<date>-<time>``, with a suffix if that folder exists already."""
-    base = time.strftime("uploads-%Y%m%d-%H%M%S")
-    name, k = base, 1
-    while (Path(output_dir) / name).exists():
-        name, k = f"{base}-{k}", k + 1
-    return name
-
-
-def run_on_uploads(files: Iterable[tuple[str, bytes]], output_dir: str | Path,
-                   progress: Callable[[float, str], None] | None = None,
-                   preset: str = "cpu-demo", **overrides) -> tuple[StagedUploads, Path | None]:
-    """Run the geometric pipeline on uploaded photos in a new run folder
-    ``output_dir/uploads-<time>/`` (its input in ``input/``); returns what was staged and the
-    run folder (None when no upload is a readable image).
-
-    The stages are main.py's for a geometric run on unlabelled data: the run folder and its
-    config, ``run_geometric``, then the validated submission.
-    """
-    from config import get_config
-    from src.geometric import GeometricConf, run_geometric
-    from src.run_context import RunContext, setup_logging
-    from src.utils_io import build_submission, list_test_images, write_csv_atomic, write_submission
-
-    report = progress or (lambda fraction, text: None)
-    output_dir = Path(output_dir)
-    run_name = new_upload_run_name(output_dir)
-    data_dir = output_dir / run_name / "input"
-    report(0.02, "checking the uploaded files")
-    staged = stage_uploads(files, data_dir)
-    if not staged.accepted:
-        return staged, None
-    cfg = get_config(preset, **{**overrides, "pipeline": "geometric", "data_dir": str(data_dir),
-                                "output_dir": str(output_dir), "run_name": run_name})
-    setup_logging()
-    handler = _ProgressHandler(report)
-    stage_logger = logging.getLogger("src")
-    stage_logger.addHandler(handler)
-    try:
-        ctx = RunContext.create(cfg)
-        test_images = list_test_images(data_dir)
-        with ctx.stage("geometric"):
-            predictions, stage_seconds = run_geometric(
-                test_images, data_dir / "test", GeometricConf.from_config(cfg),
-                ctx.run_dir / "geometric", cfg.overwrite)
-            write_csv_atomic(stage_seconds, ctx.run_dir / "timings_geometric.csv")
-        with ctx.stage("submission"):
-            write_submission(build_submission(predictions, test_images),
-                             ctx.run_dir / SUBMISSION_FILE, test_images)
-    finally:
-        stage_logger.removeHandler(handler)
-    report(1.0, f"done: {ctx.run_dir}")
-    return staged, ctx.run_dir

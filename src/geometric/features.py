@@ -19,7 +19,7 @@ Layout of a cache file (one per dataset and feature configuration)::
 ``<image>`` is the file name escaped by :func:`h5_key` ('%' -> '%25', '/' -> '%2F'). An
 image's ``image_size`` is written last: a group without it is an unfinished entry.
 
-The partial-file machinery (:func:`resumable_h5`) is shared with ``src.matching``.
+The partial-file machinery (:func:`resumable_h5`) is shared with ``src.geometric.matching``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from src.torch_compat import TORCH_DEVICES
-from src.utils_io import DataError, read_image_rgb
+from src.geometric.torch_compat import TORCH_DEVICES
+from src.data_io import DataError, read_image_rgb
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class _LearnedExtractor:
     def __init__(self, conf: FeatureConf) -> None:
         import torch
 
-        from src.torch_compat import load_network
+        from src.geometric.torch_compat import load_network
 
         if conf.name == "aliked":
             # detection_threshold -1: the strongest max_keypoints, as SIFT's budget

@@ -22,7 +22,7 @@ import pandas as pd
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import NearestNeighbors
 
-from src.utils_io import OUTLIER_SCENE
+from src.submission import OUTLIER_SCENE
 
 
 @dataclass(frozen=True)

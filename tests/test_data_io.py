@@ -1,4 +1,4 @@
-"""Images, pose strings, atomic writes, submission building and validation."""
+"""Images, pose strings and atomic writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
 
-from src import utils_io as io
+from src import data_io as io
 
 
 def test_format_and_parse_round_trip():
@@ -73,63 +73,6 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
-
-
-def predictions():
-    R = Rotation.random(3, random_state=1).as_matrix()
-    return [io.PosePrediction("d1", "a.png", "cluster0", R[0], np.array([1.0, 2, 3])),
-            io.PosePrediction("d1", "b.png", "outliers", np.full((3, 3), np.nan), np.full(3, np.nan)),
-            io.PosePrediction("d2", "c.png", "cluster0", R[2], np.zeros(3))]
-
-
-def test_build_submission_follows_sample_rows_and_ids(tmp_path):
-    sample = pd.DataFrame({"image_id": ["x3", "x1", "x2"], "dataset": ["d2", "d1", "d1"],
-                           "scene": "outliers", "image": ["c.png", "a.png", "b.png"],
-                           "rotation_matrix": "", "translation_vector": ""})
-    sub = io.build_submission(predictions(), sample)
-    assert list(sub["image_id"]) == ["x3", "x1", "x2"]
-    assert list(sub["image"]) == ["c.png", "a.png", "b.png"]
-    io.validate_submission(sub, expected_images=sample)
-    path = io.write_submission(sub, tmp_path / "submission.csv", expected_images=sample)
-    back = io.read_submission(path)
-    assert list(back.columns) == io.SUBMISSION_COLUMNS
-    assert back.loc[2, "rotation_matrix"] == ";".join(["nan"] * 9)
-
-
-def test_build_submission_without_sample_uses_default_ids():
-    sub = io.build_submission(predictions())
-    assert list(sub["image_id"]) == ["d1_a.png_public", "d1_b.png_public", "d2_c.png_public"]
-    with pytest.raises(io.DataError, match="no prediction for 1"):
-        io.build_submission(predictions()[:2], sub)
-
-
-@pytest.mark.parametrize("column, value, message", [
-    ("rotation_matrix", "1;0;0;0;1;0;0;0;-1", "line 2: rotation_matrix is not a rotation"),
-    ("rotation_matrix", "nan;0;0;0;1;0;0;0;1", "line 2: rotation_matrix is partly nan"),
-    ("translation_vector", "1;nan;2", "line 2: translation_vector is partly nan"),
-    ("translation_vector", "1;2", "line 2, field translation_vector"),
-    ("scene", "", "line 2: empty scene name"),
-])
-def test_validator_names_the_bad_row(tmp_path, column, value, message):
-    sub = io.build_submission(predictions())
-    sub.loc[0, column] = value
-    with pytest.raises(io.DataError, match=message):
-        io.validate_submission(sub)
-    target = tmp_path / "submission.csv"
-    with pytest.raises(io.DataError):
-        io.write_submission(sub, target)
-    assert not target.exists()  # nothing half-written
-
-
-def test_validator_rejects_duplicates_and_wrong_image_sets():
-    sub = io.build_submission(predictions())
-    doubled = pd.concat([sub, sub.iloc[[0]]], ignore_index=True)
-    with pytest.raises(io.DataError, match="appears more than once"):
-        io.validate_submission(doubled)
-    with pytest.raises(io.DataError, match="missing e.g."):
-        io.validate_submission(sub.iloc[:2], expected_images=sub)
-    with pytest.raises(io.DataError, match="missing column"):
-        io.validate_submission(sub.drop(columns=["image_id"]))
 
 
 def test_list_images(tmp_path):

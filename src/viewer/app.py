@@ -1,12 +1,13 @@
 """The viewer: a run folder's clusters, cameras, matches and scores, and the geometric
 pipeline on uploaded photos.
 
-    streamlit run src/app.py -- --run outputs/cpu-demo-geometric
+    streamlit run src/viewer/app.py -- --run outputs/cpu-demo-geometric
 
 Pages: overview, dataset, cameras, pair, upload; each can be opened by URL, e.g.
 ``?page=cameras&dataset=demo_test_a&cluster=cluster0`` (also ``run=`` and ``pair=A|B``).
-A thin layer: everything it shows comes from ``src.viewer``, which calls the project's own
-loaders, scorer and pipeline; run folders are only read, uploads go to a new run folder.
+A thin layer: everything it shows comes from ``src.viewer`` (data, figures, uploads), which
+call the project's own loaders, scorer and pipeline; run folders are only read, uploads go
+to a new run folder.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `streamlit run src/app.py` puts src/, not the repository, first
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # `streamlit run src/viewer/app.py` puts src/, not the repository, first
     sys.path.insert(0, str(REPO))
 
 import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from src import viewer  # noqa: E402
-from src.local_features import load_all_features  # noqa: E402
-from src.utils_io import read_image_rgb  # noqa: E402
+from src.viewer import data, figures, uploads  # noqa: E402
+from src.geometric.features import load_all_features  # noqa: E402
+from src.data_io import read_image_rgb  # noqa: E402
+from src.submission import OUTLIER_SCENE  # noqa: E402
 
 PAGES = {"overview": "Overview", "dataset": "Dataset", "cameras": "Cameras in 3D",
          "pair": "A pair", "upload": "Run on uploads"}
@@ -32,7 +34,7 @@ THUMB_SIDE = 160
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streamlit run src/app.py --")
+    parser = argparse.ArgumentParser(prog="streamlit run src/viewer/app.py --")
     parser.add_argument("--run", type=Path, default=None,
                         help="run folder to open (default: the newest under outputs/)")
     parser.add_argument("--uploads-dir", type=Path, default=Path("outputs"),
@@ -44,18 +46,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # =========================================================================== cached loading
 # Keys carry the run's stamp (submission.csv's mtime), so a rewritten run is read afresh.
 @st.cache_data(show_spinner="Reading the run...")
-def load_run(run_dir: str, stamp: float) -> viewer.RunData:
-    return viewer.load_run(run_dir)
+def load_run(run_dir: str, stamp: float) -> data.RunData:
+    return data.load_run(run_dir)
 
 
 @st.cache_data(show_spinner="Scoring...")
 def score_run(run_dir: str, stamp: float):
-    return viewer.score_run(load_run(run_dir, stamp))
+    return data.score_run(load_run(run_dir, stamp))
 
 
 @st.cache_data(show_spinner=False)
 def ground_truth(run_dir: str, stamp: float):
-    return viewer.load_ground_truth(load_run(run_dir, stamp))
+    return data.load_ground_truth(load_run(run_dir, stamp))
 
 
 @st.cache_data(show_spinner="Making thumbnails...")
@@ -63,22 +65,22 @@ def gallery(run_dir: str, stamp: float, dataset: str) -> list:
     """The dataset's cluster groups and their framed thumbnails as JPEG bytes (encoded once:
     re-encoding 100 arrays on every rerun is what made the page slow)."""
     run = load_run(run_dir, stamp)
-    groups = viewer.cluster_groups(run, dataset, ground_truth(run_dir, stamp),
+    groups = data.cluster_groups(run, dataset, ground_truth(run_dir, stamp),
                                    score_run(run_dir, stamp))
-    return [(group, [viewer.encode_jpeg(viewer.framed(
-                viewer.thumbnail(run.image_path(dataset, name), THUMB_SIDE), ok))
+    return [(group, [figures.encode_jpeg(figures.framed(
+                figures.thumbnail(run.image_path(dataset, name), THUMB_SIDE), ok))
              for name, ok in zip(group.images, group.correct or [None] * len(group.images))])
             for group in groups]
 
 
 @st.cache_resource(show_spinner="Loading the SfM models...")
 def sfm_models(run_dir: str, stamp: float, dataset: str):
-    return viewer.load_sfm_models(run_dir, dataset)
+    return data.load_sfm_models(run_dir, dataset)
 
 
 @st.cache_data(show_spinner="Aligning to the ground truth...")
 def alignment(run_dir: str, stamp: float, dataset: str, cluster: str, scene: str):
-    return viewer.align_cluster(load_run(run_dir, stamp), ground_truth(run_dir, stamp),
+    return data.align_cluster(load_run(run_dir, stamp), ground_truth(run_dir, stamp),
                                 dataset, cluster, scene)
 
 
@@ -89,7 +91,7 @@ def features(path: str, mtime: float):
 
 @st.cache_data(show_spinner=False)
 def pair_table(path: str, mtime: float) -> pd.DataFrame:
-    return viewer.pair_table(Path(path))
+    return data.pair_table(Path(path))
 
 
 @st.cache_data(show_spinner=False)
@@ -114,11 +116,11 @@ def choose(label: str, key: str, options: list[str], where=st, **kwargs) -> str:
 
 
 def run_options(args: argparse.Namespace) -> list[str]:
-    runs = [str(p) for p in viewer.find_runs(args.run.parent if args.run else Path("outputs"))]
-    runs += [str(p) for p in viewer.find_runs(args.uploads_dir)]
+    runs = [str(p) for p in data.find_runs(args.run.parent if args.run else Path("outputs"))]
+    runs += [str(p) for p in data.find_runs(args.uploads_dir)]
     for extra in [st.session_state.get("upload_run"), str(args.run) if args.run else None,
                   st.query_params.get("run")]:
-        if extra and extra not in runs and (Path(extra) / viewer.SUBMISSION_FILE).is_file():
+        if extra and extra not in runs and (Path(extra) / data.SUBMISSION_FILE).is_file():
             runs.insert(0, extra)
     if args.run and str(args.run) in runs:  # the run named on the command line comes first
         runs.remove(str(args.run))
@@ -134,7 +136,7 @@ def page_overview(run_dir: str, stamp: float) -> None:
     st.caption(f"{run.pipeline} pipeline, preset {run.config.get('preset', '?')}; input "
                f"{run.data_dir or 'not found'}; "
                + ("scored against its test labels" if report else "no test labels: no score"))
-    overview = viewer.dataset_overview(run)
+    overview = data.dataset_overview(run)
     columns = st.columns(5 if report else 4)
     columns[0].metric("datasets", len(overview))
     columns[1].metric("images", int(overview["images"].sum()))
@@ -200,17 +202,17 @@ def page_dataset(run_dir: str, stamp: float, dataset: str) -> None:
 def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
     run = load_run(run_dir, stamp)
     st.title(f"{dataset}: cameras in 3D")
-    clusters = viewer.posed_clusters(run, dataset)
+    clusters = data.posed_clusters(run, dataset)
     if not clusters:
         st.info("No cluster of this dataset has a posed camera.")
         return
     cluster = choose("Cluster", "cluster", clusters)
-    rows = viewer.cluster_rows(run, dataset, cluster)
+    rows = data.cluster_rows(run, dataset, cluster)
     names = list(run.predictions["image"].iloc[rows])
-    found = viewer.model_for_cluster(sfm_models(run_dir, stamp, dataset), names,
+    found = data.model_for_cluster(sfm_models(run_dir, stamp, dataset), names,
                                      run.R_cw[rows], run.t_cw[rows])
     points = found[1].points3D if found else None
-    unposed = len(viewer.cluster_rows(run, dataset, cluster, posed_only=False)) - len(rows)
+    unposed = len(data.cluster_rows(run, dataset, cluster, posed_only=False)) - len(rows)
     truth = ground_truth(run_dir, stamp)
     left, right = st.columns(2) if truth else (st.container(), None)
     with left:
@@ -218,16 +220,16 @@ def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
         st.caption(f"{len(rows)} posed camera(s)" + (f", {unposed} without a pose" if unposed else "")
                    + (f"; {len(points)} sparse points from {found[0].relative_to(run.run_dir)}"
                       if found else "; no SfM model cached for this cluster"))
-        st.plotly_chart(viewer.cameras_figure(run.centers[rows], run.R_cw[rows], names, points),
+        st.plotly_chart(figures.cameras_figure(run.centers[rows], run.R_cw[rows], names, points),
                         key=f"predicted_{dataset}")
     if truth is None:
         return
-    expected = {g.name: g.expected_scene for g in viewer.cluster_groups(
+    expected = {g.name: g.expected_scene for g in data.cluster_groups(
         run, dataset, truth, score_run(run_dir, stamp))}[cluster]
     # A cluster may hold cameras of several scenes (the scorer pairs it with each it shares
     # most with); the one it stands for comes first.
     counts = truth.scenes.iloc[rows].value_counts()
-    scenes = [s for s in counts.index if s != viewer.OUTLIER_SCENE and counts[s] >= 3]
+    scenes = [s for s in counts.index if s != OUTLIER_SCENE and counts[s] >= 3]
     scenes.sort(key=lambda s: s != expected)
     with right:
         if not scenes:
@@ -241,9 +243,9 @@ def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
         aligned = alignment(run_dir, stamp, dataset, cluster, scene)
         st.caption(f"Scene {scene}. Similarity (scale {aligned.scale:.3g}) fitted on the cameras the scorer "
                    f"registers within its loosest threshold, {aligned.threshold:.3g}")
-        st.plotly_chart(viewer.alignment_figure(aligned), key=f"aligned_{dataset}")
+        st.plotly_chart(figures.alignment_figure(aligned), key=f"aligned_{dataset}")
     st.subheader("Per-image centre error")
-    st.dataframe(viewer.alignment_table(aligned), hide_index=True, column_config={
+    st.dataframe(data.alignment_table(aligned), hide_index=True, column_config={
         "centre error": st.column_config.NumberColumn(format="%.4g")})
     st.caption("Distances in the ground truth's units. Cameras the scorer registers per "
                "threshold: " + ", ".join(f"{n}/{len(aligned.images)} within {t:.3g}"
@@ -253,8 +255,8 @@ def page_cameras(run_dir: str, stamp: float, dataset: str) -> None:
 def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
     run = load_run(run_dir, stamp)
     st.title(f"{dataset}: a pair")
-    match_files = viewer.cache_files(run_dir, dataset, "matches")
-    feature_files = viewer.cache_files(run_dir, dataset, "features")
+    match_files = data.cache_files(run_dir, dataset, "matches")
+    feature_files = data.cache_files(run_dir, dataset, "features")
     if not match_files or not feature_files:
         st.info("This run holds no cached matches for this dataset (only the geometric and "
                 "hybrid pipelines match image pairs).")
@@ -262,7 +264,7 @@ def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
     by_name = {p.name: p for p in match_files}
     matches_path = by_name[choose("Matches cache", "matches", list(by_name))] \
         if len(by_name) > 1 else match_files[0]
-    features_path = viewer.features_file_for(matches_path, feature_files)
+    features_path = data.features_file_for(matches_path, feature_files)
     table = pair_table(str(matches_path), matches_path.stat().st_mtime)
     if table.empty:
         st.info(f"{matches_path.name} holds no pair.")
@@ -271,7 +273,7 @@ def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
               for a, b, n in table.itertuples(index=False)}
     key = choose("Pair (most inliers first)", "pair", list(labels), format_func=labels.get)
     image_a, image_b = key.split("|")
-    pair = viewer.load_pair_view(matches_path,
+    pair = data.load_pair_view(matches_path,
                                  features(str(features_path), features_path.stat().st_mtime),
                                  image_a, image_b)
     columns = st.columns(3)
@@ -282,12 +284,12 @@ def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
     for name in (image_a, image_b):
         path = run.image_path(dataset, name)
         images.append(full_image(str(path), path.stat().st_mtime) if path and path.is_file()
-                      else viewer.thumbnail(None, 320))
-    st.image(viewer.draw_matches(images[0], images[1], pair),
+                      else figures.thumbnail(None, 320))
+    st.image(figures.draw_matches(images[0], images[1], pair),
              caption=f"{image_a} (left), {image_b} (right): verified inliers green, rejected "
                      "matches red")
     st.subheader("Relative pose (camera b from camera a)")
-    poses = viewer.relative_pose_table(run, ground_truth(run_dir, stamp), dataset, image_a,
+    poses = data.relative_pose_table(run, ground_truth(run_dir, stamp), dataset, image_a,
                                        image_b)
     if poses is None:
         st.info("No relative pose: the two images are not posed in the same cluster.")
@@ -301,11 +303,11 @@ def page_upload(args: argparse.Namespace) -> None:
     st.title("Run on uploads")
     st.caption(f"Photos (PNG, JPEG, or any format OpenCV reads) or a zip of them; the geometric "
                f"pipeline runs on them in a new run folder under {args.uploads_dir}/.")
-    uploads = st.file_uploader("Photos or a zip", accept_multiple_files=True, key="uploads")
-    if st.button("Run the geometric pipeline", disabled=not uploads, type="primary"):
+    files = st.file_uploader("Photos or a zip", accept_multiple_files=True, key="uploads")
+    if st.button("Run the geometric pipeline", disabled=not files, type="primary"):
         bar = st.progress(0.0, text="starting")
-        staged, new_run = viewer.run_on_uploads(
-            [(f.name, f.getvalue()) for f in uploads], args.uploads_dir,
+        staged, new_run = uploads.run_on_uploads(
+            [(f.name, f.getvalue()) for f in files], args.uploads_dir,
             progress=lambda fraction, text: bar.progress(min(fraction, 1.0), text=text[:150]))
         st.session_state["upload_result"] = (staged.accepted, staged.rejected,
                                              str(new_run) if new_run else None)
@@ -320,15 +322,15 @@ def page_upload(args: argparse.Namespace) -> None:
     if new_run is None:
         st.error("None of the uploaded files is a readable image; nothing was run.")
         return
-    stamp = viewer.run_stamp(new_run)
+    stamp = data.run_stamp(new_run)
     run = load_run(new_run, stamp)
-    overview = viewer.dataset_overview(run)
+    overview = data.dataset_overview(run)
     st.success(f"{len(accepted)} image(s) processed: {int(overview['clusters'].sum())} "
                f"cluster(s), {int(overview['outliers'].sum())} outlier(s). Run folder: {new_run} "
                "(choose it in the sidebar to see every page).")
     for dataset in run.datasets:
         page_dataset(new_run, stamp, dataset)
-        if viewer.posed_clusters(run, dataset):
+        if data.posed_clusters(run, dataset):
             page_cameras(new_run, stamp, dataset)
 
 
@@ -340,7 +342,7 @@ def main() -> None:
     query_default("page", list(PAGES))
     page = st.sidebar.radio("Page", list(PAGES), format_func=PAGES.get, key="page")
     st.query_params["page"] = page
-    if args.run and not (args.run / viewer.SUBMISSION_FILE).is_file():
+    if args.run and not (args.run / data.SUBMISSION_FILE).is_file():
         st.sidebar.warning(f"--run {args.run}: not a run folder (no submission.csv there); "
                            "run `python main.py --pipeline geometric` first")
     if page == "upload":
@@ -351,7 +353,7 @@ def main() -> None:
                  "(a folder holding submission.csv), or run on uploads.")
         return
     run_dir = choose("Run folder", "run", runs, where=st.sidebar)
-    stamp = viewer.run_stamp(run_dir)
+    stamp = data.run_stamp(run_dir)
     run = load_run(run_dir, stamp)
     if page == "overview":
         page_overview(run_dir, stamp)

@@ -1,9 +1,9 @@
-"""tf.data input pipelines from the label tables (see src.preprocessing) and image folders.
+"""tf.data input pipelines from the label tables (see src.learned.preprocessing) and image folders.
 
 Images live at ``<image_root>/<dataset>/<image>`` (``image_root`` is ``<data>/train`` or
 ``<data>/test``). Every pipeline yields float32 RGB images (B, S, S, 3) with values in
 [0, 255]: the Keras ConvNeXt backbones normalise internally. Training and evaluation
-pipelines also yield the targets src.losses expects::
+pipelines also yield the targets src.learned.losses expects::
 
     {"quaternion": (B, 4) unit x y z w,  "translation": (B, 3) scaler-normalised t_cw,
      "outlier": (B, 1) 0/1}
@@ -32,8 +32,8 @@ import pandas as pd
 import tensorflow as tf
 from sklearn.preprocessing import StandardScaler
 
-from src.preprocessing import QUAT_COLUMNS, TRANSLATION_COLUMNS
-from src.utils_io import DataError
+from src.submission import QUAT_COLUMNS, TRANSLATION_COLUMNS
+from src.data_io import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,7 +94,7 @@ def _check_labels(labels: pd.DataFrame) -> None:
     missing = [c for c in REQUIRED_COLUMNS if c not in labels.columns]
     if missing:
         raise DataError(f"labels: missing column(s) {missing} (expected a table parsed by "
-                        f"src.preprocessing.parse_labels); found {list(labels.columns)}")
+                        f"src.learned.preprocessing.parse_labels); found {list(labels.columns)}")
 
 
 def _labelled_paths(labels: pd.DataFrame, image_root: str | os.PathLike) -> list[str]:
@@ -224,9 +224,9 @@ def training_dataset(labels: pd.DataFrame, image_root: str | os.PathLike,
     """Training pipeline of ``(images, targets)`` batches (see module doc for shapes).
 
     Args:
-        labels: parsed labels rows (src.preprocessing.parse_labels layout).
+        labels: parsed labels rows (src.learned.preprocessing.parse_labels layout).
         image_root: folder holding ``<dataset>/<image>``.
-        scaler: translation StandardScaler (src.preprocessing.fit_translation_scaler).
+        scaler: translation StandardScaler (src.learned.preprocessing.fit_translation_scaler).
         image_size: S, the square side in pixels.
         global_batch_size: images per step over all replicas.
         seed: fixes the shuffle order of every epoch and the colour augmentation.

@@ -5,7 +5,7 @@ neighbours of the descriptors that pass Lowe's ratio test (:func:`match_descript
 LightGlue's matches for learned features (:class:`LightGlueMatcher`); a fundamental matrix
 fitted robustly to them keeps the geometrically consistent ones
 (:func:`verify_matches`). :func:`match_and_verify` runs both over a list of pairs with the
-features of ``src.local_features`` and caches everything on disk, resumably.
+features of ``src.geometric.features`` and caches everything on disk, resumably.
 
 Layout of a cache file::
 
@@ -37,9 +37,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from src.local_features import (Features, cached_images, h5_key, name_from_h5_key,
+from src.geometric.features import (Features, cached_images, h5_key, name_from_h5_key,
                                 read_cache_config, resumable_h5)
-from src.torch_compat import TORCH_DEVICES
+from src.geometric.torch_compat import TORCH_DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class LightGlueMatcher:
     def __init__(self, feature_name: str, conf: MatchConf = MatchConf(matcher="lightglue")):
         import torch
 
-        from src.torch_compat import load_network, torch_device
+        from src.geometric.torch_compat import load_network, torch_device
 
         if feature_name not in LIGHTGLUE_WEIGHTS:
             raise ValueError(f"LightGlue has no weights for {feature_name!r} features here; "

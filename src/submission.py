@@ -1,146 +1,46 @@
-"""Files in and out: images, pose strings, atomic writes, submission.csv and its validator.
+"""submission.csv: one predicted scene and pose per test image, its builder, its validator,
+and the list of test images it must cover.
 
-The competition's CSVs store a rotation as 9 numbers (row-major) and a translation as 3,
-each joined by ``;``; ``nan`` marks an unknown pose. Everything that reads or writes those
-strings goes through :func:`format_numbers` and :func:`parse_numbers`.
+Scenes are named ``cluster<k>`` (k = 0, 1, ...) per dataset, or ``outliers``; use
+:func:`cluster_name` / :func:`cluster_index` rather than formatting or slicing the names.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import cv2
 import numpy as np
 import pandas as pd
 
-from src.geometry import is_rotation
-
-log = logging.getLogger(__name__)
+from src.data_io import DataError, format_numbers, list_images, parse_numbers, write_csv_atomic
+from src.geometry import is_rotation, rotation_to_quat_xyzw
 
 SUBMISSION_COLUMNS = ["image_id", "dataset", "scene", "image", "rotation_matrix",
                       "translation_vector"]
-LABEL_COLUMNS = ["dataset", "scene", "image", "rotation_matrix", "translation_vector"]
 OUTLIER_SCENE = "outliers"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+CLUSTER_PREFIX = "cluster"
+log = logging.getLogger(__name__)
+# Columns of a pose table (predictions_*.csv): quaternion x, y, z, w (scalar last, w >= 0)
+# and translation, both world-to-camera.
+QUAT_COLUMNS = ["qx", "qy", "qz", "qw"]
+TRANSLATION_COLUMNS = ["tx", "ty", "tz"]
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, the row and what was expected."""
+def cluster_name(index: int) -> str:
+    """The scene name of cluster ``index`` (``cluster0``, ``cluster1``, ...)."""
+    return f"{CLUSTER_PREFIX}{int(index)}"
 
 
-# --------------------------------------------------------------------------- pose strings
-def format_numbers(values: np.ndarray) -> str:
-    """Numbers -> ``a;b;c`` with 9 significant decimals; non-finite values become ``nan``."""
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    return ";".join("nan" if not np.isfinite(v) else f"{v:.9f}" for v in flat)
+def cluster_index(name: str) -> int:
+    """``cluster<k>`` -> k; ValueError for ``outliers`` or any other name."""
+    if not name.startswith(CLUSTER_PREFIX) or not name[len(CLUSTER_PREFIX):].isdigit():
+        raise ValueError(f"not a cluster name: {name!r} (expected {CLUSTER_PREFIX}<number>)")
+    return int(name[len(CLUSTER_PREFIX):])
 
 
-def parse_numbers(text: str, count: int, where: str = "") -> np.ndarray:
-    """``a;b;c`` -> float array of exactly ``count`` values (``nan`` allowed).
-
-    ``where`` names the file, line and field for the error message.
-    """
-    parts = str(text).strip().split(";")
-    if len(parts) != count:
-        raise DataError(f"{where}: expected {count} numbers separated by ';', got "
-                        f"{len(parts)} in {text!r}")
-    try:
-        values = np.array([float(p) for p in parts], dtype=np.float64)
-    except ValueError:
-        raise DataError(f"{where}: not a number in {text!r}") from None
-    if np.any(np.isinf(values)):
-        raise DataError(f"{where}: infinite value in {text!r}")
-    return values
-
-
-# --------------------------------------------------------------------------- atomic writes
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only on success.
-
-    A crash or exception mid-write leaves the previous file (or nothing) in place, never a
-    half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix,
-                               dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_csv_atomic(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a DataFrame as CSV (no index) atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
-    return Path(path)
-
-
-# --------------------------------------------------------------------------- images
-def decode_image_file(path: str | os.PathLike) -> np.ndarray:
-    """The image as OpenCV decodes it (``IMREAD_UNCHANGED``: EXIF orientation ignored, any
-    channel count and depth). FileNotFoundError / DataError name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise DataError(f"{path}: cannot decode image (corrupt or not PNG/JPEG)")
-    return image
-
-
-def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Read PNG/JPEG as uint8 RGB (H, W, 3); grayscale and RGBA are converted.
-
-    Raises FileNotFoundError for a missing file and DataError for one that cannot be decoded.
-    """
-    image = decode_image_file(path)
-    if image.dtype == np.uint16:
-        image = (image / 257).astype(np.uint8)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def write_image_rgb(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a uint8 RGB image atomically (format from the suffix)."""
-    path = Path(path)
-    ok, encoded = cv2.imencode(path.suffix or ".png",
-                               cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise DataError(f"{path}: OpenCV could not encode the image")
-    with atomic_path(path) as tmp:
-        encoded.tofile(tmp)
-    return path
-
-
-def list_images(folder: str | os.PathLike) -> list[str]:
-    """Sorted file names of the images (PNG/JPEG) directly inside ``folder``."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES)
-
-
-# --------------------------------------------------------------------------- submission
 @dataclass(frozen=True)
 class PosePrediction:
     """One image's predicted scene and pose (world-to-camera); NaN pose = not registered."""
@@ -233,6 +133,20 @@ def write_submission(frame: pd.DataFrame, path: str | os.PathLike,
     return write_csv_atomic(frame[SUBMISSION_COLUMNS], path)
 
 
+def write_run_submission(predictions: list[PosePrediction], test_images: pd.DataFrame,
+                         run_dir: str | os.PathLike, output_dir: str | os.PathLike | None = None
+                         ) -> Path:
+    """Build, validate and write ``run_dir/submission.csv`` and, given ``output_dir``, its
+    copy ``output_dir/submission.csv`` (where Kaggle looks for it); returns the run's file."""
+    submission = build_submission(predictions, test_images)
+    path = write_submission(submission, Path(run_dir) / "submission.csv", test_images)
+    if output_dir is not None:
+        write_submission(submission, Path(output_dir) / "submission.csv", test_images)
+    log.info("wrote %s (%d images in %d datasets, validated)", path, len(submission),
+             submission["dataset"].nunique())
+    return path
+
+
 def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     """Read a submission (or labels) CSV with every column as text."""
     path = Path(path)
@@ -267,3 +181,19 @@ def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
     if not rows:
         raise DataError(f"{test_dir}: no PNG/JPEG images in any dataset folder")
     return pd.DataFrame(rows, columns=["image_id", "dataset", "image"])
+
+
+def pose_table(predictions: list[PosePrediction]) -> pd.DataFrame:
+    """Submission rows as a table: dataset, image, scene, qx..qw, tx..tz (NaN when no pose)."""
+    R = np.array([p.R_cw for p in predictions], dtype=np.float64).reshape(-1, 3, 3)
+    t = np.array([p.t_cw for p in predictions], dtype=np.float64).reshape(-1, 3)
+    posed = np.isfinite(R).all(axis=(1, 2)) & np.isfinite(t).all(axis=1)
+    q = np.full((len(predictions), 4), np.nan)
+    if posed.any():
+        q[posed] = rotation_to_quat_xyzw(R[posed])
+    table = pd.DataFrame({"dataset": [p.dataset for p in predictions],
+                          "image": [p.image for p in predictions],
+                          "scene": [p.scene for p in predictions]})
+    table[QUAT_COLUMNS] = q
+    table[TRANSLATION_COLUMNS] = t
+    return table
