@@ -53,6 +53,15 @@ def parse_numbers(text: str, count: int, where: str = "") -> np.ndarray:
     return values
 
 
+def parse_thresholds(text: str, where: str = "") -> np.ndarray:
+    """``t1;t2;...`` (a scene's IMC thresholds, any count) -> non-negative, non-decreasing
+    float array; DataError names ``where`` (file, line, field) otherwise."""
+    values = parse_numbers(text, len(str(text).strip().split(";")), where)
+    if np.any(np.isnan(values)) or np.any(values < 0) or np.any(np.diff(values) < 0):
+        raise DataError(f"{where}: expected non-negative increasing numbers, got {text!r}")
+    return values
+
+
 # --------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

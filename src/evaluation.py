@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.geometry import _horn_rotations, camera_centers
-from src.data_io import DataError, parse_numbers, write_csv_atomic
+from src.geometry import horn_rotations, camera_centers
+from src.data_io import DataError, parse_numbers, parse_thresholds, write_csv_atomic
 from src.submission import OUTLIER_SCENE, read_submission
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _horn_triplet_models(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, 
     mu_s = src.mean(axis=1, keepdims=True)
     mu_d = dst.mean(axis=1, keepdims=True)
     a, b = src - mu_s, dst - mu_d
-    R = _horn_rotations(a, b)
+    R = horn_rotations(a, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(np.sum(b * b, axis=(1, 2)) / np.sum(a * a, axis=(1, 2)))
         sR = s[:, None, None] * R
@@ -212,13 +212,12 @@ def _centers_by_scene(frame: pd.DataFrame, name: str) -> dict:
 
 
 def _read_thresholds(frame: pd.DataFrame, name: str) -> dict:
+    """{dataset: {scene: thresholds (T,)}}; every scene must have the same count T."""
     out: dict = {}
-    counts = set()
     for row, rec in enumerate(frame.itertuples(index=False)):
-        parts = str(rec.thresholds).split(";")
-        ths = parse_numbers(rec.thresholds, len(parts), f"{name}, line {row + 2}, field thresholds")
-        counts.add(len(ths))
-        out.setdefault(rec.dataset, {})[rec.scene] = ths
+        out.setdefault(rec.dataset, {})[rec.scene] = parse_thresholds(
+            rec.thresholds, f"{name}, line {row + 2}, field thresholds")
+    counts = {len(ths) for scenes in out.values() for ths in scenes.values()}
     if len(counts) > 1:
         raise DataError(f"{name}: the number of thresholds varies per scene: {sorted(counts)}")
     return out
@@ -234,6 +233,60 @@ def _check_images(gt: dict, user: dict, dataset: str) -> None:
     if missing or extra or len(user_images) != len(set(user_images)):
         raise DataError(f"submission: dataset {dataset!r} does not list exactly the labelled "
                         f"images once (missing e.g. {missing[:3]}, unexpected e.g. {extra[:3]})")
+
+
+@dataclass
+class _SceneMatch:
+    """The predicted cluster a ground-truth scene is scored against, and how it fares."""
+
+    cluster: str
+    shared: int  # images of the scene in the cluster
+    cluster_size: int
+    maa: float  # 0-1, on the shared cameras
+    hits: np.ndarray  # (T - SKIP_TOP_THRESHOLDS,) cameras within each scored threshold
+    scene_size: int  # images of the scene that count (0 when matched only to `outliers`)
+
+
+def _best_cluster(gt_cams: dict, user_scenes: dict, ths: np.ndarray) -> _SceneMatch:
+    """The cluster sharing most images with the scene (then best mAA, then first listed)."""
+    names = list(user_scenes)
+    shared, maa, sizes = np.zeros(len(names)), np.zeros(len(names)), np.zeros(len(names))
+    errors: list[np.ndarray | None] = [None] * len(names)
+    for j, name in enumerate(names):
+        if name == OUTLIER_SCENE:
+            continue
+        user_cams = user_scenes[name]
+        common = [img for img in gt_cams if img in user_cams]
+        pred = np.array([user_cams[i] for i in common]).reshape(-1, 3)
+        true = np.array([gt_cams[i] for i in common]).reshape(-1, 3)
+        errors[j] = registration_errors(pred, true, ths)
+        maa[j] = maa_on_cameras(errors[j], ths, len(gt_cams))
+        shared[j], sizes[j] = len(common), len(user_cams)
+    best = int(np.lexsort((-maa, -shared))[0])
+    hits = np.zeros(len(ths) - SKIP_TOP_THRESHOLDS)
+    if errors[best] is not None:
+        hits = np.sum(errors[best][:, SKIP_TOP_THRESHOLDS:] < ths[None, SKIP_TOP_THRESHOLDS:],
+                      axis=0)
+    # As in the reference, a scene left with a predicted `outliers` group (no overlap with
+    # any cluster) drops out of the image count but still costs 3 cameras.
+    return _SceneMatch(cluster=names[best], shared=int(shared[best]),
+                       cluster_size=int(sizes[best]), maa=float(maa[best]), hits=hits,
+                       scene_size=0 if names[best] == OUTLIER_SCENE else len(gt_cams))
+
+
+def _combined_scores(matches: list[_SceneMatch], n_thresholds: int) -> tuple[float, float, float]:
+    """(mAA, clusterness, score), each 0-1, of one dataset from its scenes' best clusters:
+    mAA pools the cameras of all scenes (3 per scene deducted), clusterness is the share of
+    the chosen clusters' images that belong to their scene, the score their harmonic mean."""
+    scored_thresholds = n_thresholds - SKIP_TOP_THRESHOLDS
+    numerator = sum(np.sum(np.maximum(m.hits - CAMERAS_DEDUCTED, 0)) for m in matches)
+    cameras = sum(m.scene_size for m in matches) - len(matches) * CAMERAS_DEDUCTED
+    denominator = max(0, scored_thresholds * cameras)
+    maa = 0.0 if denominator == 0 else float(numerator / denominator)
+    size_sum = float(sum(m.cluster_size for m in matches))
+    clusterness = 0.0 if size_sum == 0 else float(sum(m.shared for m in matches) / size_sum)
+    total = maa + clusterness
+    return maa, clusterness, 0.0 if total == 0 else 2 * maa * clusterness / total
 
 
 def score_frames(submission: pd.DataFrame, labels: pd.DataFrame, thresholds: pd.DataFrame,
@@ -255,66 +308,33 @@ def score_frames(submission: pd.DataFrame, labels: pd.DataFrame, thresholds: pd.
             raise DataError(f"{names[0]}: dataset {dataset!r} not found")
         user_scenes = user_data[dataset]
         _check_images(gt_scenes, user_scenes, dataset)
-        user_names = list(user_scenes)
         scored = [s for s in gt_scenes if s != OUTLIER_SCENE]
-        n_th = None
-        best_shared, best_cluster_size, best_hits, best_gt_size = [], [], [], []
-        for gt_scene in scored:
-            try:
-                ths = ths_data[dataset][gt_scene]
-            except KeyError:
-                raise DataError(f"{names[2]}: no thresholds for {dataset}/{gt_scene}") from None
-            n_th = len(ths)
-            gt_cams = gt_scenes[gt_scene]
-            n_gt = len(gt_cams)
-            shared = np.zeros(len(user_names))
-            maa = np.zeros(len(user_names))
-            sizes = np.zeros(len(user_names))
-            errors = [None] * len(user_names)
-            for j, user_scene in enumerate(user_names):
-                if user_scene == OUTLIER_SCENE:
-                    continue
-                user_cams = user_scenes[user_scene]
-                common = [img for img in gt_cams if img in user_cams]
-                pred = np.array([user_cams[i] for i in common]).reshape(-1, 3)
-                true = np.array([gt_cams[i] for i in common]).reshape(-1, 3)
-                errors[j] = registration_errors(pred, true, ths)
-                maa[j] = maa_on_cameras(errors[j], ths, n_gt)
-                shared[j] = len(common)
-                sizes[j] = len(user_cams)
-            best = int(np.lexsort((-maa, -shared))[0])  # most shared, then best mAA, then first
-            hits = np.zeros(len(ths) - SKIP_TOP_THRESHOLDS)
-            if errors[best] is not None:
-                hits = np.sum(errors[best][:, SKIP_TOP_THRESHOLDS:] < ths[None, SKIP_TOP_THRESHOLDS:],
-                              axis=0)
-            best_shared.append(shared[best])
-            # As in the reference, a scene left with a predicted `outliers` group (no overlap
-            # with any cluster) drops out of the image count but still costs 3 cameras.
-            best_gt_size.append(0 if user_names[best] == OUTLIER_SCENE else n_gt)
-            best_cluster_size.append(sizes[best])
-            best_hits.append(hits)
-            scene_rows.append({"dataset": dataset, "scene": gt_scene, "cluster": user_names[best],
-                               "images": n_gt, "shared": int(shared[best]),
-                               "cluster_size": int(sizes[best]), "mAA": 100 * maa[best]})
-        n_total = sum(best_gt_size)
-        lt = (n_th or SKIP_TOP_THRESHOLDS) - SKIP_TOP_THRESHOLDS
-        numerator = sum(np.sum(np.maximum(h - CAMERAS_DEDUCTED, 0)) for h in best_hits)
-        denominator = max(0, lt * (n_total - len(scored) * CAMERAS_DEDUCTED))
-        maa_score = 0.0 if denominator == 0 else float(numerator / denominator)
-        size_sum = float(np.sum(best_cluster_size))
-        cluster_score = 0.0 if size_sum == 0 else float(np.sum(best_shared) / size_sum)
-        total = maa_score + cluster_score
-        score = 0.0 if total == 0 else 2 * maa_score * cluster_score / total
+        matches = [_best_cluster(gt_scenes[scene], user_scenes,
+                                 _scene_thresholds(ths_data, dataset, scene, names[2]))
+                   for scene in scored]
+        n_thresholds = len(ths_data[dataset][scored[-1]]) if scored else SKIP_TOP_THRESHOLDS
+        maa, clusterness, score = _combined_scores(matches, n_thresholds)
+        scene_rows += [{"dataset": dataset, "scene": scene, "cluster": m.cluster,
+                        "images": len(gt_scenes[scene]), "shared": m.shared,
+                        "cluster_size": m.cluster_size, "mAA": 100 * m.maa}
+                       for scene, m in zip(scored, matches)]
         dataset_rows.append({"dataset": dataset, "scenes": len(scored),
                              "images": sum(len(s) for s in gt_scenes.values()),
-                             "clusters": sum(1 for u in user_names if u != OUTLIER_SCENE),
-                             "mAA": 100 * maa_score, "clusterness": 100 * cluster_score,
+                             "clusters": sum(1 for u in user_scenes if u != OUTLIER_SCENE),
+                             "mAA": 100 * maa, "clusterness": 100 * clusterness,
                              "score": 100 * score})
     per_dataset = pd.DataFrame(dataset_rows)
     return ScoreReport(score=float(per_dataset["score"].mean()),
                        mAA=float(per_dataset["mAA"].mean()),
                        clusterness=float(per_dataset["clusterness"].mean()),
                        per_dataset=per_dataset, per_scene=pd.DataFrame(scene_rows))
+
+
+def _scene_thresholds(ths_data: dict, dataset: str, scene: str, name: str) -> np.ndarray:
+    try:
+        return ths_data[dataset][scene]
+    except KeyError:
+        raise DataError(f"{name}: no thresholds for {dataset}/{scene}") from None
 
 
 def score_submission(submission_csv: str | Path, labels_csv: str | Path,

@@ -27,6 +27,7 @@ __all__ = [
     "look_at_rotation",
     "umeyama_similarity",
     "horn_similarity",
+    "horn_rotations",
     "apply_similarity",
 ]
 
@@ -189,13 +190,15 @@ def horn_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray
     dst = np.asarray(dst, dtype=np.float64)
     mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
     a, b = src - mu_s, dst - mu_d
-    R = _horn_rotations(a[None], b[None])[0]
+    R = horn_rotations(a[None], b[None])[0]
     s = float(np.sqrt(np.sum(b * b) / np.sum(a * a)))
     return s, R, mu_d - s * R @ mu_s
 
 
-def _horn_rotations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Batched Horn rotation: for centred point sets a, b (B, N, 3), R (B, 3, 3) with b ~ R a."""
+def horn_rotations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched Horn rotation: for centred point sets a, b (B, N, 3), R (B, 3, 3) with b ~ R a
+    in the least-squares sense (Horn 1987, unit quaternions). Vectorised over B, which the IMC
+    scorer needs for its thousands of 3-camera samples."""
     S = np.einsum("bni,bnj->bij", a, b)  # S[i, j] = sum a_i b_j
     sxx, sxy, sxz = S[:, 0, 0], S[:, 0, 1], S[:, 0, 2]
     syx, syy, syz = S[:, 1, 0], S[:, 1, 1], S[:, 1, 2]

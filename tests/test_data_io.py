@@ -82,3 +82,10 @@ def test_list_images(tmp_path):
     assert io.list_images(tmp_path) == ["a.JPG", "b.png"]
     with pytest.raises(FileNotFoundError):
         io.list_images(tmp_path / "missing")
+
+
+def test_thresholds_parse_any_count_and_name_the_bad_field():
+    np.testing.assert_array_equal(io.parse_thresholds("0.1;0.5;2", "t.csv, line 2"), [0.1, 0.5, 2])
+    for bad in ("0.5;0.1", "-1;2", "nan;1", "a;b"):
+        with pytest.raises(io.DataError, match="t.csv, line 3"):
+            io.parse_thresholds(bad, "t.csv, line 3")

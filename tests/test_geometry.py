@@ -111,3 +111,17 @@ def test_horn_and_svd_agree_on_noisy_points():
     assert s1 == pytest.approx(s2)
     np.testing.assert_allclose(R1, R2, atol=1e-9)
     np.testing.assert_allclose(t1, t2, atol=1e-9)
+
+
+def test_batched_horn_rotations_match_scipy_align_vectors():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(5, 8, 3))
+    a -= a.mean(axis=1, keepdims=True)
+    truth = Rotation.random(5, random_state=4).as_matrix()
+    b = np.einsum("bij,bnj->bni", truth, a) + rng.normal(scale=0.01, size=a.shape)
+    b -= b.mean(axis=1, keepdims=True)
+    R = g.horn_rotations(a, b)
+    for k in range(5):
+        reference, _ = Rotation.align_vectors(b[k], a[k])  # b ~ R a, least squares
+        np.testing.assert_allclose(R[k], reference.as_matrix(), atol=1e-8)
+    assert np.allclose(np.linalg.det(R), 1.0)

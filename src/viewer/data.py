@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from src.data_io import parse_numbers
+from src.data_io import parse_numbers, parse_thresholds
 from src.evaluation import ScoreReport, registration_errors, score_submission, true_scenes
 from src.geometric.features import read_cache_config
 from src.geometric.matching import load_pair, load_verified_matches
@@ -203,9 +203,8 @@ def load_ground_truth(run: RunData) -> GroundTruth | None:
     thresholds_frame = read_submission(run.thresholds_csv)
     thresholds = {}
     for row, rec in enumerate(thresholds_frame.itertuples(index=False)):
-        count = len(str(rec.thresholds).split(";"))
-        thresholds[(rec.dataset, rec.scene)] = parse_numbers(
-            rec.thresholds, count, f"{run.thresholds_csv}, line {row + 2}, field thresholds")
+        thresholds[(rec.dataset, rec.scene)] = parse_thresholds(
+            rec.thresholds, f"{run.thresholds_csv}, line {row + 2}, field thresholds")
     return GroundTruth(scenes=true_scenes(run.predictions, run.labels_csv), R_cw=R, t_cw=t,
                        thresholds=thresholds)
 
