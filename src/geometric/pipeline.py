@@ -20,6 +20,7 @@ import pandas as pd
 from config import ConfigError
 from src.geometric.features import FeatureConf, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
+from src.geometric.options import RETRIEVALS, UNREGISTERED_POLICIES
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.reconstruction import ReconConf, poses_for_images, reconstruct
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
@@ -27,16 +28,14 @@ from src.data_io import write_csv_atomic
 from src.submission import OUTLIER_SCENE, PosePrediction, pose_table
 
 log = logging.getLogger(__name__)
-UNREGISTERED_POLICIES = ("outliers", "nan")
 
 
 @dataclass(frozen=True)
 class GeometricConf:
     features: FeatureConf = field(default_factory=FeatureConf)
     pairs: PairsConf = field(default_factory=PairsConf)
-    # 10 inliers: measured on the demo data (score 68 -> 76) with no false merge on realdev.
-    matching: MatchConf = field(default_factory=lambda: MatchConf(min_inliers=10))
-    graph: GraphConf = field(default_factory=lambda: GraphConf(min_inliers=10))
+    matching: MatchConf = field(default_factory=MatchConf)
+    graph: GraphConf = field(default_factory=GraphConf)
     reconstruction: ReconConf = field(default_factory=ReconConf)
     # Images of a scene that SfM could not register: "outliers", or kept in the scene's
     # cluster with a nan pose ("nan").
@@ -51,8 +50,8 @@ class GeometricConf:
         if self.unregistered not in UNREGISTERED_POLICIES:
             raise ValueError(f"unregistered must be one of {UNREGISTERED_POLICIES}, got "
                              f"{self.unregistered!r}")
-        if self.retrieval not in ("vlad", "backbone"):
-            raise ValueError(f"retrieval must be 'vlad' or 'backbone', got {self.retrieval!r}")
+        if self.retrieval not in RETRIEVALS:
+            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":

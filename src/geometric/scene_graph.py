@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from src.geometric.options import GRAPH_MIN_INLIERS
 from src.submission import OUTLIER_SCENE
 
 
 @dataclass(frozen=True)
 class GraphConf:
-    min_inliers: int = 20  # verified inliers for an edge
+    min_inliers: int = GRAPH_MIN_INLIERS  # verified inliers for an edge
     min_cluster_size: int = 3  # smaller groups are outliers; bridges between groups this big are cut
 
     def __post_init__(self) -> None:

@@ -12,8 +12,9 @@ import logging
 import sys
 import types
 
+from src.geometric.options import TORCH_DEVICES
+
 log = logging.getLogger(__name__)
-TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else the CPU
 
 
 def _pair(value):

@@ -2,7 +2,8 @@
 
 Each image is described by three standardised blocks:
 
-- its predicted quaternion divided by the typical rotation spread of a training scene,
+- its predicted quaternion (unit, w >= 0) divided by the typical rotation spread of a
+  training scene,
 - its predicted translation divided by the typical translation spread of a training scene,
 - its backbone features, L2-normalised and standardised within the dataset,
 
@@ -22,7 +23,8 @@ import pandas as pd
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import NearestNeighbors
 
-from src.submission import OUTLIER_SCENE
+from src.geometry import canonical_quat
+from src.submission import OUTLIER_SCENE, cluster_name
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,7 @@ def _standardise_block(block: np.ndarray) -> np.ndarray:
 def clustering_space(quats_xyzw: np.ndarray, translations: np.ndarray, features: np.ndarray,
                      scales: SpreadScales, settings: ClusterSettings) -> np.ndarray:
     """The (N, 4 + 3 + D) space DBSCAN works in (see module doc)."""
-    q = np.asarray(quats_xyzw, float)
-    q = np.where(q[:, 3:4] < 0, -q, q)  # q and -q are one rotation
+    q = canonical_quat(quats_xyzw)  # q and -q are one rotation
     pose = np.hstack([q / scales.quaternion / np.sqrt(4),
                       np.asarray(translations, float) / scales.translation / np.sqrt(3)])
     f = np.asarray(features, float)
@@ -107,7 +108,7 @@ def cluster_dataset(quats_xyzw: np.ndarray, translations: np.ndarray, features: 
     if len(kept) == 0:
         return names
     if len(kept) < settings.min_samples:
-        names[kept] = "cluster0"
+        names[kept] = cluster_name(0)
         return names
     points = clustering_space(quats_xyzw[kept], translations[kept], features[kept], scales,
                               settings)
@@ -117,7 +118,7 @@ def cluster_dataset(quats_xyzw: np.ndarray, translations: np.ndarray, features: 
     found = [c for c in np.unique(labels) if c >= 0]
     found.sort(key=lambda c: (-np.sum(labels == c), np.argmax(labels == c)))
     for rank, c in enumerate(found):
-        names[kept[labels == c]] = f"cluster{rank}"
+        names[kept[labels == c]] = cluster_name(rank)
     return names
 
 

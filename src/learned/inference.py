@@ -14,12 +14,12 @@ import keras
 import numpy as np
 import pandas as pd
 
+from src.data_io import atomic_path, write_csv_atomic
+from src.geometry import canonical_quat, quat_xyzw_to_rotation
 from src.learned.dataset import image_dataset
-from src.geometry import quat_xyzw_to_rotation
 from src.learned.model_architecture import PoseRegressor
 from src.learned.preprocessing import load_scaler
-from src.data_io import atomic_path, write_csv_atomic
-from src.submission import QUAT_COLUMNS, TRANSLATION_COLUMNS, PosePrediction
+from src.submission import OUTLIER_SCENE, QUAT_COLUMNS, TRANSLATION_COLUMNS, PosePrediction
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Predictions:
         out = []
         for i, (dataset, image, scene) in enumerate(zip(self.table["dataset"],
                                                          self.table["image"], scenes)):
-            if scene == "outliers":
+            if scene == OUTLIER_SCENE:
                 out.append(PosePrediction(dataset, image, scene, np.full((3, 3), np.nan),
                                           np.full(3, np.nan)))
             else:
@@ -78,9 +78,7 @@ def predict(model: PoseRegressor, scaler, images: pd.DataFrame, image_root: Path
         for key, value in model.infer(batch).items():
             outputs[key].append(np.asarray(value, np.float64))
     stacked = {k: np.concatenate(v) if v else np.zeros((0, 1)) for k, v in outputs.items()}
-    q = stacked["quaternion"].reshape(-1, 4)
-    q = q / np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(q[:, 3:4] < 0, -q, q)
+    q = canonical_quat(stacked["quaternion"].reshape(-1, 4))
     t = scaler.inverse_transform(stacked["translation"].reshape(-1, 3))
     table = images[["dataset", "image"]].reset_index(drop=True).copy()
     table[QUAT_COLUMNS] = q

@@ -21,7 +21,8 @@ from src.evaluation import score_subset
 from src.learned.clustering import ClusterSettings, SpreadScales, cluster_all
 from src.learned.inference import Predictions, load_run_model, predict
 from src.learned.preprocessing import TrainingLabels
-from src.learned.training import configure_precision, select_strategy, train_model
+from src.learned.training import (TrainingConf, configure_precision, select_strategy,
+                                  train_model)
 from src.run_context import RunContext
 from src.submission import PosePrediction, build_submission
 
@@ -44,10 +45,11 @@ def train_or_load_model(cfg: Config, stage: str, labels: TrainingLabels, data_di
     the run folder's trained one (stage ``infer``)."""
     strategy = select_strategy()
     configure_precision(cfg.mixed_precision, strategy)
-    batch_size = cfg.batch_size_per_replica * strategy.num_replicas_in_sync
+    conf = TrainingConf.from_config(cfg)
+    batch_size = conf.global_batch(strategy)
     if stage in ("all", "train"):
         with ctx.stage("train"):
-            model = train_model(cfg, labels, data_dir, strategy, ctx.run_dir)
+            model = train_model(conf, labels, data_dir, strategy, ctx.run_dir)
         return TrainedModel(model, labels.scaler, batch_size)
     model, scaler = load_run_model(ctx.run_dir)
     return TrainedModel(model, scaler, batch_size)

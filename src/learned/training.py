@@ -17,24 +17,75 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import keras
-import matplotlib
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from config import Config
+from src.data_io import atomic_path, write_csv_atomic
 from src.learned.losses import HEADS
 from src.learned.model_architecture import PoseRegressor, set_backbone_trainable
-from src.data_io import atomic_path, write_csv_atomic
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
+from src.plots import plot_history
 
 log = logging.getLogger(__name__)
+# The columns of the training history that get a loss-curve plot.
+HISTORY_PLOTS = ("loss", *(f"{head}_loss" for head in HEADS), "quat_similarity",
+                 "translation_mae")
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class TrainingConf:
+    """What training reads from the configuration: the model, the curriculum, the batch and
+    the seed. Each field is the config.Config field of the same name, documented there."""
+
+    # The model
+    backbone: str
+    backbone_weights: str
+    image_size: int
+    head_units: int
+    dropout: float
+    l2: float
+    loss_weight_quaternion: float
+    loss_weight_translation: float
+    loss_weight_center: float
+    loss_weight_outlier: float
+    # The curriculum: epochs, peak learning rates and frozen backbone share per stage
+    epochs_easy: int
+    epochs_all: int
+    epochs_finetune1: int
+    epochs_finetune2: int
+    warmup_peak_lr: float
+    lr_all: float
+    lr_finetune1: float
+    lr_finetune2: float
+    freeze_ratio_ft1: float
+    freeze_ratio_ft2: float
+    warmup_fraction: float
+    warmup_initial_lr: float
+    patience: int
+    # Batches and randomness
+    batch_size_per_replica: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg) -> "TrainingConf":
+        """The training fields of a config.Config."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Weight per loss term, keyed by head (losses.HEADS)."""
+        return {"quaternion": self.loss_weight_quaternion,
+                "translation": self.loss_weight_translation,
+                "center": self.loss_weight_center, "outlier": self.loss_weight_outlier}
+
+    def global_batch(self, strategy: tf.distribute.Strategy) -> int:
+        """Images per step over all replicas of ``strategy``."""
+        return self.batch_size_per_replica * strategy.num_replicas_in_sync
 
 
 # --------------------------------------------------------------------------- devices
@@ -115,18 +166,14 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 # --------------------------------------------------------------------------- model
-def build_model(cfg: Config, scaler, strategy: tf.distribute.Strategy) -> PoseRegressor:
+def build_model(conf: TrainingConf, scaler, strategy: tf.distribute.Strategy) -> PoseRegressor:
     """The pose regressor for this configuration, built inside the strategy's scope."""
     with strategy.scope():
         model = PoseRegressor(
-            backbone_name=cfg.backbone, image_size=cfg.image_size, head_units=cfg.head_units,
-            dropout=cfg.dropout, l2=cfg.l2,
-            loss_weights={"quaternion": cfg.loss_weight_quaternion,
-                          "translation": cfg.loss_weight_translation,
-                          "center": cfg.loss_weight_center,
-                          "outlier": cfg.loss_weight_outlier},
-            translation_mean=scaler.mean_, translation_scale=scaler.scale_,
-            backbone_weights=cfg.backbone_weights)
+            backbone_name=conf.backbone, image_size=conf.image_size,
+            head_units=conf.head_units, dropout=conf.dropout, l2=conf.l2,
+            loss_weights=conf.loss_weights, translation_mean=scaler.mean_,
+            translation_scale=scaler.scale_, backbone_weights=conf.backbone_weights)
         model.build_for_inputs()
     return model
 
@@ -143,14 +190,17 @@ class Stage:
     freeze_ratio: float
 
 
-def curriculum(cfg: Config, train: pd.DataFrame, easy_train: pd.DataFrame) -> list[Stage]:
+def curriculum(conf: TrainingConf, train: pd.DataFrame, easy_train: pd.DataFrame
+               ) -> list[Stage]:
     """The four stages of the published design for these training rows."""
-    frozen = 1.0 if cfg.backbone_weights else 0.0
+    frozen = 1.0 if conf.backbone_weights else 0.0
     return [
-        Stage("easy", easy_train, cfg.epochs_easy, cfg.warmup_peak_lr, frozen),
-        Stage("all", train, cfg.epochs_all, cfg.lr_all, frozen),
-        Stage("finetune1", train, cfg.epochs_finetune1, cfg.lr_finetune1, cfg.freeze_ratio_ft1),
-        Stage("finetune2", train, cfg.epochs_finetune2, cfg.lr_finetune2, cfg.freeze_ratio_ft2),
+        Stage("easy", easy_train, conf.epochs_easy, conf.warmup_peak_lr, frozen),
+        Stage("all", train, conf.epochs_all, conf.lr_all, frozen),
+        Stage("finetune1", train, conf.epochs_finetune1, conf.lr_finetune1,
+              conf.freeze_ratio_ft1),
+        Stage("finetune2", train, conf.epochs_finetune2, conf.lr_finetune2,
+              conf.freeze_ratio_ft2),
     ]
 
 
@@ -169,7 +219,7 @@ class _State:
 
 
 def train_curriculum(model: PoseRegressor, stages: list[Stage], make_train_dataset,
-                     val_dataset: tf.data.Dataset | None, cfg: Config, run_dir: Path,
+                     val_dataset: tf.data.Dataset | None, conf: TrainingConf, run_dir: Path,
                      strategy: tf.distribute.Strategy,
                      extra_callbacks: list | None = None) -> pd.DataFrame:
     """Run the stages in order (skipping finished ones) and return the combined history.
@@ -179,7 +229,7 @@ def train_curriculum(model: PoseRegressor, stages: list[Stage], make_train_datas
     """
     run_dir = Path(run_dir)
     state = _State(run_dir)
-    global_batch = cfg.batch_size_per_replica * strategy.num_replicas_in_sync
+    global_batch = conf.global_batch(strategy)
     for index, stage in enumerate(stages):
         weights_path = run_dir / "stages" / f"{stage.name}.weights.h5"
         if stage.name in state.done:
@@ -193,8 +243,8 @@ def train_curriculum(model: PoseRegressor, stages: list[Stage], make_train_datas
             _save_weights(model, weights_path)
             continue
         steps = math.ceil(len(stage.train_rows) / global_batch)
-        schedule = WarmupCosineDecay(cfg.warmup_initial_lr, stage.peak_lr,
-                                     warmup_steps=int(cfg.warmup_fraction * steps * stage.epochs),
+        schedule = WarmupCosineDecay(conf.warmup_initial_lr, stage.peak_lr,
+                                     warmup_steps=int(conf.warmup_fraction * steps * stage.epochs),
                                      total_steps=steps * stage.epochs)
         with strategy.scope():
             trainable = set_backbone_trainable(model.backbone, stage.freeze_ratio)
@@ -209,7 +259,7 @@ def train_curriculum(model: PoseRegressor, stages: list[Stage], make_train_datas
             keras.callbacks.BackupAndRestore(str(run_dir / "backup" / stage.name)),
             keras.callbacks.CSVLogger(str(run_dir / "history" / f"{stage.name}.csv"),
                                       append=True),
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience,
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=conf.patience,
                                           restore_best_weights=True),
             *(extra_callbacks or []),
         ]
@@ -255,42 +305,10 @@ def save_training_outputs(model: PoseRegressor, history: pd.DataFrame, run_dir: 
         with atomic_path(run_dir / name) as tmp:
             obj.save(tmp)
     write_csv_atomic(history, run_dir / "history.csv")
-    plot_history(history, run_dir / "plots")
+    plot_history(history, run_dir / "plots", HISTORY_PLOTS)
 
 
-def plot_history(history: pd.DataFrame, plot_dir: Path) -> list[Path]:
-    """One PNG per head (and the total): train and validation loss over all stages, with
-    the stage boundaries marked."""
-    plot_dir = Path(plot_dir)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if history.empty:
-        return written
-    for head in ("loss", *[f"{h}_loss" for h in HEADS], "quat_similarity", "translation_mae"):
-        if head not in history.columns:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(history["global_epoch"], history[head], marker="o", label="train")
-        if f"val_{head}" in history.columns:
-            ax.plot(history["global_epoch"], history[f"val_{head}"], marker="o",
-                    label="validation")
-        for stage, group in history.groupby("stage", sort=False):
-            start = group["global_epoch"].min()
-            ax.axvline(start - 0.5, color="grey", lw=0.8, ls="--")
-            ax.text(start - 0.4, ax.get_ylim()[1], stage, va="top", fontsize=8, color="grey")
-        ax.set_xlabel("epoch (all stages)")
-        ax.set_ylabel(head)
-        ax.set_title(head.replace("_", " "))
-        ax.legend()
-        fig.tight_layout()
-        path = plot_dir / f"{head}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def train_model(cfg: Config, labels, data_dir: Path, strategy: tf.distribute.Strategy,
+def train_model(conf: TrainingConf, labels, data_dir: Path, strategy: tf.distribute.Strategy,
                 run_dir: Path, extra_callbacks: list | None = None) -> PoseRegressor:
     """The whole training stage: pipelines, model, curriculum, saved outputs.
 
@@ -300,19 +318,20 @@ def train_model(cfg: Config, labels, data_dir: Path, strategy: tf.distribute.Str
     from src.learned.dataset import evaluation_dataset, training_dataset
 
     image_root = Path(data_dir) / "train"
-    global_batch = cfg.batch_size_per_replica * strategy.num_replicas_in_sync
+    global_batch = conf.global_batch(strategy)
     static = isinstance(strategy, tf.distribute.TPUStrategy)  # TPUs need static shapes
-    val_dataset = (evaluation_dataset(labels.val, image_root, labels.scaler, cfg.image_size,
+    val_dataset = (evaluation_dataset(labels.val, image_root, labels.scaler, conf.image_size,
                                       global_batch) if len(labels.val) else None)
 
     def make_train_dataset(rows):
-        return training_dataset(rows, image_root, labels.scaler, cfg.image_size, global_batch,
-                                seed=cfg.seed, drop_remainder=static and len(rows) >= global_batch)
+        return training_dataset(rows, image_root, labels.scaler, conf.image_size, global_batch,
+                                seed=conf.seed,
+                                drop_remainder=static and len(rows) >= global_batch)
 
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(cfg, labels.scaler, strategy)
-    stages = curriculum(cfg, labels.train, labels.easy_train)
-    history = train_curriculum(model, stages, make_train_dataset, val_dataset, cfg, run_dir,
+    keras.utils.set_random_seed(conf.seed)
+    model = build_model(conf, labels.scaler, strategy)
+    stages = curriculum(conf, labels.train, labels.easy_train)
+    history = train_curriculum(model, stages, make_train_dataset, val_dataset, conf, run_dir,
                                strategy, extra_callbacks)
     save_training_outputs(model, history, run_dir)
     return model
