@@ -64,8 +64,8 @@ from src.demo_data import ensure_data_dir  # noqa: E402
 from src.learned.inference import predict  # noqa: E402
 from src.learned.model_architecture import BACKBONES, set_backbone_trainable  # noqa: E402
 from src.learned.preprocessing import prepare_training_labels  # noqa: E402
-from src.learned.training import (WarmupCosineDecay, build_model, configure_precision,  # noqa: E402
-                          device_kind, select_strategy)
+from src.learned.training import (TrainingConf, WarmupCosineDecay, build_model,  # noqa: E402
+                                  configure_precision, device_kind, select_strategy)
 from src.data_io import write_csv_atomic  # noqa: E402
 from src.submission import list_test_images  # noqa: E402
 
@@ -412,7 +412,7 @@ def run(argv: list[str] | None = None) -> pd.DataFrame:
 
     keras.utils.set_random_seed(cfg.seed)
     start = time.perf_counter()
-    model = build_model(cfg, labels.scaler, strategy)
+    model = build_model(TrainingConf.from_config(cfg), labels.scaler, strategy)
     build_seconds = time.perf_counter() - start
     print(f"  model built in {build_seconds:.1f} s "
           f"({parameter_count(model.weights):,} parameters)", flush=True)
