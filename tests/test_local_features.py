@@ -12,6 +12,7 @@ import pytest
 from scipy.spatial import cKDTree
 
 from src.geometric import features as lf
+from src.geometric.h5cache import partial_path
 from src.data_io import write_image_rgb
 
 from tests import demo_views
@@ -197,6 +198,25 @@ def test_extract_dataset_stores_what_extract_features_returns(image_dir, images,
     assert not any(p.name.endswith(".partial") for p in tmp_path.iterdir())
 
 
+def test_the_reader_serves_complete_entries_and_keeps_the_most_recent(image_dir, images,
+                                                                      tmp_path):
+    conf = lf.FeatureConf(max_keypoints=100)
+    cache = lf.extract_dataset(image_dir, ["a0.png", "a1.png", "b0.png"], conf,
+                               tmp_path / "features.h5")
+    loaded = lf.load_all_features(cache)
+    with lf.open_features(cache, memory=2) as features:
+        assert sorted(features.names()) == ["a0.png", "a1.png", "b0.png"]
+        assert "a0.png" in features and "blank.png" not in features
+        first = {name: features[name] for name in ["a0.png", "a1.png", "a0.png", "b0.png"]}
+        for name, read in first.items():
+            np.testing.assert_array_equal(read.keypoints, loaded[name].keypoints)
+        assert features["a0.png"] is first["a0.png"]  # kept in memory
+        assert features["a1.png"] is not first["a1.png"]  # the least recent: read again
+        with pytest.raises(KeyError, match="blank.png"):
+            features["blank.png"]
+    assert lf.cached_images(cache) == {"a0.png", "a1.png", "b0.png"}
+
+
 def test_second_call_skips_and_overwrite_recomputes(image_dir, images, tmp_path,
                                                     monkeypatch):
     conf = lf.FeatureConf()
@@ -250,12 +270,12 @@ def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(image_dir, i
         with pytest.raises(RuntimeError, match="simulated crash"):
             lf.extract_dataset(image_dir, names, conf, cache)
     assert not cache.exists()  # nothing published...
-    assert lf._partial_path(cache).exists()  # ...but the work so far is kept
+    assert partial_path(cache).exists()  # ...but the work so far is kept
     counter = CallCounter(monkeypatch)
     lf.extract_dataset(image_dir, names, conf, cache)
     assert counter.calls == len(names) - 2  # the two images done before the crash are kept
     assert set(lf.load_all_features(cache)) == set(names)
-    assert not lf._partial_path(cache).exists()
+    assert not partial_path(cache).exists()
 
 
 def test_a_crash_keeps_the_previous_cache_intact(image_dir, tmp_path, monkeypatch):
@@ -273,8 +293,8 @@ def test_a_crash_keeps_the_previous_cache_intact(image_dir, tmp_path, monkeypatc
 
 def test_an_unreadable_leftover_is_discarded(image_dir, tmp_path, caplog):
     cache = tmp_path / "features.h5"
-    lf._partial_path(cache).write_bytes(b"killed mid-write")
-    with caplog.at_level(logging.WARNING, logger="src.geometric.features"):
+    partial_path(cache).write_bytes(b"killed mid-write")
+    with caplog.at_level(logging.WARNING, logger="src.geometric.h5cache"):
         lf.extract_dataset(image_dir, ["a0.png"], lf.FeatureConf(), cache)
     assert "starting over" in caplog.text
     assert set(lf.load_all_features(cache)) == {"a0.png"}

@@ -16,10 +16,10 @@ Layout of a cache file (one per dataset and feature configuration)::
         descriptors  (N, D)  float32  D = 128 for SIFT; any width for other features
         scores       (N,)    float32  detector response
 
-``<image>`` is the file name escaped by :func:`h5_key` ('%' -> '%25', '/' -> '%2F'). An
-image's ``image_size`` is written last: a group without it is an unfinished entry.
-
-The partial-file machinery (:func:`resumable_h5`) is shared with ``src.geometric.matching``.
+``<image>`` is the file name escaped by ``h5cache.h5_key`` ('%' -> '%25', '/' -> '%2F'). An
+image's ``image_size`` is written last: a group without it is an unfinished entry. The
+resumable-file machinery (``src.geometric.h5cache``) is shared with ``src.geometric.matching``,
+which reads the features through :class:`FeatureReader`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import json
 import logging
 import numbers
 import os
-import shutil
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -38,10 +38,12 @@ from typing import Callable, Iterator
 import cv2
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from src.data_io import DataError, read_image_rgb
+from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
+                                   name_from_h5_key, new_entry, resumable_h5)
 from src.geometric.options import FEATURE_NAMES, LEARNED_FEATURE_NAMES, TORCH_DEVICES
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +52,11 @@ __all__ = [
     "Features",
     "extract_features",
     "extract_dataset",
+    "FeatureReader",
+    "open_features",
     "load_features",
     "load_all_features",
     "cached_images",
-    "read_cache_config",
-    "resumable_h5",
-    "h5_key",
-    "name_from_h5_key",
 ]
 
 # aliked-t16 is left out: its 64-D descriptors fit no shipped LightGlue.
@@ -350,109 +350,12 @@ def extract_features(image_rgb: np.ndarray, conf: FeatureConf = FeatureConf()) -
 
 
 # =========================================================================== HDF5 caches
-def h5_key(name: str) -> str:
-    """An image name as an HDF5 link name: '/' would nest groups, so it is escaped (with
-    '%', itself escaped first, so the mapping is reversible)."""
-    if not name or name in (".", ".."):
-        raise ValueError(f"image name {name!r} cannot be stored in an HDF5 file")
-    return name.replace("%", "%25").replace("/", "%2F")
-
-
-def name_from_h5_key(key: str) -> str:
-    """Inverse of :func:`h5_key`."""
-    return key.replace("%2F", "/").replace("%25", "%")
-
-
-def _partial_path(cache_path: Path) -> Path:
-    return cache_path.with_name(f".{cache_path.name}.partial")
-
-
-def read_cache_config(cache_path: str | os.PathLike) -> str | None:
-    """The configuration JSON recorded in a cache file (None if it records none)."""
-    with h5py.File(cache_path, "r") as h5:
-        config = h5.attrs.get("config")
-    return None if config is None else str(config)
-
-
-def _check_config(cache_path: Path, recorded: str | None, wanted: str) -> None:
-    if recorded != wanted:
-        raise ValueError(f"{cache_path} was written with configuration {recorded}, not "
-                         f"{wanted}; use a cache path named after the configuration's "
-                         "cache_key(), or overwrite=True")
-
-
-@contextlib.contextmanager
-def resumable_h5(cache_path: str | os.PathLike, config_json: str,
-                 overwrite: bool = False) -> Iterator[h5py.File]:
-    """Open a work copy of an HDF5 cache to add entries; publish it over ``cache_path``
-    when the block succeeds.
-
-    The work copy is ``.<name>.partial`` beside the cache. Success renames it over
-    ``cache_path`` (atomic within a filesystem), so a reader never sees a half-written
-    cache. After an exception or a kill the work copy stays, and the next call continues
-    from it; the caller decides which of its entries are complete (each stage writes a
-    completion mark last). Starting point:
-
-    - ``overwrite``: an empty file;
-    - else the work copy, if it is readable and records ``config_json``;
-    - else a copy of ``cache_path`` (which must record ``config_json``: ValueError
-      otherwise), else an empty file.
-
-    Not for two processes on one cache: the second fails (BlockingIOError) on the lock.
-    """
-    cache_path = Path(cache_path)
-    partial = _partial_path(cache_path)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    if not overwrite and cache_path.exists():
-        _check_config(cache_path, read_cache_config(cache_path), config_json)
-    h5 = None
-    if not overwrite and partial.exists():
-        try:
-            h5 = h5py.File(partial, "a")
-        except BlockingIOError:
-            raise BlockingIOError(f"{partial} is locked: is another run writing "
-                                  f"{cache_path}?") from None
-        except OSError as error:
-            log.warning("%s: unreadable leftover of an interrupted run (%s); starting over",
-                        partial, error)
-        else:
-            if h5.attrs.get("config") != config_json:
-                log.info("%s: leftover of a run with another configuration; starting over",
-                         partial)
-                h5.close()
-                h5 = None
-            else:
-                log.info("%s: continuing an interrupted run", partial)
-    if h5 is None:
-        partial.unlink(missing_ok=True)
-        if not overwrite and cache_path.exists():
-            shutil.copyfile(cache_path, partial)
-            h5 = h5py.File(partial, "a")
-        else:
-            h5 = h5py.File(partial, "w")
-            h5.attrs["config"] = config_json
-    try:
-        yield h5
-    finally:
-        h5.close()
-    os.replace(partial, cache_path)
-
-
-def _is_complete(group: h5py.Group) -> bool:
-    return "image_size" in group.attrs
-
-
-def cached_images(cache_path: str | os.PathLike) -> set[str]:
-    """Names of the images whose features are complete in a cache file."""
-    with h5py.File(cache_path, "r") as h5:
-        return {name_from_h5_key(key) for key, group in h5.items() if _is_complete(group)}
+# The image's attribute written last: a group without it is an unfinished entry.
+_COMPLETE_MARK = "image_size"
 
 
 def _write_features(h5: h5py.File, name: str, features: Features, error: str | None) -> None:
-    key = h5_key(name)
-    if key in h5:  # unfinished entry of an interrupted run, or overwritten
-        del h5[key]
-    group = h5.create_group(key)
+    group = new_entry(h5, h5_key(name))
     group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
     group.create_dataset("descriptors", data=features.descriptors.astype(np.float32))
     group.create_dataset("scores", data=features.scores.astype(np.float32))
@@ -461,9 +364,50 @@ def _write_features(h5: h5py.File, name: str, features: Features, error: str | N
     group.attrs["image_size"] = np.array(features.image_size, np.int64)  # completion mark
 
 
-def _read_features(group: h5py.Group) -> Features:
-    return Features(group["keypoints"][()], group["descriptors"][()], group["scores"][()],
-                    tuple(group.attrs["image_size"]))
+def _missing_images(h5: h5py.File, images: list[str]) -> list[str]:
+    """``images`` (in order) without a complete entry in ``h5``."""
+    return incomplete(h5, images, h5_key, _COMPLETE_MARK)
+
+
+class FeatureReader:
+    """The complete entries of an open features cache, read on demand; the ``memory`` most
+    recently read are kept (pairs share images, so matching reads each image many times).
+    Use :func:`open_features` to open one on a file."""
+
+    def __init__(self, h5: h5py.File, memory: int = 0) -> None:
+        self.h5, self.memory = h5, memory
+        self._recent: OrderedDict[str, Features] = OrderedDict()
+
+    def names(self) -> list[str]:
+        """Images with complete features, in the file's order."""
+        return [name_from_h5_key(key) for key, group in self.h5.items()
+                if _COMPLETE_MARK in group.attrs]
+
+    def __contains__(self, name: str) -> bool:
+        return is_complete(self.h5, h5_key(name), _COMPLETE_MARK)
+
+    def __getitem__(self, name: str) -> Features:
+        """One image's features; KeyError naming the image and file if they are not there."""
+        if name in self._recent:
+            self._recent.move_to_end(name)
+            return self._recent[name]
+        if name not in self:
+            raise KeyError(f"no features of image {name!r} in {self.h5.filename}")
+        group = self.h5[h5_key(name)]
+        features = Features(group["keypoints"][()], group["descriptors"][()],
+                            group["scores"][()], tuple(group.attrs["image_size"]))
+        if self.memory > 0:
+            self._recent[name] = features
+            if len(self._recent) > self.memory:
+                self._recent.popitem(last=False)
+        return features
+
+
+@contextlib.contextmanager
+def open_features(cache_path: str | os.PathLike, memory: int = 0) -> Iterator[FeatureReader]:
+    """A :class:`FeatureReader` on a features cache file, open for the ``with`` block."""
+    with h5py.File(cache_path, "r") as h5:
+        yield FeatureReader(h5, memory)
 
 
 def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: FeatureConf,
@@ -471,8 +415,8 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
     """Extract the features of ``images`` (names inside ``image_dir``) into one HDF5 file.
 
     Images already complete in ``cache_path`` are skipped unless ``overwrite``; an
-    interrupted run continues where it stopped (see :func:`resumable_h5`), and the file at
-    ``cache_path`` is only ever replaced whole. An image that is missing or cannot be
+    interrupted run continues where it stopped (see ``h5cache.resumable_h5``), and the file
+    at ``cache_path`` is only ever replaced whole. An image that is missing or cannot be
     decoded is logged (warning naming the file) and stored with no keypoints, an
     ``image_size`` of (0, 0) and an ``error`` attribute, so later stages treat it as an
     outlier. Returns ``cache_path``.
@@ -489,19 +433,16 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
     for name in images:
         h5_key(name)  # refuse unstorable names before any work
     config = conf.to_json()
-    if not overwrite and cache_path.exists():
-        _check_config(cache_path, read_cache_config(cache_path), config)
-        if set(images) <= cached_images(cache_path):
-            log.info("features of all %d images already in %s", len(images), cache_path)
-            return cache_path
+    if not overwrite and all_complete(cache_path, config, images, h5_key, _COMPLETE_MARK):
+        log.info("features of all %d images already in %s", len(images), cache_path)
+        return cache_path
 
     extractor = _build_extractor(conf)
     with resumable_h5(cache_path, config, overwrite) as h5:
-        todo = [name for name in images
-                if h5_key(name) not in h5 or not _is_complete(h5[h5_key(name)])]
+        todo = _missing_images(h5, images)
         log.info("extracting %s features of %d images into %s (%d already there)",
                  conf.name, len(todo), cache_path, len(images) - len(todo))
-        for name in tqdm(todo, desc=f"features {image_dir.name}", unit="image"):
+        for name in progress(todo, f"features {image_dir.name}", "image"):
             path = image_dir / name
             try:
                 features, error = extractor(read_image_rgb(path)), None
@@ -513,17 +454,19 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
     return cache_path
 
 
+def cached_images(cache_path: str | os.PathLike) -> set[str]:
+    """Names of the images whose features are complete in a cache file."""
+    with open_features(cache_path) as features:
+        return set(features.names())
+
+
 def load_features(cache_path: str | os.PathLike, image: str) -> Features:
     """One image's features from a cache file; KeyError naming both if it is not there."""
-    with h5py.File(cache_path, "r") as h5:
-        key = h5_key(image)
-        if key not in h5 or not _is_complete(h5[key]):
-            raise KeyError(f"no features of image {image!r} in {cache_path}")
-        return _read_features(h5[key])
+    with open_features(cache_path) as features:
+        return features[image]
 
 
 def load_all_features(cache_path: str | os.PathLike) -> dict[str, Features]:
     """Every complete entry of a cache file, by image name."""
-    with h5py.File(cache_path, "r") as h5:
-        return {name_from_h5_key(key): _read_features(group)
-                for key, group in h5.items() if _is_complete(group)}
+    with open_features(cache_path) as features:
+        return {name: features[name] for name in features.names()}

@@ -14,8 +14,9 @@ Layout of a cache file::
         matches  (M, 2)  int32  putative matches: rows (keypoint index in a, index in b)
         inliers  (K, 2)  int32  the verified subset of ``matches`` (K = 0: not verified)
 
-``<a>`` and ``<b>`` are the image names escaped by ``local_features.h5_key`` (no '/'), so
-the pair's group is ``a/b``. ``F`` is written last: a group without it is unfinished.
+``<a>`` and ``<b>`` are the image names escaped by ``h5cache.h5_key`` (no '/'), so the
+pair's group is ``a/b``. ``F`` is written last: a group without it is unfinished. The
+resumable-file machinery is ``src.geometric.h5cache``, as for the features.
 ``F`` maps keypoints of a to epipolar lines in b: ``[x_b, 1] F [x_a, 1]^T = 0`` (pixels,
 OpenCV pixel-centre convention).
 """
@@ -27,7 +28,6 @@ import json
 import logging
 import numbers
 import os
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,11 +35,13 @@ import cv2
 import h5py
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from src.geometric.features import (Features, cached_images, h5_key, name_from_h5_key,
-                                read_cache_config, resumable_h5)
+from src.geometric.features import Features, cached_images, open_features
+from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
+                                   name_from_h5_key, new_entry, read_cache_config,
+                                   resumable_h5)
 from src.geometric.options import MATCHERS, MIN_VERIFIED_INLIERS, TORCH_DEVICES
+from src.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -314,24 +316,8 @@ def verify_matches(kp_a: np.ndarray, kp_b: np.ndarray, matches: np.ndarray,
 
 
 # =========================================================================== the stage
-class _FeatureReader:
-    """Features of images from an open cache file, the most recently used kept in memory."""
-
-    def __init__(self, h5: h5py.File, capacity: int = _FEATURE_MEMORY) -> None:
-        self.h5, self.capacity = h5, capacity
-        self.memory: OrderedDict[str, Features] = OrderedDict()
-
-    def __getitem__(self, name: str) -> Features:
-        if name in self.memory:
-            self.memory.move_to_end(name)
-            return self.memory[name]
-        group = self.h5[h5_key(name)]
-        features = Features(group["keypoints"][()], group["descriptors"][()],
-                            group["scores"][()], tuple(group.attrs["image_size"]))
-        self.memory[name] = features
-        if len(self.memory) > self.capacity:
-            self.memory.popitem(last=False)
-        return features
+# The pair's attribute written last (its F): a group without it is an unfinished entry.
+_COMPLETE_MARK = "F"
 
 
 def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int | None
@@ -343,25 +329,13 @@ def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int
     return max(1.0, longest / max_image_side)
 
 
-def _pair_group_path(image_a: str, image_b: str) -> str:
-    return f"{h5_key(image_a)}/{h5_key(image_b)}"
-
-
-def _is_complete(group: h5py.Group) -> bool:
-    return "F" in group.attrs
-
-
-def _pair_done(h5: h5py.File, image_a: str, image_b: str) -> bool:
-    path = _pair_group_path(image_a, image_b)
-    return path in h5 and _is_complete(h5[path])
+def _pair_group_path(pair: tuple[str, str]) -> str:
+    return f"{h5_key(pair[0])}/{h5_key(pair[1])}"
 
 
 def _write_pair(h5: h5py.File, image_a: str, image_b: str, matches: np.ndarray,
                 inliers: np.ndarray, F: np.ndarray | None) -> None:
-    path = _pair_group_path(image_a, image_b)
-    if path in h5:  # unfinished entry of an interrupted run
-        del h5[path]
-    group = h5.create_group(path)
+    group = new_entry(h5, _pair_group_path((image_a, image_b)))
     group.create_dataset("matches", data=np.asarray(matches, np.int32).reshape(-1, 2))
     group.create_dataset("inliers", data=np.asarray(inliers, np.int32).reshape(-1, 2))
     group.attrs["image_a"] = image_a
@@ -374,7 +348,7 @@ def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFram
     rows = []
     with h5py.File(cache_path, "r") as h5:
         for image_a, image_b in pairs:
-            group = h5[_pair_group_path(image_a, image_b)]
+            group = h5[_pair_group_path((image_a, image_b))]
             rows.append((image_a, image_b, group["matches"].shape[0], group["inliers"].shape[0]))
     frame = pd.DataFrame(rows, columns=MATCH_COLUMNS)
     return frame.astype({"matches": np.int64, "inliers": np.int64})
@@ -385,11 +359,11 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
                      overwrite: bool = False) -> pd.DataFrame:
     """Match and verify every pair, caching the matches of each in ``cache_path``.
 
-    features_path: cache written by ``local_features.extract_dataset``; every image of
+    features_path: cache written by ``features.extract_dataset``; every image of
     ``pairs`` must be in it (KeyError naming the missing ones otherwise). Pairs already
     complete in ``cache_path`` are skipped unless ``overwrite``; an interrupted run
     continues where it stopped and the file at ``cache_path`` is only ever replaced whole
-    (see ``local_features.resumable_h5``). A pair (a, b) is stored as given; (b, a) is a
+    (see ``h5cache.resumable_h5``). A pair (a, b) is stored as given; (b, a) is a
     different pair. A pair with an image without keypoints gets 0 matches and 0 inliers.
 
     Returns a DataFrame with columns image_a, image_b, matches (putative count), inliers
@@ -416,26 +390,21 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     max_image_side = feature_fields.get("max_image_side")
 
     unique_pairs = list(dict.fromkeys(pairs))
-    if not overwrite and cache_path.exists():
-        if read_cache_config(cache_path) == config:
-            with h5py.File(cache_path, "r") as h5:
-                todo = [pair for pair in unique_pairs if not _pair_done(h5, *pair)]
-            if not todo:
-                log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
-                return _counts_frame(cache_path, pairs)
-        # a configuration mismatch is reported by resumable_h5
+    if not overwrite and all_complete(cache_path, config, unique_pairs, _pair_group_path,
+                                      _COMPLETE_MARK):
+        log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
+        return _counts_frame(cache_path, pairs)
 
     with resumable_h5(cache_path, config, overwrite) as h5, \
-            h5py.File(features_path, "r") as features_h5:
-        todo = [pair for pair in unique_pairs if not _pair_done(h5, *pair)]
+            open_features(features_path, memory=_FEATURE_MEMORY) as features:
+        todo = incomplete(h5, unique_pairs, _pair_group_path, _COMPLETE_MARK)
         log.info("matching %d pairs into %s (%d already there)", len(todo), cache_path,
                  len(unique_pairs) - len(todo))
-        features = _FeatureReader(features_h5)
         if conf.matcher == "lightglue" and todo:
             match = LightGlueMatcher(feature_fields.get("name", "?"), conf)
         else:
             match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
-        for image_a, image_b in tqdm(todo, desc=f"matching {cache_path.stem}", unit="pair"):
+        for image_a, image_b in progress(todo, f"matching {cache_path.stem}", "pair"):
             features_a, features_b = features[image_a], features[image_b]
             matches = match(features_a, features_b)
             mask, F = verify_matches(
@@ -455,7 +424,7 @@ def load_verified_matches(cache_path: str | os.PathLike
     with h5py.File(cache_path, "r") as h5:
         for key_a, group_a in h5.items():
             for key_b, group in group_a.items():
-                if _is_complete(group):
+                if _COMPLETE_MARK in group.attrs:
                     pair = (name_from_h5_key(key_a), name_from_h5_key(key_b))
                     verified[pair] = group["inliers"][()].astype(np.int32)
     return verified
@@ -466,8 +435,8 @@ def load_pair(cache_path: str | os.PathLike, image_a: str, image_b: str
     """One pair's (putative matches (M, 2) int32, verified inliers (K, 2) int32, F (3, 3)
     or None); KeyError naming the pair and file if it is not there."""
     with h5py.File(cache_path, "r") as h5:
-        path = _pair_group_path(image_a, image_b)
-        if path not in h5 or not _is_complete(h5[path]):
+        path = _pair_group_path((image_a, image_b))
+        if not is_complete(h5, path, _COMPLETE_MARK):
             raise KeyError(f"no matches of pair ({image_a!r}, {image_b!r}) in {cache_path}")
         group = h5[path]
         F = np.asarray(group.attrs["F"], np.float64)

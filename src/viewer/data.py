@@ -24,7 +24,7 @@ import pandas as pd
 
 from src.data_io import parse_numbers, parse_thresholds
 from src.evaluation import ScoreReport, registration_errors, score_submission, true_scenes
-from src.geometric.features import read_cache_config
+from src.geometric.h5cache import read_cache_config
 from src.geometric.matching import load_pair, load_verified_matches
 from src.geometric.reconstruction import Model, load_models
 from src.geometry import apply_similarity, camera_centers, rotation_angle_deg, umeyama_similarity
