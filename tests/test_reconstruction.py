@@ -1,13 +1,14 @@
-"""Incremental SfM of a cluster from our keypoints and matches, on rendered demo views.
+"""Incremental SfM of a cluster from our keypoints and matches: on a synthetic ground truth
+(projected 3D points, as pycolmap's own tests do) and on rendered demo views.
 
-Keypoints and verified matches come from OpenCV SIFT + ratio test + MAGSAC here in the test,
-so these tests do not depend on the project's own feature and matching stages.
+On the demo views, keypoints and verified matches come from OpenCV SIFT + ratio test +
+MAGSAC here in the test, so these tests do not depend on the project's own feature and
+matching stages.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import pycolmap
 import pytest
 
 from src.demo_data import make_scene, render_view, sample_cameras
-from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
-from src.geometric.reconstruction import (Model, ReconConf, build_database, load_models,
-                                poses_for_images, read_image_size, reconstruct)
+from src.geometry import camera_centers, look_at_rotation, rotation_angle_deg, umeyama_similarity
+from src.geometric.reconstruction import (OPENCV_TO_COLMAP_PIXEL, Model, ReconConf,
+                                          build_database, load_models, poses_for_images,
+                                          read_image_size, reconstruct)
 
 WIDTH, HEIGHT = 320, 240
 N_VIEWS = 10
@@ -102,12 +104,11 @@ def cluster(tmp_path_factory) -> Cluster:
 
 @pytest.fixture(scope="module")
 def mapped(cluster, tmp_path_factory):
-    """One reconstruction of the cluster with the default options, and its wall time."""
+    """One reconstruction of the cluster with the default options, and its work folder."""
     work_dir = tmp_path_factory.mktemp("mapped")
-    started = time.perf_counter()
     models = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                          work_dir, ReconConf())
-    return models, work_dir, time.perf_counter() - started
+    return models, work_dir
 
 
 def _pose_errors(cluster: Cluster, poses: dict) -> tuple[np.ndarray, np.ndarray, float]:
@@ -128,9 +129,99 @@ def _pose_errors(cluster: Cluster, poses: dict) -> tuple[np.ndarray, np.ndarray,
     return centre_err, rot_err, spread
 
 
+# --------------------------------------------------------------------------- synthetic truth
+@dataclass
+class SyntheticCluster:
+    """Cameras around a random point cloud, with the projections as keypoints and the
+    shared points as matches (no descriptors, no images: straight into the SfM stage)."""
+
+    names: list[str]
+    K: np.ndarray  # (3, 3), OpenCV pixels (integer coordinates at pixel centres)
+    R_cw: np.ndarray  # (N, 3, 3)
+    t_cw: np.ndarray  # (N, 3)
+    points: np.ndarray  # (P, 3) world coordinates
+    keypoints: dict[str, np.ndarray]  # name -> (N_i, 2) float32, shuffled
+    matches: dict[tuple[str, str], np.ndarray]  # (a, b) -> (K, 2) int32 keypoint indices
+    image_size: tuple[int, int]  # (width, height) pixels
+
+
+def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 600,
+                       width: int = 640, height: int = 480, focal: float = 600.0,
+                       noise_px: float = 0.2) -> SyntheticCluster:
+    """Cameras on an arc 4 units from a point cloud in [-1, 1]^3, each looking near its
+    centre; keypoints are the visible projections plus Gaussian noise of ``noise_px``."""
+    rng = np.random.default_rng(seed)
+    points = rng.uniform(-1.0, 1.0, size=(num_points, 3))
+    # COLMAP's principal point prior is the image centre in its own pixels (corners at
+    # integers); in OpenCV pixels that is half a pixel less.
+    K = np.array([[focal, 0.0, width / 2 - OPENCV_TO_COLMAP_PIXEL],
+                  [0.0, focal, height / 2 - OPENCV_TO_COLMAP_PIXEL],
+                  [0.0, 0.0, 1.0]])
+    azimuths = np.linspace(0.0, np.radians(120), num_images) + rng.normal(0, 0.05, num_images)
+    centers = np.stack([4.0 * np.cos(azimuths), 4.0 * np.sin(azimuths),
+                        rng.uniform(0.5, 1.5, num_images)], axis=1)
+    R_cw = np.array([look_at_rotation(c, rng.normal(0, 0.2, 3), roll_deg=rng.normal(0, 5))
+                     for c in centers])
+    t_cw = -np.einsum("nij,nj->ni", R_cw, centers)
+    names = [f"synthetic{i:02d}.png" for i in range(num_images)]
+    keypoints, point_ids = {}, {}
+    for name, R, t in zip(names, R_cw, t_cw):
+        cam = points @ R.T + t
+        uv = cam @ K.T
+        uv = uv[:, :2] / uv[:, 2:]
+        visible = np.flatnonzero((cam[:, 2] > 0) & (uv[:, 0] > -0.5) & (uv[:, 0] < width - 0.5)
+                                 & (uv[:, 1] > -0.5) & (uv[:, 1] < height - 0.5))
+        ids = rng.permutation(visible)  # keypoint order unrelated to point ids
+        noisy = uv[ids] + rng.normal(0.0, noise_px, (len(ids), 2))
+        keypoints[name] = np.clip(noisy, -0.5, [width - 0.5, height - 0.5]).astype(np.float32)
+        point_ids[name] = ids
+    matches = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            _, in_a, in_b = np.intersect1d(point_ids[a], point_ids[b], return_indices=True)
+            if len(in_a):
+                matches[(a, b)] = np.stack([in_a, in_b], axis=1).astype(np.int32)
+    return SyntheticCluster(names, K, R_cw, t_cw, points, keypoints, matches, (width, height))
+
+
+def assert_poses_match(truth: SyntheticCluster, model: Model, max_rotation_error_deg: float,
+                       max_center_error: float, max_focal_error: float) -> None:
+    """Every camera registered, within the tolerances after a similarity alignment of the
+    camera centres: rotation error in degrees, centre error as a fraction of the scene size
+    (the diameter of the point cloud), focal length error as a fraction of the truth."""
+    assert sorted(model.poses) == sorted(truth.names)
+    R_est = np.array([model.poses[n][0] for n in truth.names])
+    t_est = np.array([model.poses[n][1] for n in truth.names])
+    C_true = camera_centers(truth.R_cw, truth.t_cw)
+    s, R_align, t_align = umeyama_similarity(camera_centers(R_est, t_est), C_true)
+    C_aligned = s * camera_centers(R_est, t_est) @ R_align.T + t_align
+    scene_size = float(np.linalg.norm(truth.points.max(axis=0) - truth.points.min(axis=0)))
+    center_error = np.linalg.norm(C_aligned - C_true, axis=1) / scene_size
+    # x_cam = R_est X_est + t and X_est = R_align^T (X - t_align) / s: rotation R_est R_align^T
+    rotation_error = rotation_angle_deg(R_est @ R_align.T, truth.R_cw)
+    focal_error = np.array([abs(model.intrinsics[n][0, 0] / truth.K[0, 0] - 1)
+                            for n in truth.names])
+    assert center_error.max() < max_center_error, center_error
+    assert rotation_error.max() < max_rotation_error_deg, rotation_error
+    assert focal_error.max() < max_focal_error, focal_error
+
+
+def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path):
+    truth = synthesize_cluster()
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()  # pycolmap wants the folder; with image_sizes given no file is read
+    models = reconstruct(image_dir, truth.names, truth.keypoints, truth.matches,
+                         tmp_path / "work", ReconConf(), image_sizes=sizes)
+    assert len(models) == 1
+    assert_poses_match(truth, models[0], max_rotation_error_deg=0.2, max_center_error=0.01,
+                       max_focal_error=0.01)
+    assert models[0].num_points3D > 0.8 * len(truth.points)
+
+
 # --------------------------------------------------------------------------- accuracy
 def test_reconstructs_the_cluster_accurately(cluster, mapped):
-    models, _, seconds = mapped
+    models, _ = mapped
     assert len(models) >= 1
     poses = poses_for_images(models, cluster.names)
     registered = [n for n in cluster.scene_views if n in poses]
@@ -148,11 +239,10 @@ def test_reconstructs_the_cluster_accurately(cluster, mapped):
         true_focal = cluster.K[cluster.names.index(name)][0, 0]
         assert models[0].intrinsics[name][0, 0] == pytest.approx(true_focal, rel=0.1)
     assert models[0].num_points3D == len(models[0].points3D) > 100
-    assert seconds < 20
 
 
 def test_unregistrable_image_is_absent_from_poses(cluster, mapped):
-    models, _, _ = mapped
+    models, _ = mapped
     poses = poses_for_images(models, cluster.names)
     assert "stranger.png" not in poses
     assert all("stranger.png" not in m.poses for m in models)
@@ -189,7 +279,7 @@ def test_models_sorted_largest_first_and_small_ones_dropped(cluster, tmp_path):
 
 # --------------------------------------------------------------------------- caching
 def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, monkeypatch):
-    models, work_dir, _ = mapped
+    models, work_dir = mapped
     calls = []
     real_mapping = pycolmap.incremental_mapping
 
@@ -198,10 +288,9 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
         return real_mapping(*args, **kwargs)
 
     monkeypatch.setattr(pycolmap, "incremental_mapping", counting_mapping)
-    started = time.perf_counter()
     cached = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                          work_dir, ReconConf())
-    assert time.perf_counter() - started < 2.0 and calls == []
+    assert calls == []
     assert [m.num_registered for m in cached] == [m.num_registered for m in models]
     for model, again in zip(models, cached):
         assert again.poses.keys() == model.poses.keys()
@@ -294,7 +383,7 @@ def test_no_model_large_enough_warns(cluster, tmp_path, caplog):
 
 # --------------------------------------------------------------------------- determinism
 def test_same_seed_gives_the_same_models(cluster, mapped, tmp_path):
-    models, _, _ = mapped
+    models, _ = mapped
     again = reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                         tmp_path, ReconConf())
     assert [m.poses.keys() for m in again] == [m.poses.keys() for m in models]

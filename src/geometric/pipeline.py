@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
-from src.geometric.features import FeatureConf, extract_dataset, load_all_features
+from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
 from src.geometric.options import RETRIEVALS, UNREGISTERED_POLICIES
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
-from src.geometric.reconstruction import ReconConf, poses_for_images, reconstruct
+from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
-from src.submission import OUTLIER_SCENE, PosePrediction, pose_table
+from src.submission import OUTLIER_SCENE, PosePrediction, cluster_index, cluster_name, pose_table
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,20 @@ def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
     return PosePrediction(dataset, image, scene, np.full((3, 3), np.nan), np.full(3, np.nan))
 
 
+class _Stopwatch:
+    """Seconds per stage, summed over calls: ``stopwatch("matching", fn, *args)`` runs
+    ``fn(*args)`` and adds its wall time to ``seconds["matching"]``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+        return out
+
+
 def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: GeometricConf,
                         cache_dir: Path, overwrite: bool = False,
                         backbone_features: np.ndarray | None = None,
@@ -156,79 +170,115 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     cache_dir.mkdir(parents=True, exist_ok=True)
     excluded = excluded or set()
     kept = [im for im in images if im not in excluded]
-    timings: dict[str, float] = {}
+    stopwatch = _Stopwatch()
 
-    def timed(stage, fn, *args, **kwargs):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
-        return out
-
-    features_path = timed("features", extract_dataset, image_dir, kept, conf.features,
-                          cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
+    features_path = stopwatch("features", extract_dataset, image_dir, kept, conf.features,
+                              cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
     features = load_all_features(features_path)
-    featureless = [im for im in kept if len(features[im]) == 0]
-    if featureless:
-        log.warning("%s: %d image(s) without keypoints (blank, tiny or unreadable), they will "
-                    "be outliers: %s", dataset, len(featureless),
-                    ", ".join(featureless[:10]) + (" ..." if len(featureless) > 10 else ""))
-    if conf.retrieval == "backbone" and backbone_features is not None:
-        order = [images.index(im) for im in kept]
-        global_desc = backbone_features[order]
-    else:
-        if conf.retrieval == "backbone" and len(kept) > conf.pairs.exhaustive_below:
-            log.warning("%s: backbone retrieval asked for but no backbone features given; "
-                        "retrieving with VLAD", dataset)
-        global_desc = (timed("retrieval", vlad_descriptors,
-                             [features[im].descriptors for im in kept])
-                       if len(kept) > conf.pairs.exhaustive_below else None)
+    _warn_featureless(dataset, kept, features)
+    global_desc = _global_descriptors(dataset, images, kept, features, conf, backbone_features,
+                                      stopwatch)
     pairs = select_pairs(kept, global_desc, conf.pairs)
     match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
                               f"{conf.matching.cache_key()}-k{conf.pairs.top_k}"
                               f"e{conf.pairs.exhaustive_below}.h5")
-    verified = timed("matching", match_and_verify, features_path, pairs, conf.matching,
-                     match_path, overwrite)
-    scenes = timed("clustering", cluster_match_graph, kept, verified, conf.graph)
-    if len(kept) > 1 and not (verified["inliers"] >= conf.graph.min_inliers).any():
-        log.warning("%s: no pair of its %d images has %d verified matches; every image is "
-                    "an outlier", dataset, len(kept), conf.graph.min_inliers)
-    inlier_matches = load_verified_matches(match_path)
-    log.info("%s: %d images, %d pairs, %d verified, %d scene(s), %d outlier(s)", dataset,
-             len(kept), len(pairs), int((verified["inliers"] >= conf.graph.min_inliers).sum()),
-             len(set(scenes.values()) - {OUTLIER_SCENE}),
-             sum(s == OUTLIER_SCENE for s in scenes.values()) + len(excluded))
+    verified = stopwatch("matching", match_and_verify, features_path, pairs, conf.matching,
+                         match_path, overwrite)
+    scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
+    _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
+    result = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
+                                 load_verified_matches(match_path), conf, cache_dir, overwrite,
+                                 stopwatch)
+    predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
+    return predictions, stopwatch.seconds
 
+
+def _warn_featureless(dataset: str, images: list[str], features: dict[str, Features]) -> None:
+    featureless = [im for im in images if len(features[im]) == 0]
+    if featureless:
+        log.warning("%s: %d image(s) without keypoints (blank, tiny or unreadable), they will "
+                    "be outliers: %s", dataset, len(featureless),
+                    ", ".join(featureless[:10]) + (" ..." if len(featureless) > 10 else ""))
+
+
+def _global_descriptors(dataset: str, images: list[str], kept: list[str],
+                        features: dict[str, Features], conf: GeometricConf,
+                        backbone_features: np.ndarray | None, stopwatch: _Stopwatch
+                        ) -> np.ndarray | None:
+    """(len(kept), D) descriptors that choose the pairs: the backbone's (rows of ``images``)
+    or VLAD of the local features; None when the dataset is small enough for all pairs."""
+    if conf.retrieval == "backbone" and backbone_features is not None:
+        order = [images.index(im) for im in kept]
+        return backbone_features[order]
+    if conf.retrieval == "backbone" and len(kept) > conf.pairs.exhaustive_below:
+        log.warning("%s: backbone retrieval asked for but no backbone features given; "
+                    "retrieving with VLAD", dataset)
+    if len(kept) <= conf.pairs.exhaustive_below:
+        return None
+    return stopwatch("retrieval", vlad_descriptors, [features[im].descriptors for im in kept])
+
+
+def _log_scenes(dataset: str, kept: list[str], pairs: list[tuple[str, str]],
+                verified: pd.DataFrame, scenes: dict[str, str], num_excluded: int,
+                min_inliers: int) -> None:
+    """One line on what matching and clustering found; a warning when nothing matched."""
+    edges = int((verified["inliers"] >= min_inliers).sum())
+    if len(kept) > 1 and edges == 0:
+        log.warning("%s: no pair of its %d images has %d verified matches; every image is "
+                    "an outlier", dataset, len(kept), min_inliers)
+    log.info("%s: %d images, %d pairs, %d verified, %d scene(s), %d outlier(s)", dataset,
+             len(kept), len(pairs), edges, len(set(scenes.values()) - {OUTLIER_SCENE}),
+             sum(s == OUTLIER_SCENE for s in scenes.values()) + num_excluded)
+
+
+def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: dict[str, str],
+                        features: dict[str, Features],
+                        inlier_matches: dict[tuple[str, str], np.ndarray], conf: GeometricConf,
+                        cache_dir: Path, overwrite: bool, stopwatch: _Stopwatch
+                        ) -> dict[str, PosePrediction]:
+    """SfM of each match-graph scene, in cluster order; a prediction per image of a scene.
+    A scene's models become clusters numbered on from the previous scene's."""
     result: dict[str, PosePrediction] = {}
     next_cluster = 0
-    for scene in sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=lambda s: int(s[7:])):
+    for scene in sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=cluster_index):
         members = [im for im in kept if scenes[im] == scene]
         member_set = set(members)
         matches = {pair: m for pair, m in inlier_matches.items()
                    if pair[0] in member_set and pair[1] in member_set}
         keypoints = {im: features[im].keypoints for im in members}
-        models = timed("reconstruction", reconstruct, image_dir, members, keypoints, matches,
-                       cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}",
-                       conf.reconstruction, overwrite)
-        registered = poses_for_images(models, members)
-        names = [f"cluster{next_cluster + k}" for k in range(len(models))]
-        # With the "nan" policy unregistered images stay with the scene's largest model (or
-        # form the scene's cluster when SfM found none).
-        fallback = names[0] if names else f"cluster{next_cluster}"
-        next_cluster += len(names) if names else int(conf.unregistered == "nan")
-        for image in members:
-            if image in registered:
-                model_index, R_cw, t_cw = registered[image]
-                result[image] = PosePrediction(dataset, image, names[model_index], R_cw, t_cw)
-            elif conf.unregistered == "nan":
-                result[image] = _nan_pose(dataset, image, fallback)
-            else:
-                result[image] = _nan_pose(dataset, image, OUTLIER_SCENE)
+        work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
+        models = stopwatch("reconstruction", reconstruct, image_dir, members, keypoints,
+                           matches, work_dir, conf.reconstruction, overwrite)
+        predictions, next_cluster = _scene_predictions(dataset, members, models, next_cluster,
+                                                       conf.unregistered)
+        result.update(predictions)
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
                         scene, len(members),
                         "kept with nan poses" if conf.unregistered == "nan" else "outliers")
-    predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
-    return predictions, timings
+    return result
+
+
+def _scene_predictions(dataset: str, members: list[str], models: list[Model],
+                       first_cluster: int, unregistered: str
+                       ) -> tuple[dict[str, PosePrediction], int]:
+    """Predictions for the images of one scene, whose models (largest first) become clusters
+    ``first_cluster``, ``first_cluster + 1``, ...; and the next free cluster index."""
+    registered = poses_for_images(models, members)
+    names = [cluster_name(first_cluster + k) for k in range(len(models))]
+    # With the "nan" policy unregistered images stay with the scene's largest model (or
+    # form the scene's cluster when SfM found none).
+    fallback = names[0] if names else cluster_name(first_cluster)
+    next_cluster = first_cluster + (len(names) if names else int(unregistered == "nan"))
+    predictions = {}
+    for image in members:
+        if image in registered:
+            model_index, R_cw, t_cw = registered[image]
+            predictions[image] = PosePrediction(dataset, image, names[model_index], R_cw, t_cw)
+        else:
+            scene = fallback if unregistered == "nan" else OUTLIER_SCENE
+            predictions[image] = _nan_pose(dataset, image, scene)
+    return predictions, next_cluster
 
 
 def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,

@@ -223,7 +223,7 @@ def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
 def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) in pixels of an image file, as the feature stage sees it.
 
-    Decodes with ``cv2.IMREAD_UNCHANGED`` like ``src.utils_io.read_image_rgb``, so the EXIF
+    Decodes with ``cv2.IMREAD_UNCHANGED`` like ``src.data_io.read_image_rgb``, so the EXIF
     orientation is ignored there and here alike (keypoints and size agree).
     """
     image = decode_image_file(path)
@@ -335,12 +335,27 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
     F from the 8-point method, so the mapper uses them as they are without re-verifying.
     The file is built under a temporary name and renamed into place when complete.
     """
-    image_dir = Path(image_dir)
     images = list(images)
     if len(set(images)) != len(images):
         raise ValueError("build_database: image names are not unique")
     kpts = _check_keypoints(images, keypoints)
     pair_matches = _check_matches(images, kpts, matches)
+    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
+    with atomic_path(db_path) as tmp:
+        tmp.unlink()  # an empty file is not a database; let COLMAP create it
+        with pycolmap.Database.open(tmp) as db:
+            image_ids = {name: _write_image(db, name, sizes[name], kpts[name], conf)
+                         for name in images}
+            for (a, b), m in pair_matches.items():
+                _write_verified_pair(db, image_ids, kpts, (a, b), m)
+
+
+def _checked_image_sizes(image_dir: Path, images: Sequence[str],
+                         kpts: Mapping[str, np.ndarray],
+                         image_sizes: Mapping[str, tuple[int, int]] | None
+                         ) -> dict[str, tuple[int, int]]:
+    """(width, height) of each image (given, else read from its file); ValueError when its
+    keypoints fall outside it (they must be in original-image pixels)."""
     sizes = {}
     for name in images:
         if image_sizes is not None and name in image_sizes:
@@ -354,43 +369,49 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
                              f"(x {x.min():.1f}..{x.max():.1f}, y {y.min():.1f}..{y.max():.1f}):"
                              " they must be in original-image pixels")
         sizes[name] = (width, height)
+    return sizes
 
-    with atomic_path(db_path) as tmp:
-        tmp.unlink()  # an empty file is not a database; let COLMAP create it
-        with pycolmap.Database.open(tmp) as db:
-            image_ids: dict[str, int] = {}
-            for name in images:
-                width, height = sizes[name]
-                camera = pycolmap.Camera.create_from_model_name(
-                    pycolmap.INVALID_CAMERA_ID, conf.camera_model,
-                    conf.focal_prior_factor * max(width, height), width, height)
-                camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
-                camera_id = db.write_camera(camera)
-                sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
-                rig = pycolmap.Rig()
-                rig.add_ref_sensor(sensor)
-                rig_id = db.write_rig(rig)
-                image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
-                frame = pycolmap.Frame()
-                frame.rig_id = rig_id
-                frame.add_data_id(pycolmap.data_t(sensor, image_id))
-                db.write_frame(frame)
-                db.write_keypoints(image_id,
-                                   (kpts[name] + OPENCV_TO_COLMAP_PIXEL).astype(np.float32))
-                image_ids[name] = image_id
-            for (a, b), m in pair_matches.items():
-                if image_ids[a] > image_ids[b]:  # store every pair with id1 < id2
-                    a, b, m = b, a, m[:, ::-1]
-                m = np.ascontiguousarray(m, dtype=np.uint32)
-                db.write_matches(image_ids[a], image_ids[b], m)
-                geometry = pycolmap.TwoViewGeometry()
-                geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
-                F = _fundamental_colmap(kpts[a][m[:, 0]] + OPENCV_TO_COLMAP_PIXEL,
-                                        kpts[b][m[:, 1]] + OPENCV_TO_COLMAP_PIXEL)
-                if F is not None:
-                    geometry.F = F
-                geometry.inlier_matches = m
-                db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
+
+def _write_image(db: pycolmap.Database, name: str, size: tuple[int, int],
+                 keypoints: np.ndarray, conf: ReconConf) -> int:
+    """One image with its own camera, single-camera rig and frame, and its keypoints
+    (OpenCV pixels, shifted to COLMAP's); returns its image id."""
+    width, height = size
+    camera = pycolmap.Camera.create_from_model_name(
+        pycolmap.INVALID_CAMERA_ID, conf.camera_model,
+        conf.focal_prior_factor * max(width, height), width, height)
+    camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
+    camera_id = db.write_camera(camera)
+    sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
+    rig = pycolmap.Rig()
+    rig.add_ref_sensor(sensor)
+    rig_id = db.write_rig(rig)
+    image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
+    frame = pycolmap.Frame()
+    frame.rig_id = rig_id
+    frame.add_data_id(pycolmap.data_t(sensor, image_id))
+    db.write_frame(frame)
+    db.write_keypoints(image_id, (keypoints + OPENCV_TO_COLMAP_PIXEL).astype(np.float32))
+    return image_id
+
+
+def _write_verified_pair(db: pycolmap.Database, image_ids: Mapping[str, int],
+                         kpts: Mapping[str, np.ndarray], pair: PairKey, m: np.ndarray) -> None:
+    """A pair's matches, and a two-view geometry holding them all as inliers (UNCALIBRATED,
+    F by the 8-point method), so the mapper uses them without re-verifying."""
+    a, b = pair
+    if image_ids[a] > image_ids[b]:  # store every pair with id1 < id2
+        a, b, m = b, a, m[:, ::-1]
+    m = np.ascontiguousarray(m, dtype=np.uint32)
+    db.write_matches(image_ids[a], image_ids[b], m)
+    geometry = pycolmap.TwoViewGeometry()
+    geometry.config = pycolmap.TwoViewGeometryConfiguration.UNCALIBRATED
+    F = _fundamental_colmap(kpts[a][m[:, 0]] + OPENCV_TO_COLMAP_PIXEL,
+                            kpts[b][m[:, 1]] + OPENCV_TO_COLMAP_PIXEL)
+    if F is not None:
+        geometry.F = F
+    geometry.inlier_matches = m
+    db.write_two_view_geometry(image_ids[a], image_ids[b], geometry)
 
 
 # =========================================================================== mapping
@@ -517,21 +538,45 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
 
     models_dir = work_dir / MODELS_DIR
     fingerprint = _fingerprint(images, kpts, pair_matches, conf)
-    if not overwrite:
-        cached_fp = _cached_fingerprint(models_dir)
-        if cached_fp == fingerprint:
-            models = load_models(models_dir)
-            if models is not None:
-                log.info("cluster %s: loaded %d cached model(s) from %s", label, len(models),
-                         models_dir)
-                if not models:
-                    log.warning("cluster %s: the cached run found no model of %d or more "
-                                "images (%s)", label, conf.min_model_size, models_dir)
-                return models
-        elif cached_fp is not None:
-            log.info("cluster %s: inputs or options changed since %s was written; mapping "
-                     "again", label, models_dir)
+    cached = None if overwrite else _cached_models(models_dir, fingerprint, conf, label)
+    if cached is not None:
+        return cached
+    mapped = _run_mapper(image_dir, images, kpts, pair_matches, work_dir, conf, label,
+                         image_sizes)
+    if mapped is None:
+        return []
+    found, seconds = mapped
+    models = _keep_and_cache(found, models_dir, fingerprint, conf, len(images), seconds)
+    _log_outcome(label, models, len(images), len(usable), seconds, conf, work_dir)
+    return models
 
+
+def _cached_models(models_dir: Path, fingerprint: str, conf: ReconConf, label: str
+                   ) -> list[Model] | None:
+    """The models cached in ``models_dir`` if they were made from these inputs and options
+    (same ``fingerprint``); else None (logged when the cache is stale)."""
+    cached_fp = _cached_fingerprint(models_dir)
+    if cached_fp == fingerprint:
+        models = load_models(models_dir)
+        if models is not None:
+            log.info("cluster %s: loaded %d cached model(s) from %s", label, len(models),
+                     models_dir)
+            if not models:
+                log.warning("cluster %s: the cached run found no model of %d or more "
+                            "images (%s)", label, conf.min_model_size, models_dir)
+            return models
+    elif cached_fp is not None:
+        log.info("cluster %s: inputs or options changed since %s was written; mapping "
+                 "again", label, models_dir)
+    return None
+
+
+def _run_mapper(image_dir: str | os.PathLike, images: list[str], kpts: dict[str, np.ndarray],
+                pair_matches: dict[PairKey, np.ndarray], work_dir: Path, conf: ReconConf,
+                label: str, image_sizes: Mapping[str, tuple[int, int]] | None
+                ) -> tuple[list[pycolmap.Reconstruction], float] | None:
+    """Write the database and run pycolmap's incremental mapper on it: (the reconstructions
+    it found, seconds it took); None, with a warning, when pycolmap raises."""
     db_path = work_dir / DATABASE_FILE
     options = conf.pipeline_options(len(images))
     _remove_leftovers(work_dir)
@@ -546,7 +591,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
         log.warning("cluster %s: pycolmap incremental mapping failed in %s (%s: %s); its %d "
                     "images stay unregistered", label, work_dir, type(exc).__name__, exc,
                     len(images))
-        return []
+        return None
     finally:
         shutil.rmtree(mapping_dir, ignore_errors=True)
     seconds = time.perf_counter() - started
@@ -555,31 +600,40 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
         log.warning("cluster %s: mapping stopped at its time limit (%.0f s of %d s allowed for "
                     "%d images); the models found so far are kept", label, seconds, limit,
                     len(images))
+    return list(found.values()), seconds
 
-    reconstructions = [rec for rec in found.values()
-                       if rec.num_reg_images() >= conf.min_model_size]
+
+def _keep_and_cache(found: list[pycolmap.Reconstruction], models_dir: Path, fingerprint: str,
+                    conf: ReconConf, num_images: int, seconds: float) -> list[Model]:
+    """The reconstructions registering ``conf.min_model_size`` or more images, largest first
+    (then most 3D points), as Models; written with their manifest to ``models_dir``."""
+    reconstructions = [rec for rec in found if rec.num_reg_images() >= conf.min_model_size]
     reconstructions.sort(key=lambda r: (-r.num_reg_images(), -r.num_points3D()))
     models = [_model_from_reconstruction(rec) for rec in reconstructions]
     manifest = {
         "fingerprint": fingerprint,
         "cache_key": conf.cache_key(),
         "conf": asdict(conf),
-        "num_images": len(images),
+        "num_images": num_images,
         "mapping_seconds": round(seconds, 3),
         "models": [{"num_registered": m.num_registered, "num_points3D": m.num_points3D}
                    for m in models],
     }
     _write_models(models_dir, reconstructions, manifest)
-    registered = len({n for m in models for n in m.poses})
+    return models
+
+
+def _log_outcome(label: str, models: list[Model], num_images: int, num_usable_pairs: int,
+                 seconds: float, conf: ReconConf, work_dir: Path) -> None:
     if not models:
         log.warning("cluster %s: the mapper found no model of %d or more images (%d image(s),"
                     " %d usable pair(s), %s); its images stay unregistered", label,
-                    conf.min_model_size, len(images), len(usable), work_dir)
-    else:
-        log.info("cluster %s: %d model(s) (%s images), %d/%d images registered, %.1f s",
-                 label, len(models), "+".join(str(m.num_registered) for m in models),
-                 registered, len(images), seconds)
-    return models
+                    conf.min_model_size, num_images, num_usable_pairs, work_dir)
+        return
+    registered = len({n for m in models for n in m.poses})
+    log.info("cluster %s: %d model(s) (%s images), %d/%d images registered, %.1f s",
+             label, len(models), "+".join(str(m.num_registered) for m in models),
+             registered, num_images, seconds)
 
 
 # =========================================================================== poses
