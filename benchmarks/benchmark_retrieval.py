@@ -70,6 +70,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from src.geometric.features import FeatureConf, extract_dataset, load_all_features  # noqa: E402
+from src.geometric.options import AUTO_KEYPOINTS  # noqa: E402
 from src.geometric.pairs import PairsConf, pair_recall_counts, select_pairs, vlad_descriptors  # noqa: E402
 from src.data_io import write_csv_atomic  # noqa: E402
 from src.submission import list_test_images, read_submission  # noqa: E402
@@ -321,8 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone-model", type=Path, default=None,
                         help="a saved Keras backbone (e.g. outputs/cpu-demo/backbone.keras) "
                              "to use instead of --backbone")
-    parser.add_argument("--aliked-max-keypoints", type=int, default=1024,
-                        help="keypoint budget of vlad-aliked (default 1024)")
+    parser.add_argument("--aliked-max-keypoints", type=int,
+                        default=AUTO_KEYPOINTS["learned-cpu"],
+                        help="keypoint budget of vlad-aliked (default "
+                             f"{AUTO_KEYPOINTS['learned-cpu']}, the pipeline's on a CPU)")
     parser.add_argument("--random-seeds", type=int, default=5,
                         help="seeds the random option is averaged over (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="VLAD k-means and backbone seed")

@@ -69,6 +69,20 @@ def test_auto_preset_without_kaggle_data_is_cpu_demo():
     assert parse([]).preset == "cpu-demo"
 
 
+def test_the_defaults_are_the_cpu_demo_preset():
+    assert config.Config() == config.get_config("cpu-demo")
+    assert config.Config().preset == "cpu-demo"
+
+
+def test_help_lists_the_choices_of_a_text_option():
+    parser = argparse.ArgumentParser()
+    config.add_config_arguments(parser)
+    text = parser.format_help()
+    assert "--features {auto,sift,aliked,disk}" in text
+    assert "--unregistered {outliers,nan}" in text
+    assert "--backbone STR" in text and "--seed INT" in text  # no choices: the type
+
+
 def help_texts():
     parser = argparse.ArgumentParser()
     config.add_config_arguments(parser)
@@ -77,7 +91,7 @@ def help_texts():
 
 def test_help_names_the_value_of_every_preset_where_presets_differ():
     helps = help_texts()
-    assert helps["warmup_peak_lr"].endswith("(default 0.0001; cpu-demo, test: 0.002)")
+    assert helps["warmup_peak_lr"].endswith("(default 0.002; kaggle, gpu, tpu: 0.0001)")
     assert helps["epochs_all"].endswith("(default 4; kaggle, gpu, tpu: 40; test: 2)")
     assert helps["seed"].endswith("(default 40)")
     assert helps["backbone_weights"].endswith("(default '')")
@@ -106,17 +120,38 @@ def test_config_imports_no_heavy_library():
     assert result.stdout.strip() == "[]"
 
 
-def test_geometric_choices_and_defaults_are_the_stages_own():
-    from src.geometric import options
-    from src.geometric.matching import MatchConf
+# What a Config decides per run instead of leaving it to the stage's default: the ``auto``
+# choices (resolved by device and features) and, in every stage that has one, the run's seed.
+RESOLVED_PER_RUN = {"features": ("name", "max_keypoints"), "matching": ("matcher",)}
+
+
+@pytest.mark.parametrize("preset", sorted(config.PRESETS))
+def test_every_preset_runs_the_geometric_stages_with_their_own_defaults(preset):
     from src.geometric.pipeline import GeometricConf
-    from src.geometric.scene_graph import GraphConf
+
+    conf = GeometricConf.from_config(config.get_config(preset, pipeline="geometric"))
+
+    def stage_defaults(stage):
+        actual = getattr(conf, stage)
+        resolved = {*RESOLVED_PER_RUN.get(stage, ()),
+                    *({"seed"} & {f.name for f in dataclasses.fields(actual)})}
+        return type(actual)(**{name: getattr(actual, name) for name in resolved})
+
+    stages = ("features", "pairs", "matching", "graph", "reconstruction")
+    assert conf == GeometricConf(**{stage: stage_defaults(stage) for stage in stages})
+
+
+@pytest.mark.parametrize("preset", sorted(config.PRESETS))
+def test_every_preset_clusters_with_the_stages_own_defaults(preset):
+    from src.learned.clustering import ClusterSettings
+
+    assert ClusterSettings.from_config(config.get_config(preset)) == ClusterSettings()
+
+
+def test_geometric_choices_are_the_stages_own():
+    from src.geometric import options
 
     cfg = config.get_config("cpu-demo")
-    conf = GeometricConf.from_config(cfg)
-    default = GeometricConf()
-    assert conf.matching.min_inliers == MatchConf().min_inliers == default.matching.min_inliers
-    assert conf.graph.min_inliers == GraphConf().min_inliers == default.graph.min_inliers
     assert (cfg.min_verified_inliers, cfg.graph_min_inliers) == (10, 10)  # measured, see options
     choices = {f.name: f.metadata["choices"] for f in dataclasses.fields(config.Config)}
     assert choices["features"] == ("auto", *options.FEATURE_NAMES)

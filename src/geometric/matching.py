@@ -40,7 +40,8 @@ from src.geometric.features import Features, cached_images, open_features
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, read_cache_config,
                                    resumable_h5)
-from src.geometric.options import MATCHERS, MIN_VERIFIED_INLIERS, TORCH_DEVICES
+from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
+                                   RANSAC_THRESHOLD_PX, TORCH_DEVICES)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,11 @@ class MatchConf:
     """How to match descriptors and verify pairs. ``cache_key()`` names the cache file."""
 
     matcher: str = "nn-ratio"  # "nn-ratio" (descriptor distances) or "lightglue" (learned)
-    ratio: float = 0.8  # Lowe's ratio test: keep if nearest < ratio * second nearest (L2)
+    ratio: float = MATCH_RATIO  # Lowe's test: keep if nearest < ratio * second nearest (L2)
     mutual: bool = True  # keep only mutual nearest neighbours
     min_matches: int = 15  # fewer putative matches: the pair is not verified (0 inliers)
     verifier: str = "opencv-magsac"  # "opencv-magsac" (cv2 USAC_MAGSAC) or "pycolmap"
-    ransac_threshold_px: float = 1.0  # inlier epipolar error, pixels of the detector's image
+    ransac_threshold_px: float = RANSAC_THRESHOLD_PX  # inlier epipolar error, detector pixels
     confidence: float = 0.9999  # RANSAC confidence of having found the best model
     max_iterations: int = 10000  # RANSAC iteration cap
     min_inliers: int = MIN_VERIFIED_INLIERS  # fewer verified inliers: the pair is rejected

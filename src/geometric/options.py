@@ -1,8 +1,9 @@
 """The geometric pipeline's choices and shared defaults, in one dependency-free place.
 
-config.py builds the command line from these and the stages validate their confs against
-them, so a choice or a default is written once. Importing this module loads nothing but
-Python (no cv2, h5py, torch or pycolmap): ``--help`` and the config stay light.
+config.py builds the command line from these, the stages validate their confs against them,
+and a default both config.Config and a stage conf have is read from here by both, so a choice
+or a default is written once. Importing this module loads nothing but Python (no cv2, h5py,
+torch or pycolmap): ``--help`` and the config stay light.
 """
 
 from __future__ import annotations
@@ -13,9 +14,49 @@ MATCHERS = ("nn-ratio", "lightglue")  # mutual nearest neighbours + ratio test; 
 RETRIEVALS = ("vlad", "backbone")  # global descriptors for pair selection
 UNREGISTERED_POLICIES = ("outliers", "nan")  # what becomes of images SfM cannot register
 TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else the CPU
+# ALIKED variants, the first the default; aliked-t16 is left out: its 64-D descriptors fit
+# no shipped LightGlue.
+ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32")
+
+# Images go to the detector with the longer side at most this many pixels (FeatureConf): it
+# bounds the time and memory of a large photo. The demo renders (256 px) and realdev
+# (1024 px) are detected at full size, so no measurement here has tested the value.
+MAX_IMAGE_SIDE = 1600
+# Keypoints per image when none is configured (config's max_keypoints 0). SIFT: 2048 scored
+# as well as 4096 on realdev (99.53 both) in 0.4x the time, matching being quadratic in it.
+# On a CPU LightGlue takes ~1.5 s per pair at 2048 keypoints and grows with the square of
+# the count, so learned features get fewer there.
+AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
+
+# Pair selection (PairsConf). Datasets of at most PAIR_EXHAUSTIVE_BELOW images match all
+# N(N-1)/2 pairs (435 at 30 images, seconds with SIFT); larger ones match each image with its
+# PAIR_TOP_K nearest by retrieval, so pairs grow as about k*N instead of N^2 (1034 against
+# 12 720 pairs at 160 images). k = 10: VLAD finds 0.78 of the demo's co-visible pairs
+# (benchmarks/README.md, retrieval; k = 20 finds 0.99 with twice the pairs to match).
+PAIR_TOP_K = 10
+PAIR_EXHAUSTIVE_BELOW = 30
+
+# Matching (MatchConf). Lowe's ratio test at his 0.8: in the SIFT paper it rejects 90 % of
+# the false matches and under 5 % of the correct ones.
+MATCH_RATIO = 0.8
+# RANSAC epipolar threshold, pixels of the image the detector saw: keypoints are localised to
+# about a pixel there. Not tuned by a benchmark.
+RANSAC_THRESHOLD_PX = 1.0
 
 # Verified inliers for a pair to count (MatchConf) and for an edge of the match graph
 # (GraphConf). 10 inliers: measured on the demo data (score 68 -> 76) with no false merge
 # on realdev.
 MIN_VERIFIED_INLIERS = 10
 GRAPH_MIN_INLIERS = 10
+
+# The smallest scene: a match-graph group (GraphConf.min_cluster_size) or an SfM model
+# (ReconConf.min_model_size) with fewer images is outliers. 3: two images alone have no third
+# view to confirm their relative pose, and two outliers matched by chance look just like them.
+MIN_SCENE_SIZE = 3
+# SfM mapper threads (ReconConf.num_threads): one thread is reproducible bit for bit (our
+# realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
+# 98.82 on three runs); -1 = all cores.
+SFM_THREADS = 1
+# What becomes of images SfM cannot register: "outliers" measured better than keeping them
+# in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
+UNREGISTERED = "outliers"

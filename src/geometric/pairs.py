@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from src.geometric.options import PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K
 from src.submission import OUTLIER_SCENE
 
 
 @dataclass(frozen=True)
 class PairsConf:
-    top_k: int = 10  # neighbours retrieved per image
-    exhaustive_below: int = 30  # datasets with at most this many images: all pairs
+    top_k: int = PAIR_TOP_K  # neighbours retrieved per image
+    exhaustive_below: int = PAIR_EXHAUSTIVE_BELOW  # datasets this small or smaller: all pairs
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -20,11 +20,12 @@ import pandas as pd
 from config import ConfigError
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.geometric.options import RETRIEVALS, UNREGISTERED_POLICIES
+from src.geometric.options import AUTO_KEYPOINTS, RETRIEVALS, UNREGISTERED, UNREGISTERED_POLICIES
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
+from src.learned.options import OUTLIER_THRESHOLD
 from src.submission import OUTLIER_SCENE, PosePrediction, cluster_index, cluster_name, pose_table
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,8 @@ class GeometricConf:
     graph: GraphConf = field(default_factory=GraphConf)
     reconstruction: ReconConf = field(default_factory=ReconConf)
     # Images of a scene that SfM could not register: "outliers", or kept in the scene's
-    # cluster with a nan pose ("nan").
-    unregistered: str = "outliers"
+    # cluster with a nan pose ("nan"); options.UNREGISTERED says why the default.
+    unregistered: str = UNREGISTERED
     # Global descriptor for pair selection: "vlad" (from the local features, no network) or
     # "backbone" (the learned model's features; hybrid mode).
     retrieval: str = "vlad"
@@ -106,16 +107,9 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
     return features, matcher, "; ".join(reasons) or "as configured"
 
 
-# Keypoints per image when none is configured. SIFT: 2048 scored as well as 4096 on realdev
-# (99.53 both) in 0.4x the time, matching being quadratic in it. On a CPU LightGlue takes
-# ~1.5 s per pair at 2048 keypoints and grows with the square of the count, so learned
-# features get fewer there.
-AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
-
-
 def choose_keypoints(features: str, requested: int = 0, device: str = "auto") -> int:
-    """``requested`` if set (> 0), else the AUTO_KEYPOINTS budget of the features on the
-    device that will run them."""
+    """``requested`` if set (> 0), else the options.AUTO_KEYPOINTS budget of the features on
+    the device that will run them."""
     if requested > 0:
         return requested
     if features == "sift":
@@ -284,7 +278,8 @@ def _scene_predictions(dataset: str, members: list[str], models: list[Model],
 def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,
                   cache_root: Path, overwrite: bool = False,
                   backbone_features: np.ndarray | None = None,
-                  outlier_prob: np.ndarray | None = None, outlier_threshold: float = 0.5,
+                  outlier_prob: np.ndarray | None = None,
+                  outlier_threshold: float = OUTLIER_THRESHOLD,
                   ) -> tuple[list[PosePrediction], pd.DataFrame]:
     """All datasets of ``test_images`` (columns dataset, image), one at a time.
 
@@ -312,7 +307,7 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
 
 def predict_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,
                       run_dir: Path, overwrite: bool = False, hints=None,
-                      outlier_threshold: float = 0.5,
+                      outlier_threshold: float = OUTLIER_THRESHOLD,
                       ) -> tuple[list[PosePrediction], pd.DataFrame]:
     """The geometric pipeline as a run stage: :func:`run_geometric` with its caches in
     ``run_dir/geometric``, writing ``timings_geometric.csv`` and ``predictions_test.csv``.

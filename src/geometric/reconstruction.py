@@ -51,6 +51,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
+from src.geometric.options import MIN_SCENE_SIZE, SFM_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ReconConf:
 
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP model of each image's camera (see SUPPORTED_...)
     focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
-    min_model_size: int = 3  # models registering fewer images are dropped
+    min_model_size: int = MIN_SCENE_SIZE  # models registering fewer images are dropped
     max_models: int = 50  # most models the mapper may start (1 = a single model)
     max_model_overlap: int = 20  # most images two models may share (COLMAP option)
     min_num_matches: int = 15  # image pairs with fewer verified matches are ignored
@@ -102,7 +103,7 @@ class ReconConf:
     # 16.5 s -> 8.3 s and score 98.82 -> 99.53; on the demo data see benchmarks/README.md.
     ba_ignore_redundant_points: bool = True
     seed: int = 0  # seed of COLMAP's random generator (RANSAC, sampling); -1 = COLMAP default
-    num_threads: int = 1  # mapper threads; -1 = all cores. 1 is reproducible bit for bit
+    num_threads: int = SFM_THREADS  # mapper threads; -1 = all cores; 1 is reproducible
     # Stop mapping after this many seconds (-1 = no limit; 0 = auto, 60 + 5 per image). A
     # safety net: on DISK + LightGlue demo matches full of weak false pairs the mapper ran
     # for over 15 minutes on 23 images. COLMAP checks it between registrations, so a run

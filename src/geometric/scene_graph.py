@@ -18,14 +18,15 @@ from dataclasses import dataclass
 import networkx as nx
 import pandas as pd
 
-from src.geometric.options import GRAPH_MIN_INLIERS
+from src.geometric.options import GRAPH_MIN_INLIERS, MIN_SCENE_SIZE
 from src.submission import OUTLIER_SCENE, cluster_name
 
 
 @dataclass(frozen=True)
 class GraphConf:
     min_inliers: int = GRAPH_MIN_INLIERS  # verified inliers for an edge
-    min_cluster_size: int = 3  # smaller groups are outliers; bridges between groups this big are cut
+    # smaller groups are outliers; a bridge between two groups this big is cut
+    min_cluster_size: int = MIN_SCENE_SIZE
 
     def __post_init__(self) -> None:
         if self.min_inliers < 1 or self.min_cluster_size < 1:

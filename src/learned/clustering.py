@@ -24,19 +24,22 @@ from sklearn.cluster import DBSCAN
 from sklearn.neighbors import NearestNeighbors
 
 from src.geometry import canonical_quat
+from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
+                                 CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 from src.submission import OUTLIER_SCENE, cluster_name
 
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Knobs of the clustering stage (all documented in config.Config)."""
+    """Knobs of the clustering stage (all documented in config.Config; the defaults, and why
+    each, in src.learned.options)."""
 
-    outlier_threshold: float = 0.5  # outlier-head probability above which an image is dropped
-    min_samples: int = 3  # DBSCAN core-point neighbourhood size (including the point)
-    eps_quantile: float = 0.5  # quantile of k-NN distances that sets eps ...
-    eps_scale: float = 1.5  # ... times this factor
-    pose_weight: float = 1.0  # weight of the pose blocks
-    feature_weight: float = 1.0  # weight of the visual-feature block
+    outlier_threshold: float = OUTLIER_THRESHOLD  # outlier-head probability to drop an image
+    min_samples: int = CLUSTER_MIN_SAMPLES  # DBSCAN core-point neighbourhood (with the point)
+    eps_quantile: float = CLUSTER_EPS_QUANTILE  # quantile of k-NN distances that sets eps ...
+    eps_scale: float = CLUSTER_EPS_SCALE  # ... times this factor
+    pose_weight: float = CLUSTER_POSE_WEIGHT  # weight of the pose blocks
+    feature_weight: float = CLUSTER_FEATURE_WEIGHT  # weight of the visual-feature block
 
     @classmethod
     def from_config(cls, cfg) -> "ClusterSettings":
