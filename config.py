@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, FEATURE_NAMES,
-                                   GRAPH_MIN_INLIERS, MATCH_RATIO, MATCHERS,
+from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, FEATURE_NAMES,
+                                   GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
                                    RETRIEVALS, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
@@ -166,6 +166,10 @@ class Config:
     unregistered: str = _f(UNREGISTERED, "images SfM cannot register: outliers, or nan pose in "
                            "their scene's cluster", choices=UNREGISTERED_POLICIES,
                            resumable=True)
+    mapper: str = _f("auto", "SfM mapper: incremental (COLMAP) or global (GLOMAP's, in "
+                     "pycolmap); auto = " + ", ".join(f"{m} for {f}" for f, m in
+                                                      AUTO_MAPPER.items()),
+                     choices=("auto", *MAPPERS), resumable=True)
     sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
                           "cores)", resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "

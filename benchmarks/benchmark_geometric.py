@@ -3,6 +3,8 @@
     python benchmarks/benchmark_geometric.py                          # scaling, N = 10 40 160
     python benchmarks/benchmark_geometric.py --sizes 10 40 160 --top-k 10 --exhaustive-below 30
     python benchmarks/benchmark_geometric.py --data-dir /tmp/realdev_input --with-baseline
+    python benchmarks/benchmark_geometric.py --seeds 3 --with-baseline \
+        --data-dir outputs/demo_data /tmp/realdev_input /tmp/realdev2_input [--set mapper=global]
 
 Run from the repository root. The script PRINTS figures (it asserts nothing about speed):
 
@@ -24,6 +26,14 @@ Run from the repository root. The script PRINTS figures (it asserts nothing abou
    fresh cache, per dataset and overall. With ``--with-baseline`` the plain-pycolmap baseline
    (``benchmarks/benchmark_pycolmap_baseline.py``, its ``run_dataset``) runs on the same data
    and both are printed side by side with the ratios of wall and CPU times.
+
+3. ``--seeds K --data-dir DIR [DIR ...]``: every folder with K seeds (the config's seed and
+   the next K-1; the seed changes RANSAC, the VLAD k-means and the SfM mappers), the
+   geometric pipeline with a fresh cache each time and, with ``--with-baseline``, plain
+   pycolmap on the same seed (its features and exhaustive matches once per folder, their
+   seconds counted in every run). Prints min / median / max score per folder and pipeline,
+   the worst per-seed margin and the median wall times; ``--set FIELD=VALUE`` tries another
+   configuration. Defaults are chosen on the minimum of this table, never on one run.
 
 The 1-minute load average is recorded before and after every run: the timings are only
 comparable on an otherwise idle machine. Tables are written (atomically) to
@@ -201,7 +211,7 @@ def run_geometric_fresh(data_dir: Path, conf: GeometricConf, work_root: Path, la
     cache_root = Path(tempfile.mkdtemp(prefix=f"{label}_", dir=work_root))
     load_before = load1()
     start, cpu_start = time.perf_counter(), time.process_time()
-    predictions, timings = run_geometric(test_images, data_dir / "test", conf, cache_root,
+    predictions, timings, _ = run_geometric(test_images, data_dir / "test", conf, cache_root,
                                          overwrite=True)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     load_after = load1()
@@ -302,18 +312,32 @@ def load_baseline_module():
     return module
 
 
-def run_baseline(data_dir: Path, work_root: Path, keep: bool) -> pd.DataFrame:
-    """The plain-pycolmap baseline (its own run_dataset) per dataset plus an ``all`` row."""
+def run_baseline(data_dir: Path, work_root: Path, keep: bool, seed: int | None = None,
+                 work: Path | None = None) -> pd.DataFrame:
+    """The plain-pycolmap baseline (its own run_dataset) per dataset plus an ``all`` row.
+
+    ``seed`` seeds its mapper; a ``work`` folder that an earlier call filled is reused for
+    features and matches (they do not depend on the seed) and their recorded seconds are
+    counted again in this run's wall and stage times."""
+    import pycolmap
+
     baseline = load_baseline_module()
     test_images = list_test_images(data_dir)
-    work = Path(tempfile.mkdtemp(prefix="pycolmap_baseline_", dir=work_root))
+    reuse = work is not None
+    pycolmap.logging.minloglevel = max(pycolmap.logging.minloglevel, 1)  # warnings and up
+    work = work or Path(tempfile.mkdtemp(prefix="pycolmap_baseline_", dir=work_root))
     predictions, rows = [], []
+    reused_seconds = 0.0
     load_before = load1()
     start, cpu_start = time.perf_counter(), time.process_time()
     for dataset, group in test_images.groupby("dataset", sort=False):
         images = list(group["image"])
+        had_database = (work / dataset / "database.db").is_file()
         result, timings = baseline.run_dataset(data_dir / "test" / dataset, images,
-                                               work / dataset)
+                                               work / dataset, seed=seed,
+                                               reuse_database=reuse)
+        if reuse and had_database:
+            reused_seconds += timings.get("features", 0.0) + timings.get("matching", 0.0)
         for image in images:
             scene, R, t = result.get(image, (OUTLIER_SCENE, np.full((3, 3), np.nan),
                                              np.full(3, np.nan)))
@@ -325,13 +349,14 @@ def run_baseline(data_dir: Path, work_root: Path, keep: bool) -> pd.DataFrame:
                      "matching_s": timings.get("matching", 0.0),
                      "reconstruction_s": timings.get("mapping", 0.0)})
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    wall += reused_seconds
     load_after = load1()
     report = score_predictions(predictions, test_images, data_dir)
     stage_columns = ["features_s", "matching_s", "reconstruction_s"]
     table = with_totals(pd.DataFrame(rows), ["images", "registered", "clusters", "pairs",
                                              *stage_columns],
                         stage_columns, report, wall, cpu, load_before, load_after)
-    if not keep:
+    if not keep and not reuse:
         shutil.rmtree(work, ignore_errors=True)
     return table
 
@@ -391,6 +416,105 @@ def data_dir_benchmark(args, conf: GeometricConf, work_root: Path) -> pd.DataFra
     return table
 
 
+# --------------------------------------------------------------------------- seeds
+def cpu_model() -> str:
+    """The processor's model name (Linux), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``FIELD=VALUE`` strings -> Config overrides, each value of its field's type."""
+    from dataclasses import fields
+
+    from config import Config
+    kinds = {f.name: type(f.default) for f in fields(Config)}
+    overrides = {}
+    for pair in pairs:
+        name, _, value = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in kinds or not _:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a Config field")
+        kind = kinds[name]
+        overrides[name] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return overrides
+
+
+def seeded_conf(seed: int, overrides: dict) -> GeometricConf:
+    """The project's default geometric configuration with this seed and ``overrides``."""
+    return GeometricConf.from_config(get_config("cpu-demo", pipeline="geometric", seed=seed,
+                                                **overrides))
+
+
+def summary_row(table: pd.DataFrame) -> dict:
+    """The ``all`` row of a run table as the figures the seeds table keeps."""
+    row = table[table["dataset"] == "all"].iloc[0]
+    keep = ("score", "mAA", "clustering", "registered", "clusters", "wall_s", "cpu_s",
+            "load1_before", "load1_after")
+    return {k: float(row[k]) for k in keep if k in row}
+
+
+def seeds_benchmark(args, work_root: Path) -> pd.DataFrame:
+    """Every data folder x every seed: the geometric pipeline with a fresh cache and, with
+    ``--with-baseline``, plain pycolmap (features and matches once per folder, mapping per
+    seed), one after the other in this process. One row per run."""
+    overrides = parse_overrides(args.set)
+    rows = []
+    for data_dir in args.data_dir:
+        baseline_work = Path(tempfile.mkdtemp(prefix="pycolmap_seeds_", dir=work_root))
+        for seed in args.seed_values:
+            conf = seeded_conf(seed, overrides)
+            print(f"{data_dir.name}, seed {seed}: geometric ({describe_short(conf)}), load1 "
+                  f"{load1():.2f} ...", flush=True)
+            table = run_geometric_fresh(data_dir, conf, work_root, f"seed{seed}",
+                                        args.keep_work)
+            rows.append({"data": data_dir.name, "pipeline": "geometric", "seed": seed,
+                         **summary_row(table)})
+            print(f"  score {rows[-1].get('score', float('nan')):.2f} in "
+                  f"{rows[-1]['wall_s']:.1f} s", flush=True)
+            if args.with_baseline:
+                print(f"{data_dir.name}, seed {seed}: plain pycolmap, load1 {load1():.2f} ...",
+                      flush=True)
+                table = run_baseline(data_dir, work_root, args.keep_work, seed=seed,
+                                     work=baseline_work)
+                rows.append({"data": data_dir.name, "pipeline": "pycolmap", "seed": seed,
+                             **summary_row(table)})
+                print(f"  score {rows[-1].get('score', float('nan')):.2f} in "
+                      f"{rows[-1]['wall_s']:.1f} s", flush=True)
+        if not args.keep_work:
+            shutil.rmtree(baseline_work, ignore_errors=True)
+    return pd.DataFrame(rows)
+
+
+def describe_short(conf: GeometricConf) -> str:
+    return (f"{conf.features.name} {conf.features.max_keypoints} kp, {conf.matching.matcher}, "
+            f"{conf.reconstruction.mapper} mapper")
+
+
+def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per data folder: min / median / max score of each pipeline over the seeds, the worst
+    per-seed margin (geometric - pycolmap on the same seed) and the median wall times."""
+    rows = []
+    for data, group in runs.groupby("data", sort=False):
+        row = {"data": data, "seeds": int(group["seed"].nunique())}
+        for pipeline, runs_of in group.groupby("pipeline", sort=False):
+            scores = runs_of["score"]
+            row.update({f"{pipeline}_min": scores.min(), f"{pipeline}_median": scores.median(),
+                        f"{pipeline}_max": scores.max(),
+                        f"{pipeline}_wall_s": runs_of["wall_s"].median()})
+        if "pycolmap_min" in row:
+            paired = group.pivot(index="seed", columns="pipeline", values="score")
+            row["worst_margin"] = float((paired["geometric"] - paired["pycolmap"]).min())
+            row["wall_ratio"] = row["geometric_wall_s"] / row["pycolmap_wall_s"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -399,8 +523,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="test images per demo dataset for the scaling table (default "
                              f"{' '.join(map(str, DEFAULT_SIZES))} when no --data-dir is "
                              "given, none otherwise)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="competition-layout folder with test labels to time and score")
+    parser.add_argument("--data-dir", type=Path, nargs="+", default=None,
+                        help="competition-layout folder(s) with test labels to time and score "
+                             "(several only with --seeds)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="run every --data-dir with this many seeds (the config's seed, "
+                             "then +1, ...: RANSAC, VLAD k-means and the mappers) and print "
+                             "min / median / max score per folder beside plain pycolmap's")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a Config field for the geometric runs of --seeds, e.g. "
+                             "--set mapper=incremental (repeatable)")
     parser.add_argument("--with-baseline", action="store_true",
                         help="also run the plain-pycolmap baseline on --data-dir")
     parser.add_argument("--top-k", type=int, default=None,
@@ -427,9 +559,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sizes must be >= 2")
     if args.with_baseline and not args.data_dir:
         parser.error("--with-baseline needs --data-dir")
-    if args.data_dir and not (args.data_dir / "test").is_dir():
-        parser.error(f"{args.data_dir} has no test/ folder (lay it out with "
-                     "python -m src.data_layout SRC DST)")
+    for data_dir in args.data_dir or []:
+        if not (data_dir / "test").is_dir():
+            parser.error(f"{data_dir} has no test/ folder (lay it out with "
+                         "python -m src.data_layout SRC DST)")
+    if args.seeds is None and args.data_dir and len(args.data_dir) > 1:
+        parser.error("several --data-dir folders need --seeds")
+    if args.seeds is not None and (args.seeds < 1 or not args.data_dir):
+        parser.error("--seeds needs a positive count and --data-dir")
+    if args.seeds is not None:
+        first = get_config("cpu-demo").seed
+        args.seed_values = list(range(first, first + args.seeds))
+    elif args.data_dir:
+        args.data_dir = args.data_dir[0]
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
 
@@ -439,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = geometric_conf(args.top_k, args.exhaustive_below)
     print(f"geometric benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
-          f"{platform.python_version()}, {os.cpu_count()} CPU(s), pycolmap "
+          f"{platform.python_version()}, {os.cpu_count()} x {cpu_model()}, pycolmap "
           f"{pycolmap.__version__}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"configuration: features {conf.features.name} {conf.features.max_keypoints} kp / "
           f"{conf.features.max_image_side} px, pairs top_k={conf.pairs.top_k} "
@@ -458,7 +600,18 @@ def main(argv: list[str] | None = None) -> int:
                                                    exhaustive_below=conf.pairs.exhaustive_below),
                                     args.out / "geometric_scaling.csv")
             print(f"wrote {path}")
-        if args.data_dir:
+        if args.seeds is not None:
+            runs = seeds_benchmark(args, work_root)
+            path = write_csv_atomic(runs, args.out / "geometric_seeds_runs.csv")
+            summary = seeds_summary(runs)
+            print(f"\n== score over seeds {args.seed_values} (min / median / max), wall medians"
+                  f"{'; overrides ' + ' '.join(args.set) if args.set else ''} ==")
+            print(fmt_table(summary, {"seeds": "{:.0f}", "wall_ratio": "{:.2f}",
+                                      "geometric_wall_s": "{:.1f}", "pycolmap_wall_s": "{:.1f}"}))
+            print(f"(worst_margin: the lowest geometric - pycolmap difference on one seed; "
+                  f"wall_ratio: geometric / pycolmap median wall time)\nwrote {path} and "
+                  f"{write_csv_atomic(summary, args.out / 'geometric_seeds.csv')}")
+        elif args.data_dir:
             table = data_dir_benchmark(args, conf, work_root)
             table.insert(1, "data_dir", str(args.data_dir))
             path = write_csv_atomic(table, args.out / "geometric_vs_pycolmap.csv")

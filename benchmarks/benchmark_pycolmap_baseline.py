@@ -13,6 +13,7 @@ DIR is a competition-layout folder (e.g. the demo data, or realdev laid out with
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -25,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pycolmap  # noqa: E402
 
+from src.data_io import write_csv_atomic  # noqa: E402
 from src.evaluation import score_submission  # noqa: E402
-from src.data_io import write_csv_atomic
-from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission, list_test_images,
-    write_submission)
+from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission,  # noqa: E402
+                            cluster_name, list_test_images, write_submission)
 
 
 def cam_from_world(image) -> tuple[np.ndarray, np.ndarray]:
@@ -37,20 +38,35 @@ def cam_from_world(image) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pose.rotation.matrix()), np.asarray(pose.translation)
 
 
-def run_dataset(image_dir: Path, images: list[str], work: Path) -> tuple[dict, dict]:
-    """Scene and pose per image, and seconds per stage, for one dataset."""
+def run_dataset(image_dir: Path, images: list[str], work: Path, seed: int | None = None,
+                reuse_database: bool = False) -> tuple[dict, dict]:
+    """Scene and pose per image, and seconds per stage, for one dataset.
+
+    ``seed`` seeds the mapper (None: pycolmap's default). ``reuse_database`` maps again
+    from the database a previous call left in ``work`` (features and matches do not depend
+    on the seed), reporting the seconds that call spent on them."""
     work.mkdir(parents=True, exist_ok=True)
     db = work / "database.db"
+    times_file = work / "feature_matching_seconds.txt"
     timings = {}
+    if reuse_database and db.is_file() and times_file.is_file():
+        timings["features"], timings["matching"] = map(float, times_file.read_text().split())
+    else:
+        db.unlink(missing_ok=True)
+        start = time.perf_counter()
+        pycolmap.extract_features(db, image_dir, image_names=images,
+                                  device=pycolmap.Device.cpu)
+        timings["features"] = time.perf_counter() - start
+        start = time.perf_counter()
+        pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
+        timings["matching"] = time.perf_counter() - start
+        times_file.write_text(f"{timings['features']} {timings['matching']}")
+    options = pycolmap.IncrementalPipelineOptions()  # pycolmap's defaults
+    if seed is not None:
+        options.random_seed = seed
     start = time.perf_counter()
-    pycolmap.extract_features(db, image_dir, image_names=images,
-                              device=pycolmap.Device.cpu)
-    timings["features"] = time.perf_counter() - start
-    start = time.perf_counter()
-    pycolmap.match_exhaustive(db, device=pycolmap.Device.cpu)
-    timings["matching"] = time.perf_counter() - start
-    start = time.perf_counter()
-    models = pycolmap.incremental_mapping(db, image_dir, work / "sparse")
+    shutil.rmtree(work / "sparse", ignore_errors=True)
+    models = pycolmap.incremental_mapping(db, image_dir, work / "sparse", options)
     timings["mapping"] = time.perf_counter() - start
     result = {}
     ordered = sorted(models.values(), key=lambda m: -m.num_reg_images())
@@ -59,7 +75,7 @@ def run_dataset(image_dir: Path, images: list[str], work: Path) -> tuple[dict, d
             if image.name in result or not image.has_pose:
                 continue
             R, t = cam_from_world(image)
-            result[image.name] = (f"cluster{k}", R, t)
+            result[image.name] = (cluster_name(k), R, t)
     return result, timings
 
 

@@ -122,7 +122,8 @@ def test_config_imports_no_heavy_library():
 
 # What a Config decides per run instead of leaving it to the stage's default: the ``auto``
 # choices (resolved by device and features) and, in every stage that has one, the run's seed.
-RESOLVED_PER_RUN = {"features": ("name", "max_keypoints"), "matching": ("matcher",)}
+RESOLVED_PER_RUN = {"features": ("name", "max_keypoints"), "matching": ("matcher",),
+                    "reconstruction": ("mapper",)}
 
 
 @pytest.mark.parametrize("preset", sorted(config.PRESETS))

@@ -14,6 +14,7 @@ from src.demo_data import DemoSpec, generate_demo_dataset
 from src.evaluation import score_frames
 from src.geometric.pipeline import GeometricConf, run_geometric
 from src.geometric.pairs import PairsConf
+from src.geometric.reconstruction import ReconConf
 from src.submission import build_submission, list_test_images, read_submission, validate_submission
 
 SPEC = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
@@ -35,15 +36,21 @@ def score(predictions, data_dir):
 @pytest.mark.slow
 def test_demo_scenes_are_found_and_posed(data_dir, tmp_path):
     images = list_test_images(data_dir)
-    predictions, timings = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+    predictions, timings, sfm_scenes = run_geometric(images, data_dir / "test", GeometricConf(),
+                                                     tmp_path)
     assert [(p.dataset, p.image) for p in predictions] == list(zip(images["dataset"], images["image"]))
     validate_submission(build_submission(predictions, images), expected_images=images)
     report = score(predictions, data_dir)
     # Far above the single-cluster baseline (score 0): scenes separated and poses right.
     assert report.clusterness > 80 and report.mAA > 30
     assert {"features", "matching", "clustering", "reconstruction"} <= set(timings.columns)
+    # One row per match-graph scene; its clusters are exactly the submission's clusters.
+    assert (sfm_scenes["registered"] + sfm_scenes["unregistered"] == sfm_scenes["images"]).all()
+    listed = {(d, c) for d, cs in zip(sfm_scenes["dataset"], sfm_scenes["clusters"])
+              for c in cs.split()}
+    assert listed == {(p.dataset, p.scene) for p in predictions if p.scene != "outliers"}
     # Cached stages: a second run reuses everything and gives the same result.
-    again, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+    again, _, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
     assert [p.scene for p in again] == [p.scene for p in predictions]
 
 
@@ -51,7 +58,7 @@ def test_demo_scenes_are_found_and_posed(data_dir, tmp_path):
 def test_retrieval_path_and_nan_policy(data_dir, tmp_path):
     images = list_test_images(data_dir)
     conf = GeometricConf(pairs=PairsConf(top_k=4, exhaustive_below=5), unregistered="nan")
-    predictions, _ = run_geometric(images, data_dir / "test", conf, tmp_path)
+    predictions, _, _ = run_geometric(images, data_dir / "test", conf, tmp_path)
     validate_submission(build_submission(predictions, images), expected_images=images)
     assert score(predictions, data_dir).score > 0
 
@@ -83,7 +90,7 @@ def test_bad_input_gives_a_complete_valid_submission(data_dir, tmp_path, caplog)
     images = write_bad_dataset(tmp_path, data_dir)
     images.insert(0, "image_id", [f"{d}_{i}" for d, i in zip(images["dataset"], images["image"])])
     with caplog.at_level(logging.WARNING):
-        predictions, _ = run_geometric(images, tmp_path / "test", GeometricConf(), tmp_path / "c")
+        predictions, _, _ = run_geometric(images, tmp_path / "test", GeometricConf(), tmp_path / "c")
     validate_submission(build_submission(predictions, images), expected_images=images)
     assert all(p.scene == "outliers" for p in predictions)  # nothing here forms a scene
     assert "corrupt.png" in caplog.text
@@ -96,7 +103,7 @@ def test_pycolmap_failure_leaves_its_cluster_as_outliers(data_dir, tmp_path, mon
     monkeypatch.setattr(pycolmap, "incremental_mapping", broken)
     images = list_test_images(data_dir)
     with caplog.at_level(logging.WARNING):
-        predictions, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
+        predictions, _, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path)
     validate_submission(build_submission(predictions, images), expected_images=images)
     assert all(p.scene == "outliers" for p in predictions)
     assert "simulated COLMAP crash" in caplog.text
@@ -106,7 +113,7 @@ def test_hybrid_inputs_exclude_flagged_images(data_dir, tmp_path):
     images = list_test_images(data_dir)
     prob = np.zeros(len(images))
     prob[:3] = 0.99
-    predictions, _ = run_geometric(images, data_dir / "test", GeometricConf(retrieval="backbone"),
+    predictions, _, _ = run_geometric(images, data_dir / "test", GeometricConf(retrieval="backbone"),
                                    tmp_path, backbone_features=np.eye(len(images)),
                                    outlier_prob=prob, outlier_threshold=0.5)
     assert all(p.scene == "outliers" for p in predictions[:3])
@@ -147,3 +154,34 @@ def test_automatic_choices_follow_the_device_and_the_weights(monkeypatch):
     assert choose_features() == ("aliked", "lightglue", "CUDA present")
     gpu = GeometricConf.from_config(get_config("test", pipeline="geometric"))
     assert gpu.features.name == "aliked" and gpu.features.max_keypoints == 4096
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mapper", ["incremental", "global"])
+def test_both_mappers_pose_the_demo_scenes_reproducibly(data_dir, tmp_path, mapper):
+    images = list_test_images(data_dir)
+    conf = GeometricConf(reconstruction=ReconConf(mapper=mapper, seed=3))
+    first, _, sfm_scenes = run_geometric(images, data_dir / "test", conf, tmp_path / "a")
+    assert set(sfm_scenes["mapper"]) == {mapper}
+    report = score(first, data_dir)
+    assert report.clusterness > 80 and report.mAA > 30
+    # Same seed, one thread, fresh caches: the same poses to the last digit.
+    second, _, _ = run_geometric(images, data_dir / "test", conf, tmp_path / "b")
+    for a, b in zip(first, second):
+        assert a.scene == b.scene
+        np.testing.assert_array_equal(a.R_cw, b.R_cw)
+        np.testing.assert_array_equal(a.t_cw, b.t_cw)
+
+
+def test_auto_mapper_follows_the_features():
+    from config import get_config
+
+    def mapper(**overrides):
+        cfg = get_config("cpu-demo", pipeline="geometric", **overrides)
+        return GeometricConf.from_config(cfg).reconstruction.mapper
+
+    assert mapper(features="sift") == "global"
+    assert mapper(features="aliked", torch_device="cpu") == "incremental"
+    assert mapper(features="disk", torch_device="cpu") == "incremental"
+    assert mapper(features="aliked", torch_device="cpu", mapper="global") == "global"
+    assert mapper(features="sift", mapper="incremental") == "incremental"

@@ -197,7 +197,7 @@ def test_featureless_images_are_named_in_a_warning(tmp_path, pair, caplog):
     conf = GeometricConf(features=lf.FeatureConf(name="aliked", **SMALL),
                          matching=MatchConf(matcher="lightglue", min_inliers=10))
     with caplog.at_level(logging.WARNING):
-        predictions, _ = reconstruct_dataset("d", folder, ["v0.png", "blank.png"], conf,
+        predictions, _, _ = reconstruct_dataset("d", folder, ["v0.png", "blank.png"], conf,
                                              tmp_path / "cache")
     assert [p.scene for p in predictions] == ["outliers", "outliers"]
     assert "blank.png" in caplog.text and "no pair" in caplog.text

@@ -206,17 +206,29 @@ def assert_poses_match(truth: SyntheticCluster, model: Model, max_rotation_error
     assert focal_error.max() < max_focal_error, focal_error
 
 
-def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path):
+@pytest.mark.parametrize("mapper", ["incremental", "global"])
+def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path, mapper):
     truth = synthesize_cluster()
     sizes = {name: truth.image_size for name in truth.names}
     image_dir = tmp_path / "images"
     image_dir.mkdir()  # pycolmap wants the folder; with image_sizes given no file is read
     models = reconstruct(image_dir, truth.names, truth.keypoints, truth.matches,
-                         tmp_path / "work", ReconConf(), image_sizes=sizes)
+                         tmp_path / "work", ReconConf(mapper=mapper), image_sizes=sizes)
     assert len(models) == 1
     assert_poses_match(truth, models[0], max_rotation_error_deg=0.2, max_center_error=0.01,
                        max_focal_error=0.01)
     assert models[0].num_points3D > 0.8 * len(truth.points)
+
+
+def test_mapper_choice_is_validated_and_part_of_the_cache_key():
+    with pytest.raises(ValueError, match="mapper"):
+        ReconConf(mapper="hierarchical")
+    assert ReconConf(mapper="global").cache_key() != ReconConf().cache_key()
+    options = ReconConf(mapper="global", seed=7, num_threads=1, min_model_size=4).global_options()
+    assert options.random_seed == options.mapper.random_seed == 7
+    assert options.mapper.rotation_averaging.random_seed == 7
+    assert options.num_threads == options.mapper.num_threads == 1
+    assert options.min_model_size == 4 and options.decompose_relative_pose
 
 
 # --------------------------------------------------------------------------- accuracy

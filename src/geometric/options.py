@@ -14,6 +14,12 @@ MATCHERS = ("nn-ratio", "lightglue")  # mutual nearest neighbours + ratio test; 
 RETRIEVALS = ("vlad", "backbone")  # global descriptors for pair selection
 UNREGISTERED_POLICIES = ("outliers", "nan")  # what becomes of images SfM cannot register
 TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else the CPU
+# pycolmap's incremental mapper (COLMAP) or its global one (GLOMAP's rotation averaging and
+# global positioning, then bundle adjustment); "auto" in the config picks by features.
+MAPPERS = ("incremental", "global")
+# The mapper "auto" picks for each kind of features: the one with the better minimum score
+# over seeds on realdev, realdev2 and the demo data (benchmarks/README.md).
+AUTO_MAPPER = {"sift": "global", "aliked": "incremental", "disk": "incremental"}
 # ALIKED variants, the first the default; aliked-t16 is left out: its 64-D descriptors fit
 # no shipped LightGlue.
 ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32")

@@ -21,6 +21,7 @@ from src.submission import OUTLIER_SCENE
 class PairsConf:
     top_k: int = PAIR_TOP_K  # neighbours retrieved per image
     exhaustive_below: int = PAIR_EXHAUSTIVE_BELOW  # datasets this small or smaller: all pairs
+    seed: int = 0  # k-means seed of the VLAD vocabulary (retrieval only)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

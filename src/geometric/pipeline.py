@@ -20,7 +20,8 @@ import pandas as pd
 from config import ConfigError
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.geometric.options import AUTO_KEYPOINTS, RETRIEVALS, UNREGISTERED, UNREGISTERED_POLICIES
+from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, RETRIEVALS, UNREGISTERED,
+                                   UNREGISTERED_POLICIES)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
@@ -78,14 +79,16 @@ class GeometricConf:
                                                                 cfg.torch_device),
                                  max_image_side=cfg.max_image_side, model=cfg.feature_model,
                                  weights=cfg.feature_weights, device=cfg.torch_device),
-            pairs=PairsConf(top_k=cfg.pair_top_k, exhaustive_below=cfg.pair_exhaustive_below),
+            pairs=PairsConf(top_k=cfg.pair_top_k, exhaustive_below=cfg.pair_exhaustive_below,
+                            seed=cfg.seed),
             matching=MatchConf(matcher=matcher, ratio=cfg.match_ratio,
                                ransac_threshold_px=cfg.ransac_threshold_px,
-                               min_inliers=cfg.min_verified_inliers,
+                               min_inliers=cfg.min_verified_inliers, seed=cfg.seed,
                                weights=cfg.matcher_weights, device=cfg.torch_device),
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
                             min_cluster_size=cfg.min_scene_size),
-            reconstruction=ReconConf(min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
+            reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
+                                     min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads),
             unregistered=cfg.unregistered, retrieval=retrieval, reason=reason)
 
@@ -105,6 +108,15 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
         raise ValueError(f"--matcher lightglue needs learned features "
                          f"({' or '.join(LIGHTGLUE_WEIGHTS)}), not {features!r}")
     return features, matcher, "; ".join(reasons) or "as configured"
+
+
+# Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
+SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "models", "model_sizes",
+               "registered", "unregistered", "clusters", "seconds"]
+
+def choose_mapper(mapper: str, features: str) -> str:
+    """``mapper``, or for ``auto`` the AUTO_MAPPER choice for these (resolved) features."""
+    return AUTO_MAPPER[features] if mapper == "auto" else mapper
 
 
 def choose_keypoints(features: str, requested: int = 0, device: str = "auto") -> int:
@@ -128,7 +140,8 @@ def describe(conf: GeometricConf) -> str:
         device = f" on {torch_device(f.device)}"
     return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
-            f" images, else top {conf.pairs.top_k} by {conf.retrieval} ({conf.reason})")
+            f" images, else top {conf.pairs.top_k} by {conf.retrieval}; "
+            f"{conf.reconstruction.mapper} mapper ({conf.reason})")
 
 
 def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
@@ -153,8 +166,9 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
                         cache_dir: Path, overwrite: bool = False,
                         backbone_features: np.ndarray | None = None,
                         excluded: set[str] | None = None,
-                        ) -> tuple[list[PosePrediction], dict[str, float]]:
-    """Scene and pose for each of ``images`` (one dataset), and seconds per stage.
+                        ) -> tuple[list[PosePrediction], dict[str, float], list[dict]]:
+    """Scene and pose for each of ``images`` (one dataset), seconds per stage, and one row per
+    match-graph scene saying what SfM made of it (see :func:`_sfm_row`).
 
     ``backbone_features`` (N, D) in the order of ``images`` are needed when
     ``conf.retrieval == "backbone"``; ``excluded`` images (e.g. flagged by the outlier head)
@@ -180,11 +194,11 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
                          match_path, overwrite)
     scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
     _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
-    result = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
-                                 load_verified_matches(match_path), conf, cache_dir, overwrite,
-                                 stopwatch)
+    result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
+                                           load_verified_matches(match_path), conf, cache_dir,
+                                           overwrite, stopwatch)
     predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
-    return predictions, stopwatch.seconds
+    return predictions, stopwatch.seconds, sfm_rows
 
 
 def _warn_featureless(dataset: str, images: list[str], features: dict[str, Features]) -> None:
@@ -209,7 +223,8 @@ def _global_descriptors(dataset: str, images: list[str], kept: list[str],
                     "retrieving with VLAD", dataset)
     if len(kept) <= conf.pairs.exhaustive_below:
         return None
-    return stopwatch("retrieval", vlad_descriptors, [features[im].descriptors for im in kept])
+    return stopwatch("retrieval", vlad_descriptors, [features[im].descriptors for im in kept],
+                     seed=conf.pairs.seed)
 
 
 def _log_scenes(dataset: str, kept: list[str], pairs: list[tuple[str, str]],
@@ -229,10 +244,12 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
                         features: dict[str, Features],
                         inlier_matches: dict[tuple[str, str], np.ndarray], conf: GeometricConf,
                         cache_dir: Path, overwrite: bool, stopwatch: _Stopwatch
-                        ) -> dict[str, PosePrediction]:
-    """SfM of each match-graph scene, in cluster order; a prediction per image of a scene.
-    A scene's models become clusters numbered on from the previous scene's."""
+                        ) -> tuple[dict[str, PosePrediction], list[dict]]:
+    """SfM of each match-graph scene, in cluster order; a prediction per image of a scene,
+    and a row per scene. A scene's models become clusters numbered on from the previous
+    scene's."""
     result: dict[str, PosePrediction] = {}
+    rows = []
     next_cluster = 0
     for scene in sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=cluster_index):
         members = [im for im in kept if scenes[im] == scene]
@@ -241,16 +258,35 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
                    if pair[0] in member_set and pair[1] in member_set}
         keypoints = {im: features[im].keypoints for im in members}
         work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
+        started = time.perf_counter()
         models = stopwatch("reconstruction", reconstruct, image_dir, members, keypoints,
                            matches, work_dir, conf.reconstruction, overwrite)
-        predictions, next_cluster = _scene_predictions(dataset, members, models, next_cluster,
-                                                       conf.unregistered)
+        seconds = time.perf_counter() - started
+        predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
+                                                        conf.unregistered)
         result.update(predictions)
+        rows.append(_sfm_row(dataset, scene, members, models, conf.reconstruction.mapper,
+                             range(next_cluster, first_cluster), seconds))
+        next_cluster = first_cluster
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
                         scene, len(members),
                         "kept with nan poses" if conf.unregistered == "nan" else "outliers")
-    return result
+    return result, rows
+
+
+def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
+             clusters: range, seconds: float) -> dict:
+    """What SfM made of one match-graph scene: the mapper, the models' sizes, the images it
+    registered, the submission clusters they became and the seconds it took (cached runs
+    take none)."""
+    registered = len(set(members) & {name for model in models for name in model.poses})
+    return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
+            "models": len(models),
+            "model_sizes": "+".join(str(m.num_registered) for m in models),
+            "registered": registered, "unregistered": len(members) - registered,
+            "clusters": " ".join(cluster_name(k) for k in clusters),
+            "seconds": round(seconds, 3)}
 
 
 def _scene_predictions(dataset: str, members: list[str], models: list[Model],
@@ -280,14 +316,15 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
                   backbone_features: np.ndarray | None = None,
                   outlier_prob: np.ndarray | None = None,
                   outlier_threshold: float = OUTLIER_THRESHOLD,
-                  ) -> tuple[list[PosePrediction], pd.DataFrame]:
+                  ) -> tuple[list[PosePrediction], pd.DataFrame, pd.DataFrame]:
     """All datasets of ``test_images`` (columns dataset, image), one at a time.
 
     ``backbone_features`` / ``outlier_prob`` are row-aligned with ``test_images`` (hybrid).
-    Returns the predictions in row order and a table of seconds per stage per dataset.
+    Returns the predictions in row order, a table of seconds per stage per dataset, and a
+    table of what SfM made of each match-graph scene (one row per scene, :func:`_sfm_row`).
     """
     predictions: dict[tuple[str, str], PosePrediction] = {}
-    rows = []
+    rows, sfm_rows = [], []
     for dataset, group in test_images.groupby("dataset", sort=False):
         rows_idx = test_images.index.get_indexer(group.index)
         images = list(group["image"])
@@ -295,14 +332,16 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
         if outlier_prob is not None:
             excluded = {im for im, p in zip(images, outlier_prob[rows_idx]) if p > outlier_threshold}
         feats = backbone_features[rows_idx] if backbone_features is not None else None
-        preds, timings = reconstruct_dataset(dataset, Path(image_root) / dataset, images, conf,
-                                             Path(cache_root) / dataset, overwrite, feats,
-                                             excluded)
+        preds, timings, scenes = reconstruct_dataset(dataset, Path(image_root) / dataset, images,
+                                                     conf, Path(cache_root) / dataset, overwrite,
+                                                     feats, excluded)
+        sfm_rows += scenes
         for p in preds:
             predictions[(p.dataset, p.image)] = p
         rows.append({"dataset": dataset, "images": len(images), **timings})
     ordered = [predictions[(d, i)] for d, i in zip(test_images["dataset"], test_images["image"])]
-    return ordered, pd.DataFrame(rows).fillna(0.0)
+    sfm_table = pd.DataFrame(sfm_rows, columns=SFM_COLUMNS)
+    return ordered, pd.DataFrame(rows).fillna(0.0), sfm_table
 
 
 def predict_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,
@@ -310,19 +349,22 @@ def predict_geometric(test_images: pd.DataFrame, image_root: Path, conf: Geometr
                       outlier_threshold: float = OUTLIER_THRESHOLD,
                       ) -> tuple[list[PosePrediction], pd.DataFrame]:
     """The geometric pipeline as a run stage: :func:`run_geometric` with its caches in
-    ``run_dir/geometric``, writing ``timings_geometric.csv`` and ``predictions_test.csv``.
+    ``run_dir/geometric``, writing ``timings_geometric.csv``, ``sfm_scenes.csv`` (per
+    match-graph scene: mapper, models, registered images, clusters) and
+    ``predictions_test.csv``.
 
     ``hints`` (hybrid) is the learned model's prediction for ``test_images`` (row-aligned):
     its ``features`` choose the pairs and its table's ``outlier_prob`` above
     ``outlier_threshold`` removes images before matching. Returns the submission rows and
     the pose table (with ``scene``). main.py and the viewer's uploads both run this.
     """
-    predictions, stage_seconds = run_geometric(
+    predictions, stage_seconds, sfm_scenes = run_geometric(
         test_images, image_root, conf, Path(run_dir) / "geometric", overwrite,
         backbone_features=hints.features if hints is not None else None,
         outlier_prob=hints.table["outlier_prob"].to_numpy() if hints is not None else None,
         outlier_threshold=outlier_threshold)
     write_csv_atomic(stage_seconds, Path(run_dir) / "timings_geometric.csv")
+    write_csv_atomic(sfm_scenes, Path(run_dir) / "sfm_scenes.csv")
     table = pose_table(predictions)
     write_csv_atomic(table, Path(run_dir) / "predictions_test.csv")
     return predictions, table

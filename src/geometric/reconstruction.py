@@ -1,4 +1,4 @@
-"""Incremental structure-from-motion of one image cluster with pycolmap, from our own matches.
+"""Structure-from-motion of one image cluster with pycolmap, from our own matches.
 
 The stages before this one give, for the images of one cluster of one dataset:
 
@@ -7,8 +7,9 @@ The stages before this one give, for the images of one cluster of one dataset:
 - verified inlier matches per image pair ``(a, b)``, (K, 2) int32: column 0 indexes the
   keypoints of ``a``, column 1 those of ``b``.
 
-This module writes them into a COLMAP database (:func:`build_database`) and runs pycolmap's
-incremental mapper on it (:func:`reconstruct`). No intrinsics are known: every image gets its
+This module writes them into a COLMAP database (:func:`build_database`) and runs one of
+pycolmap's mappers on it (:func:`reconstruct`, ``ReconConf.mapper``): the incremental one
+(COLMAP) or the global one (GLOMAP's, merged into COLMAP). No intrinsics are known: every image gets its
 own camera (``ReconConf.camera_model``) with focal length ``focal_prior_factor * max(W, H)``
 pixels as a starting value and the principal point at the image centre; COLMAP refines them.
 
@@ -51,7 +52,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.options import MIN_SCENE_SIZE, SFM_THREADS
+from src.geometric.options import MAPPERS, MIN_SCENE_SIZE, SFM_THREADS
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ PairKey = tuple[str, str]
 class ReconConf:
     """Options of the reconstruction stage."""
 
+    # "incremental": COLMAP's incremental mapper; "global": its global mapper (rotation
+    # averaging + global positioning + bundle adjustment, one model per connected part).
+    mapper: str = "incremental"
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP model of each image's camera (see SUPPORTED_...)
     focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
     min_model_size: int = MIN_SCENE_SIZE  # models registering fewer images are dropped
@@ -112,6 +116,9 @@ class ReconConf:
     colmap_verbose: bool = False  # let COLMAP print its INFO log (else warnings and errors only)
 
     def __post_init__(self) -> None:
+        if self.mapper not in MAPPERS:
+            raise ValueError(f"ReconConf.mapper={self.mapper!r} is not supported; choose one of "
+                             f"{MAPPERS}")
         if self.camera_model not in SUPPORTED_CAMERA_MODELS:
             raise ValueError(f"ReconConf.camera_model={self.camera_model!r} is not supported; "
                              f"choose one of {SUPPORTED_CAMERA_MODELS}")
@@ -177,6 +184,31 @@ class ReconConf:
         opts.triangulation.random_seed = self.seed
         opts.mapper.init_min_num_inliers = self.init_min_num_inliers
         opts.mapper.abs_pose_min_num_inliers = self.abs_pose_min_num_inliers
+        return opts
+
+    def global_options(self) -> pycolmap.GlobalPipelineOptions:
+        """These options as pycolmap's GlobalPipelineOptions. The options the two mappers
+        share (pairs to use, model size, bundle adjustment, seed, threads) carry over; the
+        incremental mapper's own ones (initial pair, registration, runtime) do not apply."""
+        opts = pycolmap.GlobalPipelineOptions()
+        opts.min_num_matches = self.min_num_matches
+        opts.multiple_models = self.max_models > 1
+        opts.min_model_size = self.min_model_size
+        # Our two-view geometries hold F (no intrinsics are known); the global mapper turns
+        # them into relative poses with each camera's current focal length.
+        opts.decompose_relative_pose = True
+        mapper = opts.mapper
+        ba = mapper.bundle_adjustment
+        ba.refine_focal_length = self.ba_refine_focal
+        ba.refine_principal_point = self.ba_refine_principal_point
+        ba.refine_extra_params = self.ba_refine_extra_params
+        # The same seed everywhere and the CPU solvers: GPU solvers and several threads
+        # change the result run to run (two runs on one set of matches gave 75.82 and 76.77).
+        ba.ceres.use_gpu = False
+        mapper.global_positioning.use_gpu = False
+        for sub in (opts, mapper, mapper.rotation_averaging, mapper.global_positioning):
+            sub.random_seed = self.seed
+        opts.num_threads = mapper.num_threads = self.num_threads
         return opts
 
 
@@ -505,7 +537,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
                 work_dir: str | os.PathLike, conf: ReconConf = ReconConf(),
                 overwrite: bool = False, name: str | None = None,
                 image_sizes: Mapping[str, tuple[int, int]] | None = None) -> list[Model]:
-    """Incremental SfM of one cluster; the models, largest first.
+    """SfM of one cluster with ``conf.mapper``; the models, largest first.
 
     image_dir: folder of the image files; images: the cluster's image names (unique).
     keypoints, matches, image_sizes: as in :func:`build_database`.
@@ -576,27 +608,30 @@ def _run_mapper(image_dir: str | os.PathLike, images: list[str], kpts: dict[str,
                 pair_matches: dict[PairKey, np.ndarray], work_dir: Path, conf: ReconConf,
                 label: str, image_sizes: Mapping[str, tuple[int, int]] | None
                 ) -> tuple[list[pycolmap.Reconstruction], float] | None:
-    """Write the database and run pycolmap's incremental mapper on it: (the reconstructions
-    it found, seconds it took); None, with a warning, when pycolmap raises."""
+    """Write the database and run pycolmap's mapper (``conf.mapper``) on it: (the
+    reconstructions it found, seconds it took); None, with a warning, when pycolmap raises."""
     db_path = work_dir / DATABASE_FILE
-    options = conf.pipeline_options(len(images))
     _remove_leftovers(work_dir)
     build_database(db_path, image_dir, images, kpts, pair_matches, conf, image_sizes)
     mapping_dir = Path(tempfile.mkdtemp(prefix=_MAPPING_TMP_PREFIX, dir=work_dir))
     started = time.perf_counter()
     try:
         with _colmap_log_level(conf.colmap_verbose):
-            found = pycolmap.incremental_mapping(db_path, Path(image_dir), mapping_dir,
-                                                 options)
+            if conf.mapper == "global":
+                found = pycolmap.global_mapping(db_path, Path(image_dir), mapping_dir,
+                                                conf.global_options())
+            else:
+                found = pycolmap.incremental_mapping(db_path, Path(image_dir), mapping_dir,
+                                                     conf.pipeline_options(len(images)))
     except Exception as exc:  # pycolmap raises RuntimeError/ValueError on failure
-        log.warning("cluster %s: pycolmap incremental mapping failed in %s (%s: %s); its %d "
-                    "images stay unregistered", label, work_dir, type(exc).__name__, exc,
+        log.warning("cluster %s: pycolmap %s mapping failed in %s (%s: %s); its %d images "
+                    "stay unregistered", label, conf.mapper, work_dir, type(exc).__name__, exc,
                     len(images))
         return None
     finally:
         shutil.rmtree(mapping_dir, ignore_errors=True)
     seconds = time.perf_counter() - started
-    limit = options.max_runtime_seconds
+    limit = conf.runtime_limit(len(images)) if conf.mapper == "incremental" else -1
     if limit > 0 and seconds >= limit:
         log.warning("cluster %s: mapping stopped at its time limit (%.0f s of %d s allowed for "
                     "%d images); the models found so far are kept", label, seconds, limit,
@@ -632,9 +667,9 @@ def _log_outcome(label: str, models: list[Model], num_images: int, num_usable_pa
                     conf.min_model_size, num_images, num_usable_pairs, work_dir)
         return
     registered = len({n for m in models for n in m.poses})
-    log.info("cluster %s: %d model(s) (%s images), %d/%d images registered, %.1f s",
-             label, len(models), "+".join(str(m.num_registered) for m in models),
-             registered, num_images, seconds)
+    log.info("cluster %s: %s mapper, %d model(s) (%s images), %d/%d images registered, "
+             "%.1f s", label, conf.mapper, len(models),
+             "+".join(str(m.num_registered) for m in models), registered, num_images, seconds)
 
 
 # =========================================================================== poses
