@@ -35,7 +35,6 @@ import datetime
 import logging
 import math
 import os
-import platform
 import resource
 import sys
 import time
@@ -263,13 +262,9 @@ def bench_forward(model, test_paths, cfg, batch_size, n_batches) -> Measurement:
 
 # --------------------------------------------------------------------------- context
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from benchmark_geometric import cpu_model  # beside this file
+
+    return cpu_model()
 
 
 def device_description(strategy) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -185,3 +186,27 @@ def test_auto_mapper_follows_the_features():
     assert mapper(features="disk", torch_device="cpu") == "incremental"
     assert mapper(features="aliked", torch_device="cpu", mapper="global") == "global"
     assert mapper(features="sift", mapper="incremental") == "incremental"
+
+
+ENTRY5 = Path(__file__).parent / "fixtures" / "entry5"
+
+
+@pytest.mark.slow
+def test_a_five_image_real_scene_gets_accurate_poses(tmp_path):
+    """Five real photos of one facade (tests/fixtures/entry5): one cluster, every camera
+    posed within the scene's scored thresholds (the default mapper for SIFT)."""
+    from config import get_config
+
+    images = pd.DataFrame({"dataset": "entry5",
+                           "image": sorted(p.name for p in ENTRY5.glob("*.jpg"))})
+    images.insert(0, "image_id", [f"entry5_{name}" for name in images["image"]])
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "entry5").symlink_to(ENTRY5)
+    conf = GeometricConf.from_config(get_config("cpu-demo", pipeline="geometric"))
+    predictions, _, sfm_scenes = run_geometric(images, tmp_path / "test", conf, tmp_path / "c")
+    assert list(sfm_scenes["registered"]) == [5]
+    assert len({p.scene for p in predictions}) == 1
+    report = score_frames(build_submission(predictions, images),
+                          read_submission(ENTRY5 / "labels.csv"),
+                          read_submission(ENTRY5 / "thresholds.csv"))
+    assert report.mAA > 90, report.per_scene

@@ -477,3 +477,35 @@ def test_read_image_size_and_poses_for_images(cluster):
     poses = poses_for_images([small, large], ["a", "b", "c"])
     assert set(poses) == {"a", "b"}
     assert poses["a"][0] == 1 and np.all(poses["a"][2] == 1)  # the larger model wins
+
+
+def test_colmap_pair_geometry_tells_planar_pairs_apart(tmp_path):
+    """A pair seeing only a plane: COLMAP's estimate says so (its relative pose then comes
+    from H); the 8-point path calls it a general F pair."""
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(2)
+    plane = np.c_[rng.uniform(-1, 1, size=(300, 2)), np.zeros(300)]
+    K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
+    keypoints = {}
+    for name, R, t_cw in (("a.png", np.eye(3), np.array([0, 0, 4.0])),
+                          ("b.png", Rotation.from_euler("y", 12, degrees=True).as_matrix(),
+                           np.array([-0.8, 0.1, 4.2]))):
+        x = (plane @ R.T + t_cw) @ K.T
+        keypoints[name] = (x[:, :2] / x[:, 2:] + rng.normal(scale=0.2, size=(300, 2))
+                           ).astype(np.float32)
+    index = np.arange(300)
+    matches = {("a.png", "b.png"): np.stack([index, index], axis=1)}
+    sizes = {"a.png": (640, 480), "b.png": (640, 480)}
+    config = pycolmap.TwoViewGeometryConfiguration
+    for geometry, expected in (("colmap", {config.PLANAR, config.PLANAR_OR_PANORAMIC}),
+                               ("fundamental", {config.UNCALIBRATED})):
+        db_path = tmp_path / f"{geometry}.db"
+        build_database(db_path, tmp_path, ["a.png", "b.png"], keypoints, matches,
+                       ReconConf(pair_geometry=geometry), image_sizes=sizes)
+        with pycolmap.Database.open(db_path) as db:
+            stored = db.read_two_view_geometry(1, 2)
+        assert stored.config in expected, (geometry, stored.config)
+        assert len(stored.inlier_matches) >= 0.95 * 300
+    with pytest.raises(ValueError, match="pair_geometry"):
+        ReconConf(pair_geometry="homography")

@@ -43,7 +43,7 @@ from src.data_io import DataError, read_image_rgb
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, resumable_h5)
 from src.geometric.options import (ALIKED_MODELS, FEATURE_NAMES, LEARNED_FEATURE_NAMES,
-                                   MAX_IMAGE_SIDE, TORCH_DEVICES)
+                                   MAX_IMAGE_SIDE, TORCH_DEVICES, check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -84,18 +84,13 @@ class FeatureConf:
     device: str = "auto"  # torch device for learned features: auto (CUDA if present), cpu, cuda
 
     def __post_init__(self) -> None:
-        if self.name not in FEATURE_NAMES:
-            raise ValueError(f"FeatureConf.name={self.name!r} is unknown; "
-                             f"one of {list(FEATURE_NAMES)}")
+        check_choices(self, {"name": FEATURE_NAMES, "device": TORCH_DEVICES})
         model = self.model or _DEFAULT_MODEL[self.name]
         allowed = {"sift": ("",), "aliked": ALIKED_MODELS, "disk": ("depth",)}[self.name]
         if model not in allowed:
             raise ValueError(f"FeatureConf.model={self.model!r} does not fit {self.name!r}; "
                              f"one of {[m for m in allowed if m]}")
         object.__setattr__(self, "model", model)
-        if self.device not in TORCH_DEVICES:
-            raise ValueError(f"FeatureConf.device must be one of {TORCH_DEVICES}, got "
-                             f"{self.device!r}")
         for name in ("max_keypoints", "max_image_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):

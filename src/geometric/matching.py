@@ -41,7 +41,7 @@ from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete
                                    name_from_h5_key, new_entry, read_cache_config,
                                    resumable_h5)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
-                                   RANSAC_THRESHOLD_PX, TORCH_DEVICES)
+                                   RANSAC_THRESHOLD_PX, TORCH_DEVICES, check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -87,15 +87,8 @@ class MatchConf:
     device: str = "auto"  # LightGlue: auto (CUDA if present), cpu, cuda
 
     def __post_init__(self) -> None:
-        if self.matcher not in MATCHERS:
-            raise ValueError(f"MatchConf.matcher={self.matcher!r} is unknown; "
-                             f"one of {list(MATCHERS)}")
-        if self.device not in TORCH_DEVICES:
-            raise ValueError(f"MatchConf.device must be one of {TORCH_DEVICES}, got "
-                             f"{self.device!r}")
-        if self.verifier not in VERIFIERS:
-            raise ValueError(f"MatchConf.verifier={self.verifier!r} is unknown; "
-                             f"one of {list(VERIFIERS)}")
+        check_choices(self, {"matcher": MATCHERS, "device": TORCH_DEVICES,
+                             "verifier": VERIFIERS})
         if not isinstance(self.mutual, bool):
             raise ValueError(f"MatchConf.mutual must be True or False, got {self.mutual!r}")
         for name in ("min_matches", "max_iterations", "min_inliers", "seed"):

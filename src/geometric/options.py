@@ -66,3 +66,13 @@ SFM_THREADS = 1
 # What becomes of images SfM cannot register: "outliers" measured better than keeping them
 # in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
 UNREGISTERED = "outliers"
+
+
+def check_choices(conf: object, allowed: dict[str, tuple]) -> None:
+    """ValueError naming the first field of ``conf`` (a conf dataclass) whose value is not
+    one of ``allowed[field]``, and the values it may take."""
+    for name, choices in allowed.items():
+        value = getattr(conf, name)
+        if value not in choices:
+            raise ValueError(f"{type(conf).__name__}.{name}={value!r} is not supported; "
+                             f"choose one of {list(choices)}")

@@ -21,7 +21,7 @@ from config import ConfigError
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
 from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, RETRIEVALS, UNREGISTERED,
-                                   UNREGISTERED_POLICIES)
+                                   UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
@@ -49,11 +49,7 @@ class GeometricConf:
     reason: str = field(default="as configured", compare=False)
 
     def __post_init__(self) -> None:
-        if self.unregistered not in UNREGISTERED_POLICIES:
-            raise ValueError(f"unregistered must be one of {UNREGISTERED_POLICIES}, got "
-                             f"{self.unregistered!r}")
-        if self.retrieval not in RETRIEVALS:
-            raise ValueError(f"retrieval must be one of {RETRIEVALS}, got {self.retrieval!r}")
+        check_choices(self, {"unregistered": UNREGISTERED_POLICIES, "retrieval": RETRIEVALS})
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":
