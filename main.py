@@ -34,10 +34,10 @@ from src.data_io import DataError
 from src.demo_data import ensure_data_dir
 from src.evaluation import score_test_set
 from src.geometric.pipeline import GeometricConf, describe, predict_geometric
-from src.learned.preprocessing import prepare_training_labels
+from src.learned.preprocessing import load_training_labels
 from src.plots import plot_run_results
 from src.run_context import RunContext, setup_logging
-from src.submission import list_test_images, write_run_submission
+from src.submission import list_test_images, test_image_root, write_run_submission
 
 log = logging.getLogger("imc")
 STAGES = ("all", "train", "infer")
@@ -80,9 +80,8 @@ def run(argv: list[str] | None = None) -> Path:
     with ctx.stage("data"):
         data_dir = ensure_data_dir(cfg)
     with ctx.stage("labels"):
-        labels = prepare_training_labels(data_dir / "train_labels.csv",
-                                         data_dir / "train_thresholds.csv",
-                                         cfg.val_fraction, cfg.seed, save_to=ctx.run_dir)
+        labels = load_training_labels(data_dir, cfg.val_fraction, cfg.seed, ctx.run_dir,
+                                      required=cfg.pipeline != "geometric")
     if cfg.pipeline in ("geometric", "hybrid"):
         geometric_conf = GeometricConf.from_config(cfg)  # a bad choice fails before training
         log.info("geometric pipeline: %s", describe(geometric_conf))
@@ -92,7 +91,7 @@ def run(argv: list[str] | None = None) -> Path:
     if args.stage == "train":
         return ctx.run_dir
 
-    test_images = list_test_images(data_dir)
+    test_images, image_root = list_test_images(data_dir), test_image_root(data_dir)
     if cfg.pipeline == "learned":
         predictions, table = learned.predict_learned(trained, cfg, labels, test_images,
                                                      data_dir, ctx)
@@ -102,15 +101,16 @@ def run(argv: list[str] | None = None) -> Path:
             with ctx.stage("infer"):
                 hints = learned.learned_hints(trained, test_images, data_dir, ctx.run_dir)
         with ctx.stage("geometric"):
-            predictions, table = predict_geometric(test_images, data_dir / "test",
-                                                   geometric_conf, ctx.run_dir, cfg.overwrite,
-                                                   hints, cfg.outlier_threshold)
+            predictions, table = predict_geometric(test_images, image_root, geometric_conf,
+                                                   ctx.run_dir, cfg.overwrite, hints,
+                                                   cfg.outlier_threshold)
     with ctx.stage("submission"):
         path = write_run_submission(predictions, test_images, ctx.run_dir, cfg.output_dir)
     with ctx.stage("score"):
-        truth = score_test_set(path, data_dir, set(labels.labels["scene"]), table, ctx.run_dir)
+        seen_scenes = set(labels.labels["scene"]) if labels else set()
+        truth = score_test_set(path, data_dir, seen_scenes, table, ctx.run_dir)
     with ctx.stage("plots"):
-        plot_run_results(table, table["scene"], data_dir / "test", ctx.run_dir / "plots", truth)
+        plot_run_results(table, table["scene"], image_root, ctx.run_dir / "plots", truth)
     return ctx.run_dir
 
 

@@ -155,13 +155,35 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
+def is_photo_folder(data_dir: str | os.PathLike) -> bool:
+    """True for a plain folder of photos (images directly inside, no ``test/`` and no
+    ``sample_submission.csv``): what a person with their own photos has. It is one dataset,
+    named after the folder."""
+    data_dir = Path(data_dir)
+    return (data_dir.is_dir() and not (data_dir / "test").is_dir()
+            and not (data_dir / "sample_submission.csv").is_file()
+            and bool(list_images(data_dir)))
+
+
+def test_image_root(data_dir: str | os.PathLike) -> Path:
+    """The folder holding one sub-folder of images per test dataset: ``data_dir/test`` in the
+    competition layout, the parent of a plain folder of photos (see :func:`is_photo_folder`)."""
+    data_dir = Path(data_dir)
+    return data_dir.parent if is_photo_folder(data_dir) else data_dir / "test"
+
+
 def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
     """The test images to predict, as (image_id, dataset, image) rows.
 
     Follows ``sample_submission.csv`` when the data has one (the competition's order and
-    image_id; every listed image must exist), else every image under ``test/<dataset>/``.
+    image_id; every listed image must exist), else every image under ``test/<dataset>/``, or,
+    for a plain folder of photos, every image in it as one dataset named after the folder.
     """
     data_dir = Path(data_dir)
+    if is_photo_folder(data_dir):
+        return pd.DataFrame([(default_image_id(data_dir.name, image), data_dir.name, image)
+                             for image in list_images(data_dir)],
+                            columns=["image_id", "dataset", "image"])
     sample_path = data_dir / "sample_submission.csv"
     if sample_path.is_file():
         sample = read_submission(sample_path)
@@ -175,7 +197,8 @@ def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
         return sample[["image_id", "dataset", "image"]].reset_index(drop=True)
     test_dir = data_dir / "test"
     if not test_dir.is_dir():
-        raise FileNotFoundError(f"no test images: neither {sample_path} nor {test_dir} exists")
+        raise FileNotFoundError(f"no test images in {data_dir}: neither {sample_path.name} nor "
+                                f"test/ is there, nor any PNG/JPEG photo")
     rows = [(default_image_id(d.name, image), d.name, image)
             for d in sorted(test_dir.iterdir()) if d.is_dir() for image in list_images(d)]
     if not rows:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -86,6 +89,40 @@ def test_geometric_pipeline_runs_from_the_command_line(data_dir, tmp_path):
     for name in ("timings_geometric.csv", "predictions_test.csv", "score_test.csv"):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "model.keras").exists()  # nothing to train
+
+
+ENTRY5 = Path(__file__).parent / "fixtures" / "entry5"
+
+
+def test_geometric_run_needs_no_training_labels(data_dir, tmp_path, caplog):
+    """Only test/<dataset>/ images: the geometric pipeline runs; the learned one says which
+    file it lacks."""
+    only_test = tmp_path / "only_test"
+    shutil.copytree(data_dir / "test", only_test / "test")
+    assert main.main(["--preset", "test", "--pipeline", "geometric", "--data-dir",
+                      str(only_test), "--output-dir", str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "test-geometric-only_test"
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    validate_submission(submission, expected_images=list_test_images(only_test))
+    assert main.main(["--preset", "test", "--data-dir", str(only_test), "--output-dir",
+                      str(tmp_path / "out")]) == 2
+    assert "training labels not found" in caplog.text and "train_labels.csv" in caplog.text
+
+
+@pytest.mark.slow
+def test_geometric_run_on_a_plain_folder_of_photos(tmp_path):
+    photos = tmp_path / "my_photos"
+    photos.mkdir()
+    for image in ENTRY5.glob("*.jpg"):
+        shutil.copy(image, photos / image.name)
+    assert main.main(["--pipeline", "geometric", "--data-dir", str(photos), "--output-dir",
+                      str(tmp_path / "out")]) == 0
+    run_dir = tmp_path / "out" / "cpu-demo-geometric-my_photos"
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    assert set(submission["dataset"]) == {"my_photos"}
+    assert sorted(submission["image"]) == sorted(p.name for p in ENTRY5.glob("*.jpg"))
+    assert (submission["scene"] == "cluster0").all()  # one scene, every photo posed
+    assert list((run_dir / "plots").glob("clusters_my_photos.png"))
 
 
 @pytest.mark.slow

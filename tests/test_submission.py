@@ -86,3 +86,22 @@ def test_pose_table_round_trips_rotations_and_keeps_nan_poses():
     assert np.isnan(quats[1]).all()
     assert (quats[[0, 2], 3] >= 0).all()
     np.testing.assert_allclose(table[sub_io.TRANSLATION_COLUMNS].to_numpy()[0], [1, 2, 3])
+
+
+def test_a_plain_folder_of_photos_is_one_dataset(tmp_path):
+    photos = tmp_path / "holiday"
+    photos.mkdir()
+    for name in ("b.jpg", "a.png"):
+        (photos / name).write_bytes(b"x")
+    (photos / "notes.txt").write_text("not an image")
+    listed = sub_io.list_test_images(photos)
+    assert list(listed["dataset"]) == ["holiday", "holiday"]
+    assert list(listed["image"]) == ["a.png", "b.jpg"]
+    assert sub_io.test_image_root(photos) == tmp_path
+    # The competition layout is not mistaken for one: its images are under test/.
+    (tmp_path / "comp" / "test" / "d").mkdir(parents=True)
+    (tmp_path / "comp" / "test" / "d" / "x.png").write_bytes(b"x")
+    assert sub_io.test_image_root(tmp_path / "comp") == tmp_path / "comp" / "test"
+    assert list(sub_io.list_test_images(tmp_path / "comp")["dataset"]) == ["d"]
+    with pytest.raises(FileNotFoundError, match="no test images"):
+        sub_io.list_test_images(tmp_path / "comp" / "test" / "empty_parent_missing")

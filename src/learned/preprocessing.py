@@ -268,6 +268,25 @@ class TrainingLabels:
         write_csv_atomic(self.scene_stats, run_dir / "scene_stats.csv")
 
 
+def load_training_labels(data_dir: str | os.PathLike, val_fraction: float, seed: int,
+                         run_dir: str | os.PathLike, required: bool = True
+                         ) -> "TrainingLabels | None":
+    """:func:`prepare_training_labels` of ``data_dir``'s ``train_labels.csv`` and
+    ``train_thresholds.csv``, saved in ``run_dir``. Without ``train_labels.csv`` a run that
+    does not need it (``required=False``: the geometric pipeline) gets None; one that does
+    gets FileNotFoundError naming the file."""
+    labels_csv = Path(data_dir) / "train_labels.csv"
+    if not labels_csv.is_file() and not required:
+        log.info("no %s: no training labels (the geometric pipeline needs none)", labels_csv)
+        return None
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"training labels not found: {labels_csv} (the learned and "
+                                f"hybrid pipelines train on them; --pipeline geometric needs "
+                                f"none)")
+    return prepare_training_labels(labels_csv, Path(data_dir) / "train_thresholds.csv",
+                                   val_fraction, seed, save_to=run_dir)
+
+
 def prepare_training_labels(labels_csv: str | os.PathLike, thresholds_csv: str | os.PathLike,
                             val_fraction: float, seed: int,
                             save_to: str | os.PathLike | None = None) -> TrainingLabels:
