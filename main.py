@@ -17,6 +17,7 @@ A run restarted with the same command resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -52,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--run", type=Path, default=None,
                         help="a run folder to resume or infer with; its saved config is the "
                              "base that other options override")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the full traceback as well as its one line")
     add_config_arguments(parser)
     return parser.parse_args(argv)
 
@@ -122,12 +125,34 @@ def learned_pipeline():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run; a bad input, configuration or file-system fault ends in one line that names the
+    file and what to do, exit status 2 (``--debug``: the traceback as well)."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         run(argv)
-    except (DataError, FileNotFoundError, ConfigError, ImportError) as err:
-        log.error("error: %s", err)
+    except (DataError, FileNotFoundError, ConfigError, ImportError, OSError) as err:
+        log.error("error: %s", explain_error(err), exc_info=debug)
         return 2
     return 0
+
+
+def explain_error(err: Exception) -> str:
+    """One line for the log: the error's own message, or, for the file-system faults a user
+    meets (disk full, read-only folder, another run's lock), what happened where and what
+    to do about it."""
+    if isinstance(err, BlockingIOError):
+        return f"{err} Wait for that run to finish, or give this one --run-name NEW."
+    if not isinstance(err, OSError) or isinstance(err, FileNotFoundError):
+        return str(err)
+    where = err.filename or "the output folder"
+    if err.errno == errno.ENOSPC:
+        folder = Path(str(where)).parent
+        return (f"the disk is full writing {where}: free space where {folder} lives "
+                f"(df -h {folder}) or choose another --output-dir")
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return (f"cannot write {where} ({err.strerror}): choose a writable --output-dir "
+                f"(on Kaggle, /kaggle/working)")
+    return f"{err.strerror or err} ({where})"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import shutil
 import sys
 from pathlib import Path
 
-
 from src.data_io import DataError, list_images, write_csv_atomic
 from src.submission import SUBMISSION_COLUMNS, default_image_id, read_submission
 
@@ -67,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="*", help="only these datasets")
     parser.add_argument("--overwrite", action="store_true", help="remove DST first")
     args = parser.parse_args(argv)
-    if args.overwrite and args.dst.exists():
+    if args.dst.exists() and not args.dst.is_dir():
+        print(f"error: {args.dst} is a file; give a folder to write", file=sys.stderr)
+        return 2
+    if args.dst.is_dir() and any(args.dst.iterdir()):
+        if not args.overwrite:
+            print(f"error: {args.dst} already holds files; pass --overwrite to replace it, or "
+                  f"choose another folder", file=sys.stderr)
+            return 2
         shutil.rmtree(args.dst)
     try:
         out = layout_as_test(args.src, args.dst, args.datasets)

@@ -1027,6 +1027,9 @@ def ensure_data_dir(cfg) -> Path:
 
     data_dir = Path(cfg.data_dir)
     if data_dir.resolve() != Path(DEMO_DATA_DIR).resolve():
+        if data_dir.is_file():
+            raise FileNotFoundError(f"--data-dir {data_dir} is a file; give the data folder "
+                                    f"(test/, or a folder of photos)")
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data folder not found: {data_dir}")
         return data_dir

@@ -190,7 +190,13 @@ def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
         missing_cols = [c for c in ("image_id", "dataset", "image") if c not in sample.columns]
         if missing_cols:
             raise DataError(f"{sample_path}: missing column(s) {missing_cols}")
+        first_line: dict[tuple[str, str], int] = {}
         for row, (dataset, image) in enumerate(zip(sample["dataset"], sample["image"])):
+            if (dataset, image) in first_line:
+                raise DataError(f"{sample_path}, line {row + 2}: image {dataset}/{image} is "
+                                f"listed again (first on line {first_line[dataset, image]}); "
+                                f"each test image must appear once")
+            first_line[dataset, image] = row + 2
             if not (data_dir / "test" / dataset / image).is_file():
                 raise DataError(f"{sample_path}, line {row + 2}: image "
                                 f"{data_dir / 'test' / dataset / image} does not exist")

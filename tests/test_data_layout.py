@@ -38,3 +38,18 @@ def test_dataset_filter_and_errors(src_dir, tmp_path):
     with pytest.raises(DataError, match="no dataset"):
         layout_as_test(src_dir, tmp_path / "x", datasets=["nope"])
     assert main([str(tmp_path / "missing"), str(tmp_path / "y")]) == 2
+    assert main([str(src_dir), str(tmp_path / "x"), "--datasets", "nope"]) == 2
+
+
+def test_an_existing_destination_is_kept_unless_overwrite(src_dir, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    assert main([str(src_dir), str(dst)]) == 0
+    (dst / "mine.txt").write_text("keep me")
+    assert main([str(src_dir), str(dst)]) == 2
+    assert "already holds files; pass --overwrite" in capsys.readouterr().err
+    assert (dst / "mine.txt").read_text() == "keep me"
+    assert main([str(src_dir), str(dst), "--overwrite"]) == 0
+    assert not (dst / "mine.txt").exists()
+    (tmp_path / "a_file").write_text("x")
+    assert main([str(src_dir), str(tmp_path / "a_file")]) == 2
+    assert "is a file" in capsys.readouterr().err

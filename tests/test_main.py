@@ -68,6 +68,10 @@ def test_bad_invocations_fail_clearly(tmp_path, caplog):
     assert main.main(["--preset", "test", "--data-dir", str(tmp_path / "missing"),
                       "--output-dir", str(tmp_path)]) == 2
     assert "data folder not found" in caplog.text
+    (tmp_path / "labels.csv").write_text("x")
+    assert main.main(["--preset", "test", "--data-dir", str(tmp_path / "labels.csv"),
+                      "--output-dir", str(tmp_path)]) == 2
+    assert "labels.csv is a file; give the data folder" in caplog.text
 
 
 @pytest.mark.slow
@@ -132,3 +136,42 @@ def test_hybrid_pipeline_uses_the_trained_model(run_dir, data_dir):
     validate_submission(submission, expected_images=list_test_images(data_dir))
     assert (run_dir / "timings_geometric.csv").is_file()
     assert (run_dir / "features_test.npy").is_file()
+
+
+def test_file_system_faults_end_in_one_line_and_exit_2(data_dir, tmp_path, caplog,
+                                                       monkeypatch):
+    """A second run holding the cache lock, a read-only output folder and a full disk name
+    the path and what to do (no traceback unless --debug); a repeated sample row names
+    its line."""
+    import errno
+
+    assert "--run-name NEW" in main.explain_error(BlockingIOError("x.h5.partial is locked"))
+    full = OSError(errno.ENOSPC, "No space left on device", "/out/run/features.h5.partial")
+    assert "disk is full writing /out/run/features.h5.partial" in main.explain_error(full)
+    denied = OSError(errno.EROFS, "Read-only file system", "/ro/run")
+    assert "choose a writable --output-dir" in main.explain_error(denied)
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "out"))
+
+    monkeypatch.setattr(main.RunContext, "create", read_only)
+    argv = ["--preset", "test", "--pipeline", "geometric", "--data-dir", str(data_dir),
+            "--output-dir", str(tmp_path / "out")]
+    assert main.main(argv) == 2
+    assert f"cannot write {tmp_path / 'out'}" in caplog.text
+    assert "Traceback" not in caplog.text
+    caplog.clear()
+    assert main.main([*argv, "--debug"]) == 2
+    assert "Traceback" in caplog.text
+
+
+def test_a_repeated_sample_row_is_named(data_dir, tmp_path, caplog):
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    sample = (copy / "sample_submission.csv").read_text().splitlines()
+    (copy / "sample_submission.csv").write_text("\n".join([*sample, sample[1]]) + "\n")
+    assert main.main(["--preset", "test", "--pipeline", "geometric", "--data-dir", str(copy),
+                      "--output-dir", str(tmp_path / "out")]) == 2
+    assert f"line {len(sample) + 1}" in caplog.text and "listed again (first on line 2)" \
+        in caplog.text
+    assert "Traceback" not in caplog.text
