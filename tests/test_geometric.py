@@ -210,3 +210,20 @@ def test_a_five_image_real_scene_gets_accurate_poses(tmp_path):
                           read_submission(ENTRY5 / "labels.csv"),
                           read_submission(ENTRY5 / "thresholds.csv"))
     assert report.mAA > 90, report.per_scene
+
+
+@pytest.mark.slow
+def test_a_truncated_cache_is_moved_aside_and_recomputed(data_dir, tmp_path, caplog):
+    """A features cache cut short (a full disk, a killed copy) is named in a warning, kept
+    aside for a look, and computed again: the run gives what a clean run gives."""
+    images = list_test_images(data_dir)
+    clean, _, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path / "a")
+    cache = next((tmp_path / "a").glob("*/features-*.h5"))
+    cache.write_bytes(cache.read_bytes()[:4096])
+    with caplog.at_level(logging.WARNING):
+        again, _, _ = run_geometric(images, data_dir / "test", GeometricConf(), tmp_path / "a")
+    assert f"{cache} cannot be read" in caplog.text
+    assert list(cache.parent.glob(f"{cache.name}.unreadable-*"))
+    assert [p.scene for p in again] == [p.scene for p in clean]
+    for a, b in zip(again, clean):
+        np.testing.assert_allclose(a.R_cw, b.R_cw, atol=1e-9)

@@ -509,3 +509,18 @@ def test_colmap_pair_geometry_tells_planar_pairs_apart(tmp_path):
         assert len(stored.inlier_matches) >= 0.95 * 300
     with pytest.raises(ValueError, match="pair_geometry"):
         ReconConf(pair_geometry="homography")
+
+
+def test_a_damaged_model_cache_is_mapped_again(tmp_path, caplog):
+    truth = synthesize_cluster()
+    sizes = {name: truth.image_size for name in truth.names}
+    (tmp_path / "images").mkdir()
+    args = (tmp_path / "images", truth.names, truth.keypoints, truth.matches, tmp_path / "work",
+            ReconConf())
+    first = reconstruct(*args, image_sizes=sizes)
+    for path in (tmp_path / "work" / "models" / "0").iterdir():
+        path.write_bytes(path.read_bytes()[:10])  # every file of model 0 cut short
+    with caplog.at_level(logging.WARNING):
+        again = reconstruct(*args, image_sizes=sizes)
+    assert "cannot be read" in caplog.text and "mapped again" in caplog.text
+    assert len(again) == len(first) and again[0].num_registered == first[0].num_registered

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Hashable, Iterable, Iterator, TypeVar
 
@@ -82,6 +83,28 @@ def check_config(cache_path: str | os.PathLike, recorded: str | None, wanted: st
                          "cache_key(), or overwrite=True")
 
 
+def set_aside_if_unreadable(cache_path: str | os.PathLike) -> Path | None:
+    """Move a cache file that HDF5 cannot open (truncated, overwritten, not HDF5) aside as
+    ``<name>.unreadable-<time>``, with a warning naming both, so that the stage computes it
+    afresh instead of failing on it in every later run; returns where it went (None when
+    the file is readable or absent). Another process's lock is not damage: it is raised."""
+    cache_path = Path(cache_path)
+    if not cache_path.is_file():
+        return None
+    try:
+        with h5py.File(cache_path, "r"):
+            return None
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        aside = cache_path.with_name(f"{cache_path.name}.unreadable-"
+                                     f"{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(cache_path, aside)
+        log.warning("%s cannot be read (%s); moved aside to %s and computed again",
+                    cache_path, error, aside.name)
+        return aside
+
+
 def is_complete(h5: h5py.Group, path: str, mark: str) -> bool:
     """True when the entry at ``path`` exists and carries its completion mark ``mark``."""
     return path in h5 and mark in h5[path].attrs
@@ -98,6 +121,7 @@ def all_complete(cache_path: str | os.PathLike, config_json: str, entries: Itera
     """True when the published cache at ``cache_path`` exists and holds every entry complete
     (see :func:`incomplete`); ValueError (:func:`check_config`) when it records another
     configuration. Lets a stage return early, before loading any network."""
+    set_aside_if_unreadable(cache_path)
     if not Path(cache_path).exists():
         return False
     with h5py.File(cache_path, "r") as h5:
@@ -134,6 +158,7 @@ def resumable_h5(cache_path: str | os.PathLike, config_json: str,
     cache_path = Path(cache_path)
     partial = partial_path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
+    set_aside_if_unreadable(cache_path)
     if not overwrite and cache_path.exists():
         check_config(cache_path, read_cache_config(cache_path), config_json)
     h5 = None if overwrite else _open_leftover(partial, cache_path, config_json)

@@ -525,7 +525,13 @@ def load_models(models_dir: str | os.PathLike) -> list[Model] | None:
         return None
     models = []
     for k, entry in enumerate(entries):
-        model = _model_from_reconstruction(pycolmap.Reconstruction(models_dir / str(k)))
+        try:
+            model = _model_from_reconstruction(pycolmap.Reconstruction(models_dir / str(k)))
+        except Exception as error:  # pycolmap raises ValueError/RuntimeError on bad files
+            log.warning("cached model %s cannot be read (%s: %s); ignoring the cache, the "
+                        "cluster is mapped again", models_dir / str(k), type(error).__name__,
+                        error)
+            return None
         if model.num_registered != entry["num_registered"]:
             log.warning("cached model %s registers %d images but its manifest says %d; "
                         "ignoring the cache", models_dir / str(k), model.num_registered,
