@@ -136,8 +136,22 @@ def write_image_rgb(path: str | os.PathLike, image: np.ndarray) -> Path:
 
 
 def list_images(folder: str | os.PathLike) -> list[str]:
-    """Sorted file names of the images (PNG/JPEG) directly inside ``folder``."""
+    """Sorted names of the entries directly inside ``folder`` that look like images (a
+    PNG/JPEG suffix, not a folder). Entries that are not readable files (a dangling link, a
+    socket...) are listed too, with a warning naming them: an image must never vanish from a
+    submission silently; the stages that read it make it an outlier."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix in IMAGE_SUFFIXES)
+    names, unreadable = [], []
+    for entry in folder.iterdir():
+        if entry.suffix not in IMAGE_SUFFIXES or entry.is_dir():
+            continue
+        names.append(entry.name)
+        if not entry.is_file():
+            unreadable.append(entry.name)
+    if unreadable:
+        log.warning("%s: %d image entr%s that cannot be read as a file (a broken link?), kept "
+                    "as outliers: %s", folder, len(unreadable),
+                    "y" if len(unreadable) == 1 else "ies", ", ".join(sorted(unreadable)[:10]))
+    return sorted(names)

@@ -89,3 +89,12 @@ def test_thresholds_parse_any_count_and_name_the_bad_field():
     for bad in ("0.5;0.1", "-1;2", "nan;1", "a;b"):
         with pytest.raises(io.DataError, match="t.csv, line 3"):
             io.parse_thresholds(bad, "t.csv, line 3")
+
+
+def test_images_that_cannot_be_read_are_listed_and_named(tmp_path, caplog):
+    (tmp_path / "good.png").write_bytes(b"x")
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")  # a dangling link
+    (tmp_path / "folder.png").mkdir()  # a folder named like an image is not one
+    with caplog.at_level("WARNING"):
+        assert io.list_images(tmp_path) == ["gone.jpg", "good.png"]
+    assert "gone.jpg" in caplog.text and "broken link" in caplog.text

@@ -227,3 +227,22 @@ def test_a_truncated_cache_is_moved_aside_and_recomputed(data_dir, tmp_path, cap
     assert [p.scene for p in again] == [p.scene for p in clean]
     for a, b in zip(again, clean):
         np.testing.assert_allclose(a.R_cw, b.R_cw, atol=1e-9)
+
+
+def test_a_dangling_image_link_becomes_a_named_outlier(data_dir, tmp_path, caplog):
+    """src.data_layout writes test/ as links; one whose image is gone is still a row."""
+    dataset = sorted(p.name for p in (data_dir / "test").iterdir())[0]
+    folder = tmp_path / "test" / dataset
+    folder.mkdir(parents=True)
+    for image in sorted((data_dir / "test" / dataset).iterdir())[:6]:
+        (folder / image.name).symlink_to(image)
+    (folder / "zz_gone.png").symlink_to(tmp_path / "deleted.png")
+    images = list_test_images(tmp_path)
+    assert "zz_gone.png" in set(images["image"])
+    with caplog.at_level(logging.WARNING):
+        predictions, _, _ = run_geometric(images, tmp_path / "test", GeometricConf(),
+                                          tmp_path / "cache")
+    gone = [p for p in predictions if p.image == "zz_gone.png"]
+    assert len(gone) == 1 and gone[0].scene == "outliers" and np.isnan(gone[0].R_cw).all()
+    assert "zz_gone.png" in caplog.text
+    validate_submission(build_submission(predictions, images), expected_images=images)
