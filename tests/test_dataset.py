@@ -283,3 +283,16 @@ def test_file_cache_is_reused_and_keyed_by_image_size(data, tmp_path):
     other, _ = collect(ds.evaluation_dataset(labels, root, scaler, 16, 5, cache=prefix))
     assert other.shape[1:] == (16, 16, 3)
     assert len({p.name.split(".")[0] for p in (tmp_path / "cache").iterdir()}) == 2
+
+
+def test_undecodable_images_are_found_by_the_pipelines_own_decoder(tmp_path):
+    image = np.random.default_rng(0).integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", image)
+    (tmp_path / "good.jpg").write_bytes(jpeg.tobytes())
+    (tmp_path / "cut.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 3])
+    (tmp_path / "text.png").write_text("not an image")
+    paths = [tmp_path / n for n in ("good.jpg", "cut.jpg", "text.png", "missing.jpg")]
+    problems = ds.undecodable_images(paths)
+    assert sorted(problems) == [1, 2, 3]
+    assert "cannot be decoded" in problems[1]
+    assert "not a PNG or JPEG" in problems[2] and "does not exist" in problems[3]

@@ -175,3 +175,33 @@ def test_a_repeated_sample_row_is_named(data_dir, tmp_path, caplog):
     assert f"line {len(sample) + 1}" in caplog.text and "listed again (first on line 2)" \
         in caplog.text
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.slow
+def test_truncated_images_do_not_stop_the_learned_run(data_dir, tmp_path, caplog):
+    """A JPEG cut short in train/ and one in test/ (the header is right, the body is not):
+    training leaves the first out, the second is an outlier row, both are named, and the
+    submission is complete."""
+    import cv2
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    sample = pd.read_csv(copy / "sample_submission.csv", dtype=str, keep_default_na=False)
+    dataset, image = sample["dataset"].iloc[0], sample["image"].iloc[0]
+    train_row = pd.read_csv(copy / "train_labels.csv", dtype=str).iloc[0]
+    cut = []
+    for path in (copy / "test" / dataset / image,
+                 copy / "train" / train_row["dataset"] / train_row["image"]):
+        ok, jpeg = cv2.imencode(".jpg", cv2.imread(str(path)))
+        path.write_bytes(jpeg.tobytes()[: len(jpeg) // 3])  # PNG name, JPEG bytes, cut short
+        cut.append(path)
+    assert main.main(["--preset", "test", "--data-dir", str(copy), "--output-dir",
+                      str(tmp_path / "out"), "--epochs-finetune1", "0",
+                      "--epochs-finetune2", "0"]) == 0
+    run_dir = tmp_path / "out" / "test-data"
+    submission = pd.read_csv(run_dir / "submission.csv", dtype=str, keep_default_na=False)
+    validate_submission(submission, expected_images=list_test_images(copy))
+    row = submission[(submission["dataset"] == dataset) & (submission["image"] == image)]
+    assert list(row["scene"]) == ["outliers"]
+    for path in cut:
+        assert str(path) in caplog.text

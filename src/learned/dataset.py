@@ -87,6 +87,25 @@ def check_image_files(paths: list[Path], row_names: list[str]) -> None:
                         f"PNG/JPEG; first: {path} ({name}) {problem}")
 
 
+def undecodable_images(paths: list[str | os.PathLike]) -> dict[int, str]:
+    """Index -> why, for each of ``paths`` that the input pipeline could not decode: the
+    header check of :func:`check_image_files`, then a full decode with the same TensorFlow
+    decoder the datasets use (a truncated JPEG passes the first and fails the second, and
+    inside tf.data it would stop the whole run without naming the file)."""
+    problems = {}
+    for index, path in enumerate(paths):
+        problem = _file_problem(Path(path))
+        if problem is None:
+            try:
+                tf.io.decode_image(tf.io.read_file(str(path)), channels=3,
+                                   expand_animations=False)
+            except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+                problem = f"cannot be decoded ({error.message.strip().splitlines()[0]})"
+        if problem is not None:
+            problems[index] = problem
+    return problems
+
+
 def _check_labels(labels: pd.DataFrame) -> None:
     """Raise DataError for an empty table or one lacking the columns the targets need."""
     if len(labels) == 0:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from src.data_io import atomic_path, write_csv_atomic
 from src.geometry import canonical_quat, quat_xyzw_to_rotation
-from src.learned.dataset import image_dataset
+from src.learned.dataset import image_dataset, undecodable_images
 from src.learned.model_architecture import PoseRegressor
 from src.learned.preprocessing import load_scaler
 from src.submission import OUTLIER_SCENE, QUAT_COLUMNS, TRANSLATION_COLUMNS, PosePrediction
@@ -69,19 +69,34 @@ def load_run_model(run_dir: Path) -> tuple[PoseRegressor, object]:
 
 def predict(model: PoseRegressor, scaler, images: pd.DataFrame, image_root: Path,
             batch_size: int) -> Predictions:
-    """Run the model on ``images`` (columns dataset, image) under ``image_root/<dataset>/``."""
+    """Run the model on ``images`` (columns dataset, image) under ``image_root/<dataset>/``.
+
+    An image the input pipeline cannot decode (checked first, :func:`undecodable_images`)
+    gets no pose (NaN), outlier probability 1 and zero features, and a warning names it: it
+    becomes an outlier row, never a failed run."""
     paths = [Path(image_root) / d / i for d, i in zip(images["dataset"], images["image"])]
-    log.info("inference on %d images", len(paths))
-    dataset = image_dataset(paths, model.image_size, batch_size)
+    bad = undecodable_images(paths)
+    if bad:
+        log.warning("%d image(s) cannot be read and will be outliers: %s", len(bad),
+                    "; ".join(f"{paths[i]} {why}" for i, why in list(bad.items())[:10]))
+    good = [i for i in range(len(paths)) if i not in bad]
+    log.info("inference on %d images", len(good))
     outputs = {"quaternion": [], "translation": [], "outlier": [], "features": []}
-    for batch in dataset:
+    for batch in image_dataset([paths[i] for i in good], model.image_size, batch_size):
         for key, value in model.infer(batch).items():
             outputs[key].append(np.asarray(value, np.float64))
     stacked = {k: np.concatenate(v) if v else np.zeros((0, 1)) for k, v in outputs.items()}
-    q = canonical_quat(stacked["quaternion"].reshape(-1, 4))
-    t = scaler.inverse_transform(stacked["translation"].reshape(-1, 3))
+    n = len(paths)
+    q, t = np.full((n, 4), np.nan), np.full((n, 3), np.nan)
+    outlier_prob = np.ones(n)
+    features = np.zeros((n, stacked["features"].reshape(len(good), -1).shape[1] or 1))
+    if good:
+        q[good] = canonical_quat(stacked["quaternion"].reshape(-1, 4))
+        t[good] = scaler.inverse_transform(stacked["translation"].reshape(-1, 3))
+        outlier_prob[good] = stacked["outlier"].reshape(-1)
+        features[good] = stacked["features"].reshape(len(good), -1)
     table = images[["dataset", "image"]].reset_index(drop=True).copy()
     table[QUAT_COLUMNS] = q
     table[TRANSLATION_COLUMNS] = t
-    table["outlier_prob"] = stacked["outlier"].reshape(-1)
-    return Predictions(table=table, features=stacked["features"].reshape(len(table), -1))
+    table["outlier_prob"] = outlier_prob
+    return Predictions(table=table, features=features)

@@ -9,6 +9,7 @@ geometric pipeline, ``--help`` and the scorer never need.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from config import Config
 from src.data_io import write_csv_atomic
 from src.evaluation import score_subset
 from src.learned.clustering import ClusterSettings, SpreadScales, cluster_all
+from src.learned.dataset import image_paths, undecodable_images
 from src.learned.inference import Predictions, load_run_model, predict
 from src.learned.preprocessing import TrainingLabels
 from src.learned.training import (TrainingConf, configure_precision, select_strategy,
@@ -49,10 +51,25 @@ def train_or_load_model(cfg: Config, stage: str, labels: TrainingLabels, data_di
     batch_size = conf.global_batch(strategy)
     if stage in ("all", "train"):
         with ctx.stage("train"):
+            labels = without_unreadable_images(labels, data_dir / "train")
             model = train_model(conf, labels, data_dir, strategy, ctx.run_dir)
         return TrainedModel(model, labels.scaler, batch_size)
     model, scaler = load_run_model(ctx.run_dir)
     return TrainedModel(model, scaler, batch_size)
+
+
+def without_unreadable_images(labels: TrainingLabels, image_root: Path) -> TrainingLabels:
+    """``labels`` less the rows whose image the input pipeline cannot decode, each named in
+    a warning: one bad file must not stop training (nor be trained on)."""
+    paths = image_paths(labels.labels, image_root)
+    bad = undecodable_images(paths)
+    if not bad:
+        return labels
+    for index, why in bad.items():
+        log.warning("training image %s %s: left out of training (an outlier wherever it is "
+                    "predicted)", paths[index], why)
+    kept = labels.labels.drop(index=labels.labels.index[list(bad)])
+    return dataclasses.replace(labels, labels=kept)
 
 
 def predict_learned(trained: TrainedModel, cfg: Config, labels: TrainingLabels,
