@@ -28,7 +28,8 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from src.geometry import camera_centers, is_rotation, rotation_to_quat_xyzw
-from src.data_io import LABEL_COLUMNS, DataError, atomic_path, parse_numbers, write_csv_atomic
+from src.data_io import (LABEL_COLUMNS, DataError, atomic_path, parse_numbers, parse_thresholds,
+                         write_csv_atomic)
 from src.submission import OUTLIER_SCENE, QUAT_COLUMNS, TRANSLATION_COLUMNS, read_submission
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,7 @@ def read_thresholds(path: str | os.PathLike) -> pd.DataFrame:
     _require_columns(frame, ["dataset", "scene", "thresholds"], str(path))
     values = []
     for row, text in enumerate(frame["thresholds"]):
-        count = len(str(text).split(";"))
-        ths = parse_numbers(text, count, f"{path}, line {row + 2}, field thresholds")
-        if np.any(np.isnan(ths)) or np.any(ths < 0) or np.any(np.diff(ths) < 0):
-            raise DataError(f"{path}, line {row + 2}, field thresholds: expected "
-                            f"non-negative increasing numbers, got {text!r}")
-        values.append(ths)
+        values.append(parse_thresholds(text, f"{path}, line {row + 2}, field thresholds"))
     out = frame[["dataset", "scene"]].copy()
     out["thresholds"] = values
     out["min_threshold"] = [float(v.min()) for v in values]
