@@ -42,7 +42,7 @@ import pandas as pd
 
 from src.geometry import horn_rotations, camera_centers
 from src.data_io import DataError, parse_numbers, parse_thresholds, write_csv_atomic
-from src.submission import OUTLIER_SCENE, read_submission
+from src.submission import OUTLIER_SCENE, check_pose_rows, read_submission
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ def _centers_by_scene(frame: pd.DataFrame, name: str) -> dict:
 
 def _read_thresholds(frame: pd.DataFrame, name: str) -> dict:
     """{dataset: {scene: thresholds (T,)}}; every scene must have the same count T."""
+    missing = [c for c in ("dataset", "scene", "thresholds") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {missing} (found {list(frame.columns)})")
     out: dict = {}
     for row, rec in enumerate(frame.itertuples(index=False)):
         out.setdefault(rec.dataset, {})[rec.scene] = parse_thresholds(
@@ -297,6 +300,8 @@ def score_frames(submission: pd.DataFrame, labels: pd.DataFrame, thresholds: pd.
     Only the datasets present in ``labels`` are scored; the submission must list each of their
     images exactly once (it may hold other datasets, which are ignored).
     """
+    check_pose_rows(submission, names[0])
+    check_pose_rows(labels, names[1])
     user_data = _centers_by_scene(submission, names[0])
     gt_data = _centers_by_scene(labels, names[1])
     ths_data = _read_thresholds(thresholds, names[2])

@@ -93,17 +93,41 @@ def validate_submission(frame: pd.DataFrame, expected_images: pd.DataFrame | Non
     det +1 or all ``nan``, translations finite or all ``nan``, and, when
     ``expected_images`` (columns dataset, image) is given, exactly those images.
     """
-    missing_cols = [c for c in SUBMISSION_COLUMNS if c not in frame.columns]
+    check_pose_rows(frame, name, SUBMISSION_COLUMNS)
+    if frame["image_id"].duplicated().any():
+        row = int(np.argmax(frame["image_id"].duplicated().to_numpy()))
+        raise DataError(f"{name}, line {row + 2}: duplicate image_id {frame['image_id'].iloc[row]!r}")
+    if expected_images is not None:
+        got = set(zip(frame["dataset"], frame["image"]))
+        want = set(zip(expected_images["dataset"], expected_images["image"]))
+        if got != want:
+            lacking = sorted(want - got)[:5]
+            extra = sorted(got - want)[:5]
+            raise DataError(f"{name}: images differ from the expected test images "
+                            f"(missing e.g. {lacking}, unexpected e.g. {extra})")
+
+
+# What the scorer needs of a submission (image_id is the competition's bookkeeping only).
+POSE_COLUMNS = ["dataset", "scene", "image", "rotation_matrix", "translation_vector"]
+
+
+def check_pose_rows(frame: pd.DataFrame, name: str,
+                    columns: list[str] = POSE_COLUMNS) -> None:
+    """DataError naming the file, line and field unless ``frame`` has ``columns``, at least
+    one row, one row per (dataset, image), a scene name on every row, rotations that are
+    orthonormal with det +1 or all ``nan``, and translations finite or all ``nan``: the
+    submission rules, for the writer and the scorer alike."""
+    missing_cols = [c for c in columns if c not in frame.columns]
     if missing_cols:
-        raise DataError(f"{name}: missing column(s) {missing_cols}")
+        raise DataError(f"{name}: missing column(s) {missing_cols} (found "
+                        f"{list(frame.columns)})")
+    if frame.empty:
+        raise DataError(f"{name}: no rows")
     duplicated = frame.duplicated(subset=["dataset", "image"], keep=False)
     if duplicated.any():
         row = int(np.argmax(duplicated.to_numpy()))
         raise DataError(f"{name}, line {row + 2}: image {frame['image'].iloc[row]!r} of "
                         f"dataset {frame['dataset'].iloc[row]!r} appears more than once")
-    if frame["image_id"].duplicated().any():
-        row = int(np.argmax(frame["image_id"].duplicated().to_numpy()))
-        raise DataError(f"{name}, line {row + 2}: duplicate image_id {frame['image_id'].iloc[row]!r}")
     for row, rec in enumerate(frame.itertuples(index=False)):
         where = f"{name}, line {row + 2}"
         if not isinstance(rec.scene, str) or not rec.scene:
@@ -116,14 +140,6 @@ def validate_submission(frame: pd.DataFrame, expected_images: pd.DataFrame | Non
             raise DataError(f"{where}: rotation_matrix is not a rotation (orthonormal, det +1)")
         if np.any(np.isnan(t)) and not np.all(np.isnan(t)):
             raise DataError(f"{where}: translation_vector is partly nan")
-    if expected_images is not None:
-        got = set(zip(frame["dataset"], frame["image"]))
-        want = set(zip(expected_images["dataset"], expected_images["image"]))
-        if got != want:
-            lacking = sorted(want - got)[:5]
-            extra = sorted(got - want)[:5]
-            raise DataError(f"{name}: images differ from the expected test images "
-                            f"(missing e.g. {lacking}, unexpected e.g. {extra})")
 
 
 def write_submission(frame: pd.DataFrame, path: str | os.PathLike,
@@ -152,7 +168,12 @@ def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CSV not found: {path}")
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable CSV ({error})") from None
 
 
 def is_photo_folder(data_dir: str | os.PathLike) -> bool:

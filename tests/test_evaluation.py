@@ -197,3 +197,29 @@ def test_command_line_prints_table(tmp_path, capsys, labels):
     out = capsys.readouterr().out
     assert "ETs" in out and "imc2023_haiper" in out and "overall: score=100.00" in out
     assert main([str(tmp_path / "nope.csv"), str(LABELS), str(THRESHOLDS)]) == 2
+
+
+def test_the_scorer_checks_its_input_as_strictly_as_the_submission_rules(labels, thresholds,
+                                                                         tmp_path):
+    good = as_submission(labels)
+    renamed = good.rename(columns={"rotation_matrix": "R", "translation_vector": "T"})
+    with pytest.raises(DataError, match=r"missing column\(s\) \['rotation_matrix', "
+                                        r"'translation_vector'\]"):
+        score_frames(renamed, labels, thresholds)
+    twice = pd.concat([good, good.iloc[[0]]], ignore_index=True)
+    with pytest.raises(DataError, match=f"line {len(good) + 1}|line 2: image"):
+        score_frames(twice, labels, thresholds)
+    half_nan = good.copy()
+    half_nan.loc[3, "translation_vector"] = "nan;1;2"
+    with pytest.raises(DataError, match="line 5: translation_vector is partly nan"):
+        score_frames(half_nan, labels, thresholds)
+    skewed = good.copy()
+    skewed.loc[0, "rotation_matrix"] = format_numbers(2 * np.eye(3))
+    with pytest.raises(DataError, match="line 2: rotation_matrix is not a rotation"):
+        score_frames(skewed, labels, thresholds)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(DataError, match="empty.csv: empty file"):
+        read_submission(empty)
+    with pytest.raises(DataError, match="missing column"):
+        score_frames(good, labels, thresholds.rename(columns={"thresholds": "th"}))
