@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -263,3 +264,18 @@ def test_a_missing_run_folder_is_named_not_fatal(monkeypatch, tmp_path):
     assert not app.exception
     assert "not a run folder" in app.sidebar.warning[0].value
     assert "No run folder found" in app.error[0].value
+
+
+def test_a_damaged_cache_is_named_on_the_page(monkeypatch, tmp_path):
+    """A matches cache cut short: the pair page says which file, not an HDF5 traceback."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(RUN_DIR, run_dir)
+    matches_path = next(run_dir.glob(f"geometric/{DATASET}/matches-*.h5"))
+    matches_path.write_bytes(matches_path.read_bytes()[:2048])
+    monkeypatch.setattr(sys, "argv", ["src/viewer/app.py", "--run", str(run_dir)])
+    app = AppTest.from_file(str(APP), default_timeout=60)
+    app.query_params["page"] = "pair"
+    app.query_params["dataset"] = DATASET
+    app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    assert str(matches_path) in app.error[0].value and "cannot be read" in app.error[0].value

@@ -41,7 +41,7 @@ import numpy as np
 
 from src.data_io import DataError, read_image_rgb
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
-                                   name_from_h5_key, new_entry, resumable_h5)
+                                   name_from_h5_key, new_entry, open_cache, resumable_h5)
 from src.geometric.options import (ALIKED_MODELS, FEATURE_NAMES, LEARNED_FEATURE_NAMES,
                                    MAX_IMAGE_SIDE, TORCH_DEVICES, check_choices)
 from src.progress import progress
@@ -400,7 +400,7 @@ class FeatureReader:
 @contextlib.contextmanager
 def open_features(cache_path: str | os.PathLike, memory: int = 0) -> Iterator[FeatureReader]:
     """A :class:`FeatureReader` on a features cache file, open for the ``with`` block."""
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         yield FeatureReader(h5, memory)
 
 

@@ -30,6 +30,8 @@ from typing import Callable, Hashable, Iterable, Iterator, TypeVar
 
 import h5py
 
+from src.data_io import DataError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -68,9 +70,24 @@ def partial_path(cache_path: str | os.PathLike) -> Path:
     return cache_path.with_name(f".{cache_path.name}.partial")
 
 
+def open_cache(cache_path: str | os.PathLike) -> h5py.File:
+    """A cache file opened for reading; DataError naming it when HDF5 cannot open it (HDF5's
+    own message names no file). A missing file is FileNotFoundError; a lock is raised."""
+    cache_path = Path(cache_path)
+    if not cache_path.is_file():
+        raise FileNotFoundError(f"cache not found: {cache_path}")
+    try:
+        return h5py.File(cache_path, "r")
+    except BlockingIOError:
+        raise
+    except OSError as error:
+        raise DataError(f"{cache_path} cannot be read ({error}); running the pipeline on "
+                        f"this data again moves it aside and computes it afresh") from None
+
+
 def read_cache_config(cache_path: str | os.PathLike) -> str | None:
     """The configuration JSON recorded in a cache file (None if it records none)."""
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         config = h5.attrs.get(CONFIG_ATTR)
     return None if config is None else str(config)
 
@@ -124,7 +141,7 @@ def all_complete(cache_path: str | os.PathLike, config_json: str, entries: Itera
     set_aside_if_unreadable(cache_path)
     if not Path(cache_path).exists():
         return False
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         check_config(cache_path, h5.attrs.get(CONFIG_ATTR), config_json)
         return not incomplete(h5, entries, path_of, mark)
 

@@ -39,7 +39,7 @@ import pandas as pd
 from src.geometric.features import Features, cached_images, open_features
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, read_cache_config,
-                                   resumable_h5)
+                                   open_cache, resumable_h5)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
                                    RANSAC_THRESHOLD_PX, TORCH_DEVICES, check_choices)
 from src.progress import progress
@@ -356,7 +356,7 @@ def _write_pair(h5: h5py.File, image_a: str, image_b: str, matches: np.ndarray,
 def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFrame:
     """The stage's table: one row per pair, in order, with match and inlier counts."""
     rows = []
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         for image_a, image_b in pairs:
             group = h5[_pair_group_path((image_a, image_b))]
             rows.append((image_a, image_b, group["matches"].shape[0], group["inliers"].shape[0]))
@@ -431,7 +431,7 @@ def load_verified_matches(cache_path: str | os.PathLike
     """Verified matches of every complete pair in a cache: {(a, b): (K, 2) int32 rows
     (keypoint index in a, index in b)}; rejected pairs are included with K = 0."""
     verified = {}
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         for key_a, group_a in h5.items():
             for key_b, group in group_a.items():
                 if _COMPLETE_MARK in group.attrs:
@@ -444,7 +444,7 @@ def load_pair(cache_path: str | os.PathLike, image_a: str, image_b: str
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One pair's (putative matches (M, 2) int32, verified inliers (K, 2) int32, F (3, 3)
     or None); KeyError naming the pair and file if it is not there."""
-    with h5py.File(cache_path, "r") as h5:
+    with open_cache(cache_path) as h5:
         path = _pair_group_path((image_a, image_b))
         if not is_complete(h5, path, _COMPLETE_MARK):
             raise KeyError(f"no matches of pair ({image_a!r}, {image_b!r}) in {cache_path}")

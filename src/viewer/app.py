@@ -25,7 +25,7 @@ import streamlit as st  # noqa: E402
 
 from src.viewer import data, figures, uploads  # noqa: E402
 from src.geometric.features import load_all_features  # noqa: E402
-from src.data_io import read_image_rgb  # noqa: E402
+from src.data_io import DataError, read_image_rgb  # noqa: E402
 from src.submission import OUTLIER_SCENE  # noqa: E402
 
 PAGES = {"overview": "Overview", "dataset": "Dataset", "cameras": "Cameras in 3D",
@@ -359,8 +359,11 @@ def main() -> None:
         page_overview(run_dir, stamp)
         return
     dataset = choose("Dataset", "dataset", run.datasets, where=st.sidebar)
-    {"dataset": page_dataset, "cameras": page_cameras, "pair": page_pair}[page](
-        run_dir, stamp, dataset)
+    try:
+        {"dataset": page_dataset, "cameras": page_cameras, "pair": page_pair}[page](
+            run_dir, stamp, dataset)
+    except DataError as error:  # a damaged cache or table: name it instead of a traceback
+        st.error(f"This page cannot be shown: {error}")
 
 
 main()
