@@ -31,6 +31,7 @@ import json
 import logging
 import numbers
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
@@ -1056,6 +1057,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = DemoSpec(**{f.name: getattr(args, f.name) for f in fields(DemoSpec)})
     except ValueError as error:
         parser.error(str(error))
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        print(f"error: {args.out_dir} is a file; give a folder to write the demo data to",
+              file=sys.stderr)
+        return 2
     started = time.perf_counter()
     generate_demo_dataset(args.out_dir, spec, overwrite=args.overwrite)
     print(f"demo data ready in {args.out_dir} ({time.perf_counter() - started:.1f} s)")

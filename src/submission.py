@@ -226,8 +226,13 @@ def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
     if not test_dir.is_dir():
         raise FileNotFoundError(f"no test images in {data_dir}: neither {sample_path.name} nor "
                                 f"test/ is there, nor any PNG/JPEG photo")
-    rows = [(default_image_id(d.name, image), d.name, image)
-            for d in sorted(test_dir.iterdir()) if d.is_dir() for image in list_images(d)]
+    rows = []
+    for folder in sorted(d for d in test_dir.iterdir() if d.is_dir()):
+        images = list_images(folder)
+        if not images:
+            log.warning("%s: a dataset folder with no PNG/JPEG image; nothing to predict there",
+                        folder)
+        rows += [(default_image_id(folder.name, image), folder.name, image) for image in images]
     if not rows:
         raise DataError(f"{test_dir}: no PNG/JPEG images in any dataset folder")
     return pd.DataFrame(rows, columns=["image_id", "dataset", "image"])

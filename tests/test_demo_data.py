@@ -472,3 +472,11 @@ def test_command_line_writes_the_dataset(tmp_path, capsys):
     assert "demo data ready" in capsys.readouterr().out
     assert re.fullmatch(r"demo_train_a_\d{4}\.png",
                         read_submission(tmp_path / "cli" / "train_labels.csv")["image"][0])
+
+
+def test_the_command_line_refuses_a_file_as_its_folder(tmp_path, capsys):
+    from src.demo_data import main
+
+    (tmp_path / "a_file").write_text("x")
+    assert main([str(tmp_path / "a_file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -105,3 +105,13 @@ def test_a_plain_folder_of_photos_is_one_dataset(tmp_path):
     assert list(sub_io.list_test_images(tmp_path / "comp")["dataset"]) == ["d"]
     with pytest.raises(FileNotFoundError, match="no test images"):
         sub_io.list_test_images(tmp_path / "comp" / "test" / "empty_parent_missing")
+
+
+def test_an_empty_dataset_folder_is_named(tmp_path, caplog):
+    (tmp_path / "test" / "empty").mkdir(parents=True)
+    (tmp_path / "test" / "full").mkdir()
+    (tmp_path / "test" / "full" / "a.png").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        listed = sub_io.list_test_images(tmp_path)
+    assert list(listed["dataset"]) == ["full"]
+    assert str(tmp_path / "test" / "empty") in caplog.text
