@@ -580,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     import sklearn.cluster  # noqa: F401
 
     conf = geometric_conf(args.top_k, args.exhaustive_below)
+    if args.seeds is not None:  # what the seeded runs use, --set included
+        conf = seeded_conf(args.seed_values[0], parse_overrides(args.set))
     print(f"geometric benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
           f"{platform.python_version()}, {os.cpu_count()} x {cpu_model()}, pycolmap "
           f"{pycolmap.__version__}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -587,7 +589,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{conf.features.max_image_side} px, pairs top_k={conf.pairs.top_k} "
           f"exhaustive_below={conf.pairs.exhaustive_below}, retrieval {conf.retrieval}, "
           f"min inliers {conf.matching.min_inliers}/{conf.graph.min_inliers}, "
-          f"sfm threads {conf.reconstruction.num_threads}", flush=True)
+          f"sfm threads {conf.reconstruction.num_threads}, {conf.reconstruction.mapper} mapper, "
+          f"{conf.reconstruction.pair_geometry} pair geometry", flush=True)
 
     made_work = args.work_dir is None
     work_root = Path(tempfile.mkdtemp(prefix="geometric_bench_")) if made_work else args.work_dir
