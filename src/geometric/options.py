@@ -17,8 +17,10 @@ TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else t
 # pycolmap's incremental mapper (COLMAP) or its global one (GLOMAP's rotation averaging and
 # global positioning, then bundle adjustment); "auto" in the config picks by features.
 MAPPERS = ("incremental", "global")
-# The mapper "auto" picks for each kind of features: the one with the better minimum score
-# over seeds on realdev, realdev2 and the demo data (benchmarks/README.md).
+# The mapper "auto" picks for each kind of features (benchmarks/README.md): for SIFT the one
+# with the better minimum over seeds on realdev, realdev2 and the demo data; for the learned
+# features the better one on realdev2 (one seed: 93.86 vs 92.49; minutes a run on a CPU) and
+# on the earlier single runs of realdev, realdev2 and the demo data.
 AUTO_MAPPER = {"sift": "global", "aliked": "incremental", "disk": "incremental"}
 # ALIKED variants, the first the default; aliked-t16 is left out: its 64-D descriptors fit
 # no shipped LightGlue.
