@@ -205,3 +205,17 @@ def test_truncated_images_do_not_stop_the_learned_run(data_dir, tmp_path, caplog
     assert list(row["scene"]) == ["outliers"]
     for path in cut:
         assert str(path) in caplog.text
+
+
+@pytest.mark.slow
+def test_a_test_set_of_unreadable_images_gives_outliers_not_a_crash(run_dir, tmp_path):
+    from src.learned.inference import load_run_model, predict
+
+    model, scaler = load_run_model(run_dir)
+    (tmp_path / "d").mkdir()
+    for name in ("a.png", "b.jpg"):
+        (tmp_path / "d" / name).write_text("not an image")
+    images = pd.DataFrame({"dataset": ["d", "d"], "image": ["a.png", "b.jpg"]})
+    out = predict(model, scaler, images, tmp_path, batch_size=4)
+    assert list(out.table["outlier_prob"]) == [1.0, 1.0]
+    assert out.table[["qx", "tx"]].isna().all().all() and out.features.shape[0] == 2

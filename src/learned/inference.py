@@ -81,20 +81,22 @@ def predict(model: PoseRegressor, scaler, images: pd.DataFrame, image_root: Path
                     "; ".join(f"{paths[i]} {why}" for i, why in list(bad.items())[:10]))
     good = [i for i in range(len(paths)) if i not in bad]
     log.info("inference on %d images", len(good))
-    outputs = {"quaternion": [], "translation": [], "outlier": [], "features": []}
-    for batch in image_dataset([paths[i] for i in good], model.image_size, batch_size):
-        for key, value in model.infer(batch).items():
-            outputs[key].append(np.asarray(value, np.float64))
-    stacked = {k: np.concatenate(v) if v else np.zeros((0, 1)) for k, v in outputs.items()}
     n = len(paths)
     q, t = np.full((n, 4), np.nan), np.full((n, 3), np.nan)
     outlier_prob = np.ones(n)
-    features = np.zeros((n, stacked["features"].reshape(len(good), -1).shape[1] or 1))
+    features = np.zeros((n, 1))  # the width of no features at all: every image unreadable
     if good:
+        outputs = {"quaternion": [], "translation": [], "outlier": [], "features": []}
+        for batch in image_dataset([paths[i] for i in good], model.image_size, batch_size):
+            for key, value in model.infer(batch).items():
+                outputs[key].append(np.asarray(value, np.float64))
+        stacked = {k: np.concatenate(v) for k, v in outputs.items()}
         q[good] = canonical_quat(stacked["quaternion"].reshape(-1, 4))
         t[good] = scaler.inverse_transform(stacked["translation"].reshape(-1, 3))
         outlier_prob[good] = stacked["outlier"].reshape(-1)
-        features[good] = stacked["features"].reshape(len(good), -1)
+        good_features = stacked["features"].reshape(len(good), -1)
+        features = np.zeros((n, good_features.shape[1]))
+        features[good] = good_features
     table = images[["dataset", "image"]].reset_index(drop=True).copy()
     table[QUAT_COLUMNS] = q
     table[TRANSLATION_COLUMNS] = t
