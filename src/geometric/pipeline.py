@@ -110,6 +110,7 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "models", "model_sizes",
                "registered", "unregistered", "clusters", "seconds"]
 
+
 def choose_mapper(mapper: str, features: str) -> str:
     """``mapper``, or for ``auto`` the AUTO_MAPPER choice for these (resolved) features."""
     return AUTO_MAPPER[features] if mapper == "auto" else mapper
