@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, FEATURE_NAMES,
+from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
+                                   CAMERA_SHARING_DEFAULT, FEATURE_NAMES,
                                    GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
@@ -170,6 +171,10 @@ class Config:
                      "pycolmap); auto = " + ", ".join(f"{m} for {f}" for f, m in
                                                       AUTO_MAPPER.items()),
                      choices=("auto", *MAPPERS), resumable=True)
+    camera_sharing: str = _f(CAMERA_SHARING_DEFAULT, "intrinsics in SfM: a camera per image, "
+                             "one per image size, or auto = map both, keep the shared ones "
+                             "unless they fit clearly worse", choices=CAMERA_SHARING,
+                             resumable=True)
     sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
                           "cores)", resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "

@@ -47,6 +47,8 @@ def test_demo_scenes_are_found_and_posed(data_dir, tmp_path):
     assert {"features", "matching", "clustering", "reconstruction"} <= set(timings.columns)
     # One row per match-graph scene; its clusters are exactly the submission's clusters.
     assert (sfm_scenes["registered"] + sfm_scenes["unregistered"] == sfm_scenes["images"]).all()
+    # The demo renders vary the focal length per view: auto keeps a camera per image.
+    assert all(c.startswith("per image") for c in sfm_scenes["cameras"]), sfm_scenes["cameras"]
     listed = {(d, c) for d, cs in zip(sfm_scenes["dataset"], sfm_scenes["clusters"])
               for c in cs.split()}
     assert listed == {(p.dataset, p.scene) for p in predictions if p.scene != "outliers"}

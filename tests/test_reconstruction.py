@@ -21,7 +21,8 @@ from src.demo_data import make_scene, render_view, sample_cameras
 from src.geometry import camera_centers, look_at_rotation, rotation_angle_deg, umeyama_similarity
 from src.geometric.reconstruction import (OPENCV_TO_COLMAP_PIXEL, Model, ReconConf,
                                           build_database, load_models, poses_for_images,
-                                          read_image_size, reconstruct)
+                                          prefer_shared_cameras, read_image_size, reconstruct,
+                                          reconstruct_scene)
 
 WIDTH, HEIGHT = 320, 240
 N_VIEWS = 10
@@ -143,13 +144,16 @@ class SyntheticCluster:
     keypoints: dict[str, np.ndarray]  # name -> (N_i, 2) float32, shuffled
     matches: dict[tuple[str, str], np.ndarray]  # (a, b) -> (K, 2) int32 keypoint indices
     image_size: tuple[int, int]  # (width, height) pixels
+    focals: np.ndarray  # (N,) each camera's focal length, pixels (K's when no spread)
 
 
 def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 600,
                        width: int = 640, height: int = 480, focal: float = 600.0,
-                       noise_px: float = 0.2) -> SyntheticCluster:
+                       noise_px: float = 0.2, focal_spread: float = 0.0) -> SyntheticCluster:
     """Cameras on an arc 4 units from a point cloud in [-1, 1]^3, each looking near its
-    centre; keypoints are the visible projections plus Gaussian noise of ``noise_px``."""
+    centre; keypoints are the visible projections plus Gaussian noise of ``noise_px``. With
+    ``focal_spread`` each camera's focal length is ``focal`` times a uniform factor in
+    1 +- focal_spread (a zoom lens), else all share ``focal``."""
     rng = np.random.default_rng(seed)
     points = rng.uniform(-1.0, 1.0, size=(num_points, 3))
     # COLMAP's principal point prior is the image centre in its own pixels (corners at
@@ -164,10 +168,12 @@ def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 60
                      for c in centers])
     t_cw = -np.einsum("nij,nj->ni", R_cw, centers)
     names = [f"synthetic{i:02d}.png" for i in range(num_images)]
+    focals = focal * rng.uniform(1 - focal_spread, 1 + focal_spread, num_images)
     keypoints, point_ids = {}, {}
-    for name, R, t in zip(names, R_cw, t_cw):
+    for name, R, t, f in zip(names, R_cw, t_cw, focals):
         cam = points @ R.T + t
-        uv = cam @ K.T
+        uv = cam @ np.diag([f, f, 1.0]).T
+        uv[:, :2] += K[:2, 2] * uv[:, 2:]
         uv = uv[:, :2] / uv[:, 2:]
         visible = np.flatnonzero((cam[:, 2] > 0) & (uv[:, 0] > -0.5) & (uv[:, 0] < width - 0.5)
                                  & (uv[:, 1] > -0.5) & (uv[:, 1] < height - 0.5))
@@ -181,7 +187,8 @@ def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 60
             _, in_a, in_b = np.intersect1d(point_ids[a], point_ids[b], return_indices=True)
             if len(in_a):
                 matches[(a, b)] = np.stack([in_a, in_b], axis=1).astype(np.int32)
-    return SyntheticCluster(names, K, R_cw, t_cw, points, keypoints, matches, (width, height))
+    return SyntheticCluster(names, K, R_cw, t_cw, points, keypoints, matches, (width, height),
+                            focals)
 
 
 def assert_poses_match(truth: SyntheticCluster, model: Model, max_rotation_error_deg: float,
@@ -199,8 +206,8 @@ def assert_poses_match(truth: SyntheticCluster, model: Model, max_rotation_error
     center_error = np.linalg.norm(C_aligned - C_true, axis=1) / scene_size
     # x_cam = R_est X_est + t and X_est = R_align^T (X - t_align) / s: rotation R_est R_align^T
     rotation_error = rotation_angle_deg(R_est @ R_align.T, truth.R_cw)
-    focal_error = np.array([abs(model.intrinsics[n][0, 0] / truth.K[0, 0] - 1)
-                            for n in truth.names])
+    focal_error = np.array([abs(model.intrinsics[n][0, 0] / f - 1)
+                            for n, f in zip(truth.names, truth.focals)])
     assert center_error.max() < max_center_error, center_error
     assert rotation_error.max() < max_rotation_error_deg, rotation_error
     assert focal_error.max() < max_focal_error, focal_error
@@ -218,6 +225,67 @@ def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path, mapper):
     assert_poses_match(truth, models[0], max_rotation_error_deg=0.2, max_center_error=0.01,
                        max_focal_error=0.01)
     assert models[0].num_points3D > 0.8 * len(truth.points)
+
+
+@pytest.mark.parametrize("focal_spread, shared", [(0.0, True), (0.2, False)])
+def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
+        tmp_path, focal_spread, shared):
+    """One lens: the shared camera fits as well and is kept; a zoom (focal lengths 0.8-1.2x
+    apart): one focal length cannot fit them, the per-image cameras are kept. The poses and
+    focal lengths are right either way."""
+    truth = synthesize_cluster(seed=3, focal_spread=focal_spread)
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    models, why = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                                    tmp_path / "work", ReconConf(mapper="global"),
+                                    image_sizes=sizes)
+    assert len(models) == 1 and models[0].shared_cameras is shared
+    assert why.startswith("shared" if shared else "per image"), why
+    assert (tmp_path / "work" / "cameras-image").is_dir()
+    assert (tmp_path / "work" / "cameras-size").is_dir()
+    assert_poses_match(truth, models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
+                       max_focal_error=0.01)
+
+
+def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
+    truth = synthesize_cluster(num_images=4)
+    sizes = {name: truth.image_size for name in truth.names}
+    sizes[truth.names[-1]] = (700, 500)  # another camera: keypoints still inside it
+    for sharing, expected in (("size", 2), ("image", 4)):
+        db_path = tmp_path / f"{sharing}.db"
+        build_database(db_path, tmp_path, truth.names, truth.keypoints, truth.matches,
+                       ReconConf(camera_sharing=sharing), image_sizes=sizes)
+        with pycolmap.Database.open(db_path) as db:
+            assert db.num_cameras() == expected
+            assert db.num_rigs() == expected and db.num_images() == 4
+
+
+def _model(names, error, observations=100):
+    eye, zero = np.eye(3), np.zeros(3)
+    return Model(poses={n: (eye, zero) for n in names}, num_points3D=0,
+                 points3D=np.zeros((0, 3)), intrinsics={}, mean_reprojection_error=error,
+                 num_observations=observations)
+
+
+def test_prefer_shared_cameras_weighs_registrations_then_reprojection_error():
+    abc = ["a", "b", "c"]
+    assert prefer_shared_cameras([_model(abc, 0.5)], [_model(abc, 0.45)], 1.15)[0]
+    keep, why = prefer_shared_cameras([_model(abc, 0.6)], [_model(abc, 0.45)], 1.15)
+    assert not keep and "more than 1.15x" in why
+    keep, why = prefer_shared_cameras([_model(abc[:2], 0.1)], [_model(abc, 0.45)], 1.15)
+    assert not keep and "register 2 images" in why
+    assert prefer_shared_cameras([_model(abc, 0.9)], [], 1.15)[0]
+    assert not prefer_shared_cameras([], [], 1.15)[0]
+    # errors of several models are weighted by their observations: (0.4*300 + 1.0*100) / 400
+    two = [_model(abc, 0.4, 300), _model(["d", "e", "f"], 1.0, 100)]
+    assert prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.55 / 1.15)], 1.15)[0]
+    assert not prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.54 / 1.15)],
+                                     1.15)[0]
+    with pytest.raises(ValueError, match="shared_camera_max_error_ratio"):
+        ReconConf(shared_camera_max_error_ratio=0.5)
+    with pytest.raises(ValueError, match="camera_sharing"):
+        ReconConf(camera_sharing="exif")
 
 
 def test_mapper_choice_is_validated_and_part_of_the_cache_key():
@@ -310,19 +378,21 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
             np.testing.assert_allclose(again.poses[name][0], R_cw, atol=1e-12)
             np.testing.assert_allclose(again.poses[name][1], t_cw, atol=1e-12)
         np.testing.assert_allclose(again.points3D, model.points3D, atol=1e-12)
-    assert [m.num_registered for m in load_models(work_dir / "models")] == \
+    # camera_sharing "auto" maps twice, each way cached in its own folder
+    kept = work_dir / ("cameras-size" if models[0].shared_cameras else "cameras-image")
+    assert [m.num_registered for m in load_models(kept / "models")] == \
         [m.num_registered for m in models]
 
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(), overwrite=True)
-    assert len(calls) == 1
+    assert len(calls) == 2
     # Options that change the result are part of the cache key; verbosity is not.
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(colmap_verbose=True))
-    assert len(calls) == 1
-    reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
-                work_dir, ReconConf(min_num_matches=20))
     assert len(calls) == 2
+    reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
+                work_dir, ReconConf(min_num_matches=20, camera_sharing="image"))
+    assert len(calls) == 3
     assert ReconConf(colmap_verbose=True).cache_key() == ReconConf().cache_key()
     assert ReconConf(seed=1).cache_key() != ReconConf().cache_key()
     lean = ReconConf(ba_ignore_redundant_points=False)
@@ -343,12 +413,13 @@ def test_mapping_time_limit_defaults_to_a_per_image_budget():
 def test_changed_matches_are_not_served_from_the_cache(cluster, tmp_path, monkeypatch):
     subset = cluster.scene_views[:5]
     matches = {k: m for k, m in cluster.matches.items() if k[0] in subset and k[1] in subset}
-    reconstruct(cluster.image_dir, subset, cluster.keypoints, matches, tmp_path)
+    conf = ReconConf(camera_sharing="image")
+    reconstruct(cluster.image_dir, subset, cluster.keypoints, matches, tmp_path, conf)
     calls = []
     monkeypatch.setattr(pycolmap, "incremental_mapping",
                         lambda *a, **k: calls.append(a) or {})
     fewer = dict(list(matches.items())[:-1])
-    reconstruct(cluster.image_dir, subset, cluster.keypoints, fewer, tmp_path)
+    reconstruct(cluster.image_dir, subset, cluster.keypoints, fewer, tmp_path, conf)
     assert len(calls) == 1
 
 
@@ -516,7 +587,7 @@ def test_a_damaged_model_cache_is_mapped_again(tmp_path, caplog):
     sizes = {name: truth.image_size for name in truth.names}
     (tmp_path / "images").mkdir()
     args = (tmp_path / "images", truth.names, truth.keypoints, truth.matches, tmp_path / "work",
-            ReconConf())
+            ReconConf(camera_sharing="image"))
     first = reconstruct(*args, image_sizes=sizes)
     for path in (tmp_path / "work" / "models" / "0").iterdir():
         path.write_bytes(path.read_bytes()[:10])  # every file of model 0 cut short

@@ -61,6 +61,20 @@ GRAPH_MIN_INLIERS = 10
 # (ReconConf.min_model_size) with fewer images is outliers. 3: two images alone have no third
 # view to confirm their relative pose, and two outliers matched by chance look just like them.
 MIN_SCENE_SIZE = 3
+# Intrinsics the images of a match-graph scene get (ReconConf.camera_sharing): "image", a
+# camera of its own each (COLMAP refines every focal length alone); "size", one camera per
+# image size (how plain COLMAP treats photos without EXIF); "auto", map both ways and keep the
+# shared cameras unless they fit clearly worse (SHARED_CAMERA_MAX_ERROR_RATIO) or register
+# fewer images. Measured (SIFT, global mapper, seed 40): on realdev2's repetitive fruit_mat,
+# per-image focal lengths drifted (one to 10^6 px) and shared ones gave mAA 43.75 -> 78.1,
+# realdev's castle 97.2 -> 100; on the demo data, whose renders vary the focal length
+# 0.9-1.2x per view, shared cameras lost 78.67 -> 55.56 (benchmarks/README.md).
+CAMERA_SHARING = ("auto", "image", "size")
+CAMERA_SHARING_DEFAULT = "auto"
+# "auto" keeps shared cameras while their mean reprojection error is at most this multiple of
+# the per-image cameras' error. Measured ratios (shared / per image, seed 40): real photos
+# from one camera 0.43-1.02, the demo's varying focal lengths 1.23-1.81.
+SHARED_CAMERA_MAX_ERROR_RATIO = 1.15
 # SfM mapper threads (ReconConf.num_threads): one thread is reproducible bit for bit (our
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.

@@ -23,7 +23,7 @@ from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_m
 from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, RETRIEVALS, UNREGISTERED,
                                    UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
-from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct
+from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
 from src.learned.options import OUTLIER_THRESHOLD
@@ -85,7 +85,8 @@ class GeometricConf:
                             min_cluster_size=cfg.min_scene_size),
             reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
                                      min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
-                                     num_threads=cfg.sfm_threads),
+                                     num_threads=cfg.sfm_threads,
+                                     camera_sharing=cfg.camera_sharing),
             unregistered=cfg.unregistered, retrieval=retrieval, reason=reason)
 
 
@@ -107,8 +108,8 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 
 
 # Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
-SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "models", "model_sizes",
-               "registered", "unregistered", "clusters", "seconds"]
+SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "models",
+               "model_sizes", "registered", "unregistered", "clusters", "seconds"]
 
 
 def choose_mapper(mapper: str, features: str) -> str:
@@ -256,14 +257,14 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         keypoints = {im: features[im].keypoints for im in members}
         work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
         started = time.perf_counter()
-        models = stopwatch("reconstruction", reconstruct, image_dir, members, keypoints,
-                           matches, work_dir, conf.reconstruction, overwrite)
+        models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
+                                    keypoints, matches, work_dir, conf.reconstruction, overwrite)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
         result.update(predictions)
         rows.append(_sfm_row(dataset, scene, members, models, conf.reconstruction.mapper,
-                             range(next_cluster, first_cluster), seconds))
+                             cameras, range(next_cluster, first_cluster), seconds))
         next_cluster = first_cluster
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
@@ -273,13 +274,13 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 
 def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
-             clusters: range, seconds: float) -> dict:
-    """What SfM made of one match-graph scene: the mapper, the models' sizes, the images it
-    registered, the submission clusters they became and the seconds it took (cached runs
-    take none)."""
+             cameras: str, clusters: range, seconds: float) -> dict:
+    """What SfM made of one match-graph scene: the mapper, the cameras kept and why, the
+    models' sizes, the images it registered, the submission clusters they became and the
+    seconds it took (cached runs take none)."""
     registered = len(set(members) & {name for model in models for name in model.poses})
     return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
-            "models": len(models),
+            "cameras": cameras, "models": len(models),
             "model_sizes": "+".join(str(m.num_registered) for m in models),
             "registered": registered, "unregistered": len(members) - registered,
             "clusters": " ".join(cluster_name(k) for k in clusters),

@@ -45,7 +45,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -54,7 +54,9 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.options import MAPPERS, check_choices, MIN_SCENE_SIZE, SFM_THREADS
+from src.geometric.options import (CAMERA_SHARING, CAMERA_SHARING_DEFAULT, MAPPERS,
+                                   MIN_SCENE_SIZE, SFM_THREADS, SHARED_CAMERA_MAX_ERROR_RATIO,
+                                   check_choices)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ __all__ = [
     "read_image_size",
     "build_database",
     "reconstruct",
+    "reconstruct_scene",
+    "prefer_shared_cameras",
     "load_models",
     "poses_for_images",
 ]
@@ -102,6 +106,10 @@ class ReconConf:
     pair_geometry: str = "colmap"
     pair_max_error_px: float = 4.0  # "colmap": its RANSAC threshold (COLMAP's default), px
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP model of each image's camera (see SUPPORTED_...)
+    # "image": a camera per image; "size": one camera per image size; "auto": both, the
+    # shared cameras kept unless they fit worse (options.CAMERA_SHARING says why).
+    camera_sharing: str = CAMERA_SHARING_DEFAULT
+    shared_camera_max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO  # "auto"'s test
     focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
     min_model_size: int = MIN_SCENE_SIZE  # models registering fewer images are dropped
     max_models: int = 50  # most models the mapper may start (1 = a single model)
@@ -127,7 +135,12 @@ class ReconConf:
 
     def __post_init__(self) -> None:
         check_choices(self, {"mapper": MAPPERS, "pair_geometry": PAIR_GEOMETRIES,
-                             "camera_model": SUPPORTED_CAMERA_MODELS})
+                             "camera_model": SUPPORTED_CAMERA_MODELS,
+                             "camera_sharing": CAMERA_SHARING})
+        ratio = self.shared_camera_max_error_ratio
+        if not (np.isfinite(ratio) and ratio >= 1):
+            raise ValueError("ReconConf.shared_camera_max_error_ratio must be a number >= 1, "
+                             f"got {ratio!r}")
         if not (np.isfinite(self.pair_max_error_px) and self.pair_max_error_px > 0):
             raise ValueError("ReconConf.pair_max_error_px must be a positive number, got "
                              f"{self.pair_max_error_px!r}")
@@ -232,12 +245,18 @@ class Model:
     points3D: (P, 3) float64 world coordinates of those points, in COLMAP point-id order.
     intrinsics: image name -> K (3, 3) float64 as refined by COLMAP, pixels, in the OpenCV
         convention (integer coordinates at pixel centres); distortion parameters left out.
+    mean_reprojection_error: pixels, over all observations of the 3D points (nan if none).
+    num_observations: 2D observations of the 3D points.
+    shared_cameras: whether some registered images share a camera (intrinsics).
     """
 
     poses: dict[str, tuple[np.ndarray, np.ndarray]]
     num_points3D: int
     points3D: np.ndarray
     intrinsics: dict[str, np.ndarray]
+    mean_reprojection_error: float = float("nan")
+    num_observations: int = 0
+    shared_cameras: bool = False
 
     @property
     def num_registered(self) -> int:
@@ -257,8 +276,13 @@ def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
         intrinsics[image.name] = K
     points = [rec.points3D[point_id].xyz for point_id in sorted(rec.points3D.keys())]
     points3D = np.array(points, dtype=np.float64).reshape(-1, 3)  # in point-id order
+    num_observations = int(rec.compute_num_observations())
+    error = float(rec.compute_mean_reprojection_error()) if num_observations else float("nan")
+    cameras = {rec.image(image_id).camera_id for image_id in rec.reg_image_ids()}
     return Model(poses=dict(sorted(poses.items())), num_points3D=len(points3D),
-                 points3D=points3D, intrinsics=dict(sorted(intrinsics.items())))
+                 points3D=points3D, intrinsics=dict(sorted(intrinsics.items())),
+                 mean_reprojection_error=error, num_observations=num_observations,
+                 shared_cameras=len(cameras) < len(poses))
 
 
 # =========================================================================== inputs
@@ -371,7 +395,8 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
     image_sizes: optional name -> (width, height) pixels, to avoid decoding the images.
 
     Writes per image a camera (``conf.camera_model``, focal ``focal_prior_factor * max(W,
-    H)``, principal point at the centre, no prior focal length), a single-camera rig, a frame,
+    H)``, principal point at the centre, no prior focal length; with ``camera_sharing
+    "size"`` one camera and rig serve all images of a size), a single-camera rig, a frame,
     the image and its keypoints (shifted by +0.5 px to COLMAP's convention); per pair the
     matches and their two-view geometry (``conf.pair_geometry``: COLMAP's own estimate from
     them, or all of them as inliers with an 8-point F).
@@ -386,7 +411,8 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
     with atomic_path(db_path) as tmp:
         tmp.unlink()  # an empty file is not a database; let COLMAP create it
         with pycolmap.Database.open(tmp) as db:
-            cameras = {name: _write_image(db, name, sizes[name], kpts[name], conf)
+            rigs: dict[tuple[int, int], tuple[int, int]] = {}  # size -> (camera, rig) ids
+            cameras = {name: _write_image(db, name, sizes[name], kpts[name], conf, rigs)
                        for name in images}
             for (a, b), m in pair_matches.items():
                 _write_verified_pair(db, cameras, kpts, (a, b), m, conf)
@@ -415,19 +441,27 @@ def _checked_image_sizes(image_dir: Path, images: Sequence[str],
 
 
 def _write_image(db: pycolmap.Database, name: str, size: tuple[int, int],
-                 keypoints: np.ndarray, conf: ReconConf) -> tuple[int, pycolmap.Camera]:
-    """One image with its own camera, single-camera rig and frame, and its keypoints
-    (OpenCV pixels, shifted to COLMAP's); returns its image id and camera."""
+                 keypoints: np.ndarray, conf: ReconConf,
+                 rigs: dict[tuple[int, int], tuple[int, int]]) -> tuple[int, pycolmap.Camera]:
+    """One image with its frame and keypoints (OpenCV pixels, shifted to COLMAP's), and
+    its own camera and single-camera rig, or with ``conf.camera_sharing == "size"`` those
+    already written for its size (``rigs``: size -> (camera id, rig id), updated); returns
+    its image id and camera."""
     width, height = size
     camera = pycolmap.Camera.create_from_model_name(
         pycolmap.INVALID_CAMERA_ID, conf.camera_model,
         conf.focal_prior_factor * max(width, height), width, height)
     camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
-    camera_id = db.write_camera(camera)
+    if conf.camera_sharing == "size" and size in rigs:
+        camera_id, rig_id = rigs[size]
+        camera.camera_id = camera_id
+    else:
+        camera_id = db.write_camera(camera)
+        rig = pycolmap.Rig()
+        rig.add_ref_sensor(pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id))
+        rig_id = db.write_rig(rig)
+        rigs[size] = (camera_id, rig_id)
     sensor = pycolmap.sensor_t(pycolmap.SensorType.CAMERA, camera_id)
-    rig = pycolmap.Rig()
-    rig.add_ref_sensor(sensor)
-    rig_id = db.write_rig(rig)
     image_id = db.write_image(pycolmap.Image(name=name, camera_id=camera_id))
     frame = pycolmap.Frame()
     frame.rig_id = rig_id
@@ -588,7 +622,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
 
     image_dir: folder of the image files; images: the cluster's image names (unique).
     keypoints, matches, image_sizes: as in :func:`build_database`.
-    work_dir: where the database and the cached models live (one folder per cluster).
+    work_dir: where the databases and the cached models live (one folder per cluster).
     overwrite: map again even if ``work_dir`` holds models for these inputs.
     name: how log messages call the cluster (default: ``work_dir``).
 
@@ -597,8 +631,23 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
     in more than one model (see :func:`poses_for_images`). Returns [] with no pycolmap call
     for fewer than 2 images, and [] with a warning when no pair has
     ``conf.min_num_matches`` matches, when the mapper finds no model, or when pycolmap raises
-    (that failure is not cached, so a later call tries again).
+    (that failure is not cached, so a later call tries again). With ``camera_sharing
+    "auto"`` the cluster is mapped with a camera per image and with one per image size, and
+    :func:`prefer_shared_cameras` picks (:func:`reconstruct_scene` also says why).
     """
+    return reconstruct_scene(image_dir, images, keypoints, matches, work_dir, conf, overwrite,
+                             name, image_sizes)[0]
+
+
+def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
+                      keypoints: Mapping[str, np.ndarray],
+                      matches: Mapping[PairKey, np.ndarray], work_dir: str | os.PathLike,
+                      conf: ReconConf = ReconConf(), overwrite: bool = False,
+                      name: str | None = None,
+                      image_sizes: Mapping[str, tuple[int, int]] | None = None
+                      ) -> tuple[list[Model], str]:
+    """:func:`reconstruct`'s models, and which cameras they were mapped with and why
+    (e.g. ``"shared: 0.68 px, per image 0.69 px"``; empty when nothing was mapped)."""
     work_dir = Path(work_dir)
     label = name or str(work_dir)
     images = list(images)
@@ -606,7 +655,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
         raise ValueError(f"cluster {label}: image names are not unique")
     if len(images) < 2:
         log.info("cluster %s: %d image(s), nothing to reconstruct", label, len(images))
-        return []
+        return [], ""
     kpts = _check_keypoints(images, keypoints)
     pair_matches = _check_matches(images, kpts, matches)
     usable = [key for key, m in pair_matches.items() if len(m) >= conf.min_num_matches]
@@ -614,8 +663,72 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
         log.warning("cluster %s: no image pair has %d or more verified matches (%d pair(s) "
                     "given); no reconstruction, its %d images stay unregistered", label,
                     conf.min_num_matches, len(pair_matches), len(images))
-        return []
+        return [], ""
+    if conf.camera_sharing != "auto":
+        models = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
+                                   work_dir, conf, overwrite, label, image_sizes)
+        return models, _cameras_label(conf.camera_sharing)
+    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
+    per_image = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
+                                  work_dir / "cameras-image",
+                                  replace(conf, camera_sharing="image"), overwrite, label, sizes)
+    if len(set(sizes.values())) == len(images):
+        return per_image, "per image (no two images of one size)"
+    shared = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
+                               work_dir / "cameras-size", replace(conf, camera_sharing="size"),
+                               overwrite, label, sizes)
+    keep_shared, why = prefer_shared_cameras(shared, per_image,
+                                             conf.shared_camera_max_error_ratio)
+    log.info("cluster %s: %s cameras kept (%s)", label, "shared" if keep_shared else
+             "per-image", why)
+    return (shared, f"shared ({why})") if keep_shared else (per_image, f"per image ({why})")
 
+
+def _cameras_label(sharing: str) -> str:
+    return {"image": "per image", "size": "shared by size"}[sharing]
+
+
+def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
+                          max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO
+                          ) -> tuple[bool, str]:
+    """Whether the models mapped with cameras shared by image size are to be kept over
+    those mapped with a camera per image, and why.
+
+    Shared intrinsics have fewer parameters: where the images come from one camera they fit
+    as well (and keep the focal lengths from drifting apart on weak geometry); where the focal
+    length varies from image to image they fit clearly worse. So the shared models are kept
+    unless they register fewer images or their mean reprojection error (over all models,
+    weighted by observations) exceeds ``max_error_ratio`` times the per-image models'.
+    """
+    registered_shared = len({n for m in shared for n in m.poses})
+    registered_own = len({n for m in per_image for n in m.poses})
+    if registered_shared < registered_own:
+        return False, (f"shared cameras register {registered_shared} images, a camera per "
+                       f"image {registered_own}")
+    if not per_image:
+        return bool(shared), "no model with a camera per image"
+    error_shared, error_own = _mean_error(shared), _mean_error(per_image)
+    why = f"{error_shared:.3f} px shared, {error_own:.3f} px per image"
+    if not error_shared <= max_error_ratio * error_own:
+        return False, f"{why}: more than {max_error_ratio:g}x"
+    return True, why
+
+
+def _mean_error(models: Sequence[Model]) -> float:
+    """Mean reprojection error of several models, weighted by their observations."""
+    weights = np.array([m.num_observations for m in models], dtype=np.float64)
+    errors = np.array([m.mean_reprojection_error for m in models], dtype=np.float64)
+    if weights.sum() == 0:
+        return float("nan")
+    return float(np.sum(weights * errors) / weights.sum())
+
+
+def _reconstruct_once(image_dir: str | os.PathLike, images: list[str],
+                      kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
+                      num_usable_pairs: int, work_dir: Path, conf: ReconConf, overwrite: bool,
+                      label: str, image_sizes: Mapping[str, tuple[int, int]] | None
+                      ) -> list[Model]:
+    """One mapping run (cached) with ``conf``, whose camera sharing is not "auto"."""
     models_dir = work_dir / MODELS_DIR
     fingerprint = _fingerprint(images, kpts, pair_matches, conf)
     cached = None if overwrite else _cached_models(models_dir, fingerprint, conf, label)
@@ -627,7 +740,7 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
         return []
     found, seconds = mapped
     models = _keep_and_cache(found, models_dir, fingerprint, conf, len(images), seconds)
-    _log_outcome(label, models, len(images), len(usable), seconds, conf, work_dir)
+    _log_outcome(label, models, len(images), num_usable_pairs, seconds, conf, work_dir)
     return models
 
 
@@ -716,8 +829,9 @@ def _log_outcome(label: str, models: list[Model], num_images: int, num_usable_pa
                     conf.min_model_size, num_images, num_usable_pairs, work_dir)
         return
     registered = len({n for m in models for n in m.poses})
-    log.info("cluster %s: %s mapper, %d model(s) (%s images), %d/%d images registered, "
-             "%.1f s", label, conf.mapper, len(models),
+    log.info("cluster %s: %s mapper, cameras %s, %d model(s) (%s images), %d/%d images "
+             "registered, %.1f s", label, conf.mapper, _cameras_label(conf.camera_sharing),
+             len(models),
              "+".join(str(m.num_registered) for m in models), registered, num_images, seconds)
 
 
