@@ -141,6 +141,13 @@ def describe(conf: GeometricConf) -> str:
             f"{conf.reconstruction.mapper} mapper ({conf.reason})")
 
 
+def pairs_key(conf: GeometricConf) -> str:
+    """What chooses the pairs, for the matches cache's name, e.g. ``k10e30-vlad``: the top
+    k, the exhaustive limit and the retrieval. Matches cached for one choice of pairs are
+    then never read as another's."""
+    return f"k{conf.pairs.top_k}e{conf.pairs.exhaustive_below}-{conf.retrieval}"
+
+
 def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
     return PosePrediction(dataset, image, scene, np.full((3, 3), np.nan), np.full(3, np.nan))
 
@@ -185,15 +192,19 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
                                       stopwatch)
     pairs = select_pairs(kept, global_desc, conf.pairs)
     match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
-                              f"{conf.matching.cache_key()}-k{conf.pairs.top_k}"
-                              f"e{conf.pairs.exhaustive_below}.h5")
+                              f"{conf.matching.cache_key()}-{pairs_key(conf)}.h5")
     verified = stopwatch("matching", match_and_verify, features_path, pairs, conf.matching,
                          match_path, overwrite)
     scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
     _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
+    # The file may also hold pairs of an earlier run of this configuration that chose others
+    # (other images excluded in hybrid mode): SfM gets this run's pairs, as the graph did.
+    selected = set(pairs)
+    inlier_matches = {pair: m for pair, m in load_verified_matches(match_path).items()
+                      if pair in selected}
     result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
-                                           load_verified_matches(match_path), conf, cache_dir,
-                                           overwrite, stopwatch)
+                                           inlier_matches, conf, cache_dir, overwrite,
+                                           stopwatch)
     predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
     return predictions, stopwatch.seconds, sfm_rows
 
