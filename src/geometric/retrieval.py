@@ -173,19 +173,18 @@ def _compute(image_dir: Path, names: list[str], conf: Dinov2Conf, folder: Path
                  conf.image_side, side, patch_size)
     width = 2 * int(network.config.hidden_size)
     out: dict[str, np.ndarray] = {}
-    batches = [names[i:i + conf.batch_size] for i in range(0, len(names), conf.batch_size)]
-    for batch in progress(batches, f"dinov2 {image_dir.name}", "batch"):
-        pixels = {}
-        for name in batch:
-            try:
-                pixels[name] = _pixels(read_image_rgb(image_dir / name), side)
-            except (OSError, DataError, cv2.error) as exc:
-                log.warning("%s: cannot read the image (%s); its DINOv2 descriptor is zero",
-                            image_dir / name, exc)
-                out[name] = np.zeros(width, np.float32)
-        if pixels:
+    pixels: dict[str, np.ndarray] = {}  # the batch being gathered
+    for index, name in enumerate(progress(names, f"dinov2 {image_dir.name}", "image")):
+        try:
+            pixels[name] = _pixels(read_image_rgb(image_dir / name), side)
+        except (OSError, DataError, cv2.error) as exc:
+            log.warning("%s: cannot read the image (%s); its DINOv2 descriptor is zero",
+                        image_dir / name, exc)
+            out[name] = np.zeros(width, np.float32)
+        if pixels and (len(pixels) == conf.batch_size or index == len(names) - 1):
             rows = _forward(network, device, np.stack(list(pixels.values())), first_patch)
             out.update(zip(pixels, rows))
+            pixels = {}
     return out, width
 
 
@@ -231,6 +230,9 @@ def _load_network(folder: str, device: str):
             raise ImportError(f"DINOv2 retrieval needs the package transformers ({error}): "
                               "`pip install -r requirements.txt` installs it (Kaggle's "
                               "images have it)") from error
+        # One log line says what was loaded (below); transformers' per-tensor bar would add
+        # a line of its own to every run log.
+        transformers.utils.logging.disable_progress_bar()
         config = transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
         if config.model_type not in MODEL_TYPES:
             raise ConfigError(f"{Path(folder) / CONFIG_FILE}: model_type "
