@@ -18,7 +18,13 @@ def save_tiny_dinov2(folder: Path, weights_format: str = "safetensors", seed: in
     ``pytorch_model.bin`` (``weights_format`` "safetensors" or "bin"); returns ``folder``.
     The same seed gives the same weights in either format."""
     import torch
-    from transformers import Dinov2Config, Dinov2Model
+
+    from src.geometric.torch_compat import stand_in_hidden
+
+    # As in src.geometric.retrieval: an earlier test may have registered the torchvision
+    # stand-in, which transformers' import cannot take.
+    with stand_in_hidden():
+        from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
     model = Dinov2Model(Dinov2Config(**TINY)).eval()
