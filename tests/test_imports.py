@@ -1,5 +1,6 @@
 """What each entry point loads: `--help`, a geometric run, the scorer and the viewer never
-import TensorFlow (3 s of start-up for nothing); each runs in its own interpreter."""
+import TensorFlow (3 s of start-up for nothing), and `--help` and a VLAD run never import
+transformers (DINOv2 retrieval's); each runs in its own interpreter."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def test_help_does_not_import_tensorflow():
                           "    try:\n        main.parse_args(['--help'])\n"
                           "    except SystemExit:\n        pass")
     assert not loaded & set(HEAVY)
+    assert "transformers" not in loaded
 
 
 def test_scorer_and_viewer_do_not_import_tensorflow():
@@ -52,4 +54,5 @@ def test_geometric_run_does_not_import_tensorflow(tmp_path):
             f"str(data), '--output-dir', {str(tmp_path / 'out')!r}]) == 0")
     loaded = loaded_after(code)
     assert not loaded & set(HEAVY)
+    assert "transformers" not in loaded  # VLAD chose the pairs: no DINOv2
     assert "pycolmap" in loaded  # it did run SfM

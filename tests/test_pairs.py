@@ -51,6 +51,30 @@ def test_bad_inputs_are_refused():
         PairsConf(top_k=0)
 
 
+def test_several_descriptors_join_their_neighbour_lists():
+    # Two descriptors that each see only one half of the truth: a knows that 0~1 and 2~3,
+    # b that 0~2 and 1~3 (rows far apart otherwise).
+    a = np.array([[1, 0, 0], [1, 0.01, 0], [0, 1, 0], [0, 1, 0.01], [0, 0, 1]], float)
+    b = np.array([[1, 0, 0], [0, 1, 0], [1, 0.01, 0], [0, 1, 0.01], [0, 0, 1]], float)
+    conf = PairsConf(top_k=1, exhaustive_below=0)
+    n = names(5)
+    only_a, only_b = select_pairs(n, a, conf), select_pairs(n, b, conf)
+    assert {(n[0], n[1]), (n[2], n[3])} <= set(only_a)
+    assert {(n[0], n[2]), (n[1], n[3])} <= set(only_b)
+    both = select_pairs(n, [a, b], conf)
+    assert set(both) == set(only_a) | set(only_b)
+    # no duplicates, a before b, and sorted by position, whichever array comes first
+    assert both == sorted(set(both), key=lambda p: (n.index(p[0]), n.index(p[1])))
+    assert select_pairs(n, (b, a), conf) == both
+    # arrays of different widths, one descriptor per image each
+    wide = np.concatenate([b, np.zeros((5, 7))], axis=1)
+    assert select_pairs(n, [a, wide], conf) == both
+    with pytest.raises(ValueError, match="one global descriptor per image"):
+        select_pairs(n, [a, b[:4]], conf)
+    with pytest.raises(ValueError, match="one global descriptor per image"):
+        select_pairs(n, [], conf)
+
+
 def test_vlad_separates_images_with_different_local_statistics():
     from src.geometric.pairs import vlad_descriptors
     rng = np.random.default_rng(1)

@@ -37,7 +37,8 @@ def test_fields_that_may_change_on_resumption_are_marked_on_the_fields():
         "overwrite", "run_name", "output_dir", "outlier_threshold", "cluster_min_samples",
         "cluster_eps_quantile", "cluster_eps_scale", "cluster_pose_weight",
         "cluster_feature_weight", "pipeline", "features", "max_keypoints", "max_image_side",
-        "pair_top_k", "pair_exhaustive_below", "retrieval", "match_ratio",
+        "pair_top_k", "pair_exhaustive_below", "retrieval", "retrieval_weights",
+        "retrieval_image_side", "match_ratio",
         "ransac_threshold_px", "min_verified_inliers", "graph_min_inliers", "min_scene_size",
         "unregistered", "sfm_threads", "camera_sharing", "matcher", "feature_model",
         "feature_weights", "matcher_weights", "torch_device", "mapper"}

@@ -11,7 +11,11 @@ from __future__ import annotations
 FEATURE_NAMES = ("sift", "aliked", "disk")  # sift: OpenCV; aliked, disk: torch networks
 LEARNED_FEATURE_NAMES = ("aliked", "disk")  # the networks, run by torch
 MATCHERS = ("nn-ratio", "lightglue")  # mutual nearest neighbours + ratio test; learned
-RETRIEVALS = ("vlad", "backbone")  # global descriptors for pair selection
+# Global descriptors for pair selection: VLAD of the local features (no network), the
+# learned model's backbone features (hybrid), an attached DINOv2 model, or the union of the
+# VLAD and DINOv2 neighbours.
+RETRIEVALS = ("vlad", "backbone", "dinov2", "vlad+dinov2")
+DINOV2_RETRIEVALS = ("dinov2", "vlad+dinov2")  # the ones that run the DINOv2 model
 UNREGISTERED_POLICIES = ("outliers", "nan")  # what becomes of images SfM cannot register
 TORCH_DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when torch sees it, else the CPU
 # pycolmap's incremental mapper (COLMAP) or its global one (GLOMAP's rotation averaging and
@@ -43,6 +47,10 @@ AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
 # (benchmarks/README.md, retrieval; k = 20 finds 0.99 with twice the pairs to match).
 PAIR_TOP_K = 10
 PAIR_EXHAUSTIVE_BELOW = 30
+# DINOv2 retrieval (src/geometric/retrieval.py): images go to the network squashed to this
+# square side (pixels, rounded down to a multiple of its 14-px patches): 224 is the
+# resolution DINOv2 was trained at for most of its schedule. Not tuned by a benchmark.
+DINOV2_IMAGE_SIDE = 224
 
 # Matching (MatchConf). Lowe's ratio test at his 0.8: in the SIFT paper it rejects 90 % of
 # the false matches and under 5 % of the correct ones.

@@ -1,14 +1,16 @@
 """Pair selection: which image pairs of a dataset are worth matching.
 
 Small datasets are matched exhaustively; larger ones by retrieval: each image is paired
-with its ``top_k`` nearest neighbours by cosine similarity of a global descriptor (the
-backbone features by default; any (N, D) array can be plugged in). The number of pairs then
-grows as about k·N, not N².
+with its ``top_k`` nearest neighbours by cosine similarity of a global descriptor (VLAD of
+the local features, the learned backbone's features or DINOv2's, see
+``src.geometric.retrieval``; any (N, D) array can be plugged in, or several, whose neighbour
+lists are joined). The number of pairs then grows as about k·N, not N².
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,28 +40,44 @@ def normalise_descriptors(descriptors: np.ndarray) -> np.ndarray:
     return np.divide(d, norms, out=np.zeros_like(d), where=norms > 0)
 
 
-def select_pairs(names: list[str], descriptors: np.ndarray | None,
+def select_pairs(names: list[str], descriptors: np.ndarray | Sequence[np.ndarray] | None,
                  conf: PairsConf = PairsConf()) -> list[tuple[str, str]]:
-    """Unordered image pairs (a, b) with a before b in ``names``, without duplicates.
+    """Unordered image pairs (a, b) with a before b in ``names``, without duplicates, sorted
+    by the positions of a then b in ``names``.
 
-    descriptors: (N, D) global descriptors in the order of ``names``; may be None when the
-    dataset is small enough for exhaustive matching.
+    descriptors: (N, D) global descriptors in the order of ``names``, or several such arrays
+    (widths may differ): then each image's ``top_k`` neighbours by each array, all together
+    (VLAD and DINOv2 miss different pairs); may be None when the dataset is small enough for
+    exhaustive matching.
     """
     n = len(names)
     if n < 2:
         return []
     if n <= conf.exhaustive_below:
         return [(names[i], names[j]) for i, j in itertools.combinations(range(n), 2)]
-    if descriptors is None or len(descriptors) != n:
+    descriptor_sets = ([] if descriptors is None else [descriptors]
+                       if isinstance(descriptors, np.ndarray) else list(descriptors))
+    if not descriptor_sets:
         raise ValueError(f"retrieval needs one global descriptor per image: {n} images, "
-                         f"{None if descriptors is None else len(descriptors)} descriptors")
+                         f"no descriptors")
+    chosen: set[tuple[int, int]] = set()
+    for d in descriptor_sets:
+        if len(d) != n:
+            raise ValueError(f"retrieval needs one global descriptor per image: {n} images, "
+                             f"{len(d)} descriptors")
+        chosen |= _nearest_pairs(d, conf.top_k)
+    return [(names[i], names[j]) for i, j in sorted(chosen)]
+
+
+def _nearest_pairs(descriptors: np.ndarray, top_k: int) -> set[tuple[int, int]]:
+    """Index pairs (i, j), i < j, of each row and its ``top_k`` most cosine-similar rows."""
+    n = len(descriptors)
     d = normalise_descriptors(descriptors)
     similarity = d @ d.T
     np.fill_diagonal(similarity, -np.inf)
-    k = min(conf.top_k, n - 1)
+    k = min(top_k, n - 1)
     neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    chosen = {(min(i, j), max(i, j)) for i in range(n) for j in neighbours[i]}
-    return [(names[i], names[j]) for i, j in sorted(chosen)]
+    return {(min(i, j), max(i, j)) for i in range(n) for j in neighbours[i]}
 
 
 def vlad_descriptors(local_descriptors: list[np.ndarray], n_words: int = 32,

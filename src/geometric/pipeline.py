@@ -2,9 +2,10 @@
 scenes -> pycolmap SfM per scene -> one pose (or ``outliers``) per image.
 
 Every stage caches its output under ``<cache_root>/<dataset>/`` (file names carry the stage's
-configuration key) and skips work already done unless ``overwrite``. The ``hybrid`` mode
-feeds the learned model in: its outlier head removes images before matching and its
-backbone features choose the pairs.
+configuration key) and skips work already done unless ``overwrite``. The pairs are chosen by
+VLAD of the local features, by an attached DINOv2 model (``src.geometric.retrieval``) or by
+both. The ``hybrid`` mode feeds the learned model in: its outlier head removes images before
+matching and its backbone features choose the pairs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import pandas as pd
 from config import ConfigError
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, RETRIEVALS, UNREGISTERED,
-                                   UNREGISTERED_POLICIES, check_choices)
+from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DINOV2_RETRIEVALS, RETRIEVALS,
+                                   UNREGISTERED, UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
+from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
@@ -42,14 +44,19 @@ class GeometricConf:
     # Images of a scene that SfM could not register: "outliers", or kept in the scene's
     # cluster with a nan pose ("nan"); options.UNREGISTERED says why the default.
     unregistered: str = UNREGISTERED
-    # Global descriptor for pair selection: "vlad" (from the local features, no network) or
-    # "backbone" (the learned model's features; hybrid mode).
+    # Global descriptor for pair selection: "vlad" (from the local features, no network),
+    # "backbone" (the learned model's features; hybrid mode), "dinov2" (the attached model
+    # of ``dinov2``) or "vlad+dinov2" (each image's neighbours by both).
     retrieval: str = "vlad"
+    dinov2: Dinov2Conf = field(default_factory=Dinov2Conf)
     # Why the features and matcher are what they are (``auto`` resolved by device), for the log.
     reason: str = field(default="as configured", compare=False)
 
     def __post_init__(self) -> None:
         check_choices(self, {"unregistered": UNREGISTERED_POLICIES, "retrieval": RETRIEVALS})
+        if self.retrieval in DINOV2_RETRIEVALS and not self.dinov2.weights:
+            raise ValueError(f"retrieval {self.retrieval!r} needs a DINOv2 model folder "
+                             f"(--retrieval-weights DIR); {ATTACH_HINT}")
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":
@@ -68,6 +75,12 @@ class GeometricConf:
             # (benchmarks/README.md, pair recall): VLAD unless weights are attached.
             hybrid_with_weights = cfg.pipeline == "hybrid" and bool(cfg.backbone_weights)
             retrieval = "backbone" if hybrid_with_weights else "vlad"
+        if retrieval in DINOV2_RETRIEVALS:
+            model_folder(cfg.retrieval_weights)  # a missing model stops the run before it starts
+        elif cfg.retrieval_weights:
+            log.warning("--retrieval-weights is set but the pairs are chosen by %s; the DINOv2 "
+                        "model is not used (--retrieval dinov2 or vlad+dinov2 uses it)",
+                        retrieval)
         features, matcher, reason = choose_features(cfg.features, cfg.matcher)
         return cls(
             features=FeatureConf(name=features,
@@ -87,7 +100,10 @@ class GeometricConf:
                                      min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads,
                                      camera_sharing=cfg.camera_sharing),
-            unregistered=cfg.unregistered, retrieval=retrieval, reason=reason)
+            unregistered=cfg.unregistered, retrieval=retrieval,
+            dinov2=Dinov2Conf(weights=cfg.retrieval_weights,
+                              image_side=cfg.retrieval_image_side, device=cfg.torch_device),
+            reason=reason)
 
 
 def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
@@ -136,10 +152,23 @@ def describe(conf: GeometricConf) -> str:
     if f.learned or m.matcher == "lightglue":
         from src.geometric.torch_compat import torch_device
         device = f" on {torch_device(f.device)}"
+    retrieval = conf.retrieval
+    if retrieval in DINOV2_RETRIEVALS:
+        retrieval += f" (DINOv2 {conf.dinov2.weights} at {conf.dinov2.image_side} px)"
     return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
-            f" images, else top {conf.pairs.top_k} by {conf.retrieval}; "
+            f" images, else top {conf.pairs.top_k} by {retrieval}; "
             f"{conf.reconstruction.mapper} mapper ({conf.reason})")
+
+
+def pairs_key(conf: GeometricConf) -> str:
+    """What chooses the pairs, for the matches cache's name, e.g. ``k10e30-vlad`` or
+    ``k10e30-vlad+dinov2-224-3f9a1c2b``: the top k, the exhaustive limit and the retrieval
+    (with the DINOv2 model's key). Matches cached for one choice of pairs are then never
+    read as another's."""
+    retrieval = "+".join(conf.dinov2.cache_key() if part == "dinov2" else part
+                         for part in conf.retrieval.split("+"))
+    return f"k{conf.pairs.top_k}e{conf.pairs.exhaustive_below}-{retrieval}"
 
 
 def _nan_pose(dataset: str, image: str, scene: str) -> PosePrediction:
@@ -182,19 +211,23 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
                               cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
     features = load_all_features(features_path)
     _warn_featureless(dataset, kept, features)
-    global_desc = _global_descriptors(dataset, images, kept, features, conf, backbone_features,
-                                      stopwatch)
+    global_desc = _global_descriptors(dataset, image_dir, images, kept, features, conf,
+                                      backbone_features, cache_dir, overwrite, stopwatch)
     pairs = select_pairs(kept, global_desc, conf.pairs)
     match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
-                              f"{conf.matching.cache_key()}-k{conf.pairs.top_k}"
-                              f"e{conf.pairs.exhaustive_below}.h5")
+                              f"{conf.matching.cache_key()}-{pairs_key(conf)}.h5")
     verified = stopwatch("matching", match_and_verify, features_path, pairs, conf.matching,
                          match_path, overwrite)
     scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
     _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
+    # The file may also hold pairs of an earlier run of this configuration that chose others
+    # (other images excluded in hybrid mode): SfM gets this run's pairs, as the graph did.
+    selected = set(pairs)
+    inlier_matches = {pair: m for pair, m in load_verified_matches(match_path).items()
+                      if pair in selected}
     result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
-                                           load_verified_matches(match_path), conf, cache_dir,
-                                           overwrite, stopwatch)
+                                           inlier_matches, conf, cache_dir, overwrite,
+                                           stopwatch)
     predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
     return predictions, stopwatch.seconds, sfm_rows
 
@@ -207,12 +240,13 @@ def _warn_featureless(dataset: str, images: list[str], features: dict[str, Featu
                     ", ".join(featureless[:10]) + (" ..." if len(featureless) > 10 else ""))
 
 
-def _global_descriptors(dataset: str, images: list[str], kept: list[str],
+def _global_descriptors(dataset: str, image_dir: Path, images: list[str], kept: list[str],
                         features: dict[str, Features], conf: GeometricConf,
-                        backbone_features: np.ndarray | None, stopwatch: _Stopwatch
-                        ) -> np.ndarray | None:
-    """(len(kept), D) descriptors that choose the pairs: the backbone's (rows of ``images``)
-    or VLAD of the local features; None when the dataset is small enough for all pairs."""
+                        backbone_features: np.ndarray | None, cache_dir: Path, overwrite: bool,
+                        stopwatch: _Stopwatch) -> np.ndarray | list[np.ndarray] | None:
+    """(len(kept), D) descriptors that choose the pairs: the backbone's (rows of ``images``),
+    VLAD of the local features or DINOv2's; for vlad+dinov2 both arrays, whose neighbours
+    ``select_pairs`` joins; None when the dataset is small enough for all pairs."""
     if conf.retrieval == "backbone" and backbone_features is not None:
         order = [images.index(im) for im in kept]
         return backbone_features[order]
@@ -221,8 +255,16 @@ def _global_descriptors(dataset: str, images: list[str], kept: list[str],
                     "retrieving with VLAD", dataset)
     if len(kept) <= conf.pairs.exhaustive_below:
         return None
-    return stopwatch("retrieval", vlad_descriptors, [features[im].descriptors for im in kept],
-                     seed=conf.pairs.seed)
+    descriptors = []
+    if conf.retrieval != "dinov2":  # vlad, vlad+dinov2, or backbone without its features
+        descriptors.append(stopwatch("retrieval", vlad_descriptors,
+                                     [features[im].descriptors for im in kept],
+                                     seed=conf.pairs.seed))
+    if conf.retrieval in DINOV2_RETRIEVALS:
+        cache_path = cache_dir / f"retrieval-{conf.dinov2.cache_key()}.npz"
+        descriptors.append(stopwatch("retrieval", dinov2_descriptors, image_dir, kept,
+                                     conf.dinov2, cache_path, overwrite))
+    return descriptors[0] if len(descriptors) == 1 else descriptors
 
 
 def _log_scenes(dataset: str, kept: list[str], pairs: list[tuple[str, str]],

