@@ -28,7 +28,7 @@ from typing import Any
 
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
                                    CAMERA_SHARING_DEFAULT, DINOV2_IMAGE_SIDE, DINOV2_RETRIEVALS,
-                                   FEATURE_NAMES,
+                                   ESCALATE_BELOW, FEATURE_NAMES,
                                    GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
@@ -186,6 +186,10 @@ class Config:
                              "one per image size, or auto = map both, keep the shared ones "
                              "unless they fit clearly worse", choices=CAMERA_SHARING,
                              resumable=True)
+    escalate_below: float = _f(ESCALATE_BELOW, "a match-graph scene whose largest SfM model "
+                               "registers less than this share of its images is redone alone "
+                               "with more keypoints and all its pairs; "
+                               "0 = never", resumable=True)
     sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
                           "cores)", resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "
@@ -208,6 +212,8 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value}")
+        if not 0.0 <= self.escalate_below <= 1.0:
+            problems.append(f"escalate_below must be in [0, 1], got {self.escalate_below}")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

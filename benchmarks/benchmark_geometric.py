@@ -80,7 +80,7 @@ from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission, lis
 
 log = logging.getLogger("benchmark_geometric")
 
-STAGES = ("features", "retrieval", "matching", "clustering", "reconstruction")
+STAGES = ("features", "retrieval", "matching", "clustering", "reconstruction", "escalation")
 DEFAULT_SIZES = (10, 40, 160)
 BASELINE_SCRIPT = REPO_ROOT / "benchmarks" / "benchmark_pycolmap_baseline.py"
 DEFAULT_REALDEV = Path("/tmp/realdev_input")  # python -m src.data_layout ../shared/data/realdev
@@ -134,8 +134,11 @@ def geometric_conf(top_k: int | None, exhaustive_below: int | None) -> Geometric
 def count_pairs(cache_dir: Path, min_inliers: int) -> tuple[int, int]:
     """(pairs matched, pairs with >= min_inliers verified inliers) in a dataset's cache.
 
-    The cache started empty, so every complete pair in it was matched by this run."""
-    paths = sorted(cache_dir.glob("matches-*.h5"))
+    The cache started empty, so every complete pair in it was matched by this run. Pairs
+    matched again for scenes redone with more effort (``*-escalated.h5``) are not counted:
+    their seconds are the ``escalation`` stage's."""
+    paths = sorted(p for p in cache_dir.glob("matches-*.h5")
+                   if not p.name.endswith("-escalated.h5"))
     if len(paths) != 1:
         raise RuntimeError(f"expected one matches cache in {cache_dir}, found {len(paths)}")
     verified = load_verified_matches(paths[0])

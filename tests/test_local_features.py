@@ -320,3 +320,22 @@ def test_names_with_slashes_round_trip_and_bad_inputs_are_named(image_dir, image
         lf.extract_dataset(tmp_path / "no_such_folder", ["a0.png"], lf.FeatureConf(), cache)
     with pytest.raises(ValueError, match="repeated"):
         lf.extract_dataset(image_dir, ["a0.png", "a0.png"], lf.FeatureConf(), cache)
+
+
+def test_upscaled_detection_maps_keypoints_back_to_original_pixels(images):
+    """min_image_side detects on a cubic upscale and maps back: the same keypoints as
+    detecting on that upscale by hand and dividing with the pixel-centre convention."""
+    small = images["a0.png"]
+    # the extractor turns the image grey before resizing it: so does this reference
+    big = cv2.resize(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), (2 * WIDTH, 2 * HEIGHT),
+                     interpolation=cv2.INTER_CUBIC)
+    upscaled = lf.extract_features(small, lf.FeatureConf(min_image_side=2 * max(WIDTH, HEIGHT)))
+    by_hand = lf.extract_features(big, lf.FeatureConf())
+    assert upscaled.image_size == (HEIGHT, WIDTH)
+    assert len(upscaled) == len(by_hand) > len(lf.extract_features(small, lf.FeatureConf()))
+    np.testing.assert_allclose(upscaled.keypoints, (by_hand.keypoints + 0.5) / 2 - 0.5,
+                               atol=1e-3)
+    # the option stays out of the cache name when unset, so older caches stay valid
+    assert "min_image_side" not in lf.FeatureConf().to_json()
+    with pytest.raises(ValueError, match="min_image_side"):
+        lf.FeatureConf(max_image_side=640, min_image_side=1024)

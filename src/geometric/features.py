@@ -76,6 +76,9 @@ class FeatureConf:
     name: str = "sift"  # detector/descriptor: "sift" (OpenCV), "aliked" or "disk" (torch)
     max_keypoints: int = 4096  # keep at most this many keypoints, strongest first
     max_image_side: int = MAX_IMAGE_SIDE  # downscale so the longer side is <= this first (px)
+    # upscale (cubic) so the longer side is >= this first, px; 0 = never. Small images give
+    # SIFT few keypoints at the coarse octaves (the escalation of hard scenes uses it).
+    min_image_side: int = 0
     root_sift: bool = True  # RootSIFT descriptors (L1-normalise, sqrt): better matching
     upright: bool = False  # one orientation (0) per keypoint, no rotation invariance
     contrast_threshold: float = 0.01  # OpenCV SIFT contrastThreshold; lower: more keypoints
@@ -91,7 +94,7 @@ class FeatureConf:
             raise ValueError(f"FeatureConf.model={self.model!r} does not fit {self.name!r}; "
                              f"one of {[m for m in allowed if m]}")
         object.__setattr__(self, "model", model)
-        for name in ("max_keypoints", "max_image_side"):
+        for name in ("max_keypoints", "max_image_side", "min_image_side"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"FeatureConf.{name} must be an integer, got {value!r}")
@@ -101,6 +104,9 @@ class FeatureConf:
         if self.max_image_side < _MIN_DETECTION_SIDE:
             raise ValueError(f"FeatureConf.max_image_side must be >= {_MIN_DETECTION_SIDE}, "
                              f"got {self.max_image_side}")
+        if not 0 <= self.min_image_side <= self.max_image_side:
+            raise ValueError(f"FeatureConf.min_image_side must be 0 or at most max_image_side "
+                             f"({self.max_image_side}), got {self.min_image_side}")
         for name in ("root_sift", "upright"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FeatureConf.{name} must be True or False, "
@@ -127,6 +133,8 @@ class FeatureConf:
         machines; SIFT-only fields stay out for learned features and vice versa."""
         fields = asdict(self)
         del fields["device"]
+        if not self.min_image_side:
+            del fields["min_image_side"]  # caches written before the option stay valid
         if self.learned:
             for name in ("root_sift", "upright", "contrast_threshold"):
                 del fields[name]
@@ -204,14 +212,19 @@ def _root_sift(descriptors: np.ndarray) -> np.ndarray:
     return d
 
 
-def _downscaled(image: np.ndarray, max_side: int) -> np.ndarray:
-    """``image`` shrunk (area interpolation) so that its longer side is at most ``max_side``."""
+def _resized(image: np.ndarray, max_side: int, min_side: int = 0) -> np.ndarray:
+    """``image`` shrunk (area interpolation) so that its longer side is at most
+    ``max_side``, or enlarged (cubic) so that it is at least ``min_side`` (0: never)."""
     height, width = image.shape[:2]
-    scale = min(1.0, max_side / max(height, width, 1))
-    if scale >= 1.0:
+    longer = max(height, width, 1)
+    scale = min(1.0, max_side / longer)
+    if min_side and longer < min_side:
+        scale = min_side / longer
+    if scale == 1.0:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else
+                      cv2.INTER_CUBIC)
 
 
 def _to_original_pixels(points: np.ndarray, original_hw: tuple[int, int],
@@ -241,7 +254,7 @@ class _SiftExtractor:
         gray = _to_gray(image_rgb)
         height, width = gray.shape
         empty = Features.empty(conf.descriptor_dim, (height, width))
-        gray = _downscaled(gray, conf.max_image_side)
+        gray = _resized(gray, conf.max_image_side, conf.min_image_side)
         if min(gray.shape) < _MIN_DETECTION_SIDE:
             return empty
 
@@ -303,7 +316,7 @@ class _LearnedExtractor:
                              f"{image.shape}")
         height, width = image.shape[:2]
         empty = Features.empty(conf.descriptor_dim, (height, width))
-        image = _downscaled(image, conf.max_image_side)
+        image = _resized(image, conf.max_image_side, conf.min_image_side)
         if min(image.shape[:2]) < _MIN_DETECTION_SIDE or int(image.max()) == int(image.min()):
             return empty  # nothing to detect; the networks would still return points
 

@@ -83,6 +83,21 @@ CAMERA_SHARING_DEFAULT = "auto"
 # the per-image cameras' error. Measured ratios (shared / per image, seed 40): real photos
 # from one camera 0.43-1.02, the demo's varying focal lengths 1.23-1.81.
 SHARED_CAMERA_MAX_ERROR_RATIO = 1.15
+# Escalation (src/geometric/escalation.py): a match-graph scene whose largest SfM model
+# registers less than ESCALATE_BELOW of its images is done again alone with more keypoints
+# (ESCALATION_KEYPOINTS per kind of features, plain COLMAP's SIFT budget for SIFT) and all
+# its pairs, and kept when that registers more: the recipe that keeps a low-texture room in
+# one model where 2048 keypoints and retrieved pairs split it. 0.85: on realdev and realdev2
+# every scene's largest model holds >= 0.91 of its images (the misses are outlier photos that
+# joined the scene), so they never pay for it; the demo's 256 px renders (0.73-0.78) are
+# redone at no gain for the global mapper (min 77.33 either way, seeds 40-42) and 68.16 ->
+# 68.22 min, 82.88 max for the incremental one. Upscaling small images first
+# (ESCALATION_MIN_IMAGE_SIDE, 0 = never) made the demo run 4x slower for nothing.
+# Scenes over ESCALATION_MAX_IMAGES are left alone: all pairs of 200 images are 19 900.
+ESCALATE_BELOW = 0.85
+ESCALATION_KEYPOINTS = {"sift": 8192, "learned": 4096}
+ESCALATION_MIN_IMAGE_SIDE = 0
+ESCALATION_MAX_IMAGES = 200
 # SfM mapper threads (ReconConf.num_threads): one thread is reproducible bit for bit (our
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.

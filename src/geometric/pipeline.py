@@ -19,10 +19,13 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
+from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
+                                      escalate_scene, needs_escalation)
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DINOV2_RETRIEVALS, RETRIEVALS,
-                                   UNREGISTERED, UNREGISTERED_POLICIES, check_choices)
+from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DINOV2_RETRIEVALS,
+                                   ESCALATION_KEYPOINTS, RETRIEVALS, UNREGISTERED,
+                                   UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
@@ -49,6 +52,8 @@ class GeometricConf:
     # of ``dinov2``) or "vlad+dinov2" (each image's neighbours by both).
     retrieval: str = "vlad"
     dinov2: Dinov2Conf = field(default_factory=Dinov2Conf)
+    # Scenes SfM maps badly are done again alone with more effort (escalation.py).
+    escalation: EscalationConf = field(default_factory=EscalationConf)
     # Why the features and matcher are what they are (``auto`` resolved by device), for the log.
     reason: str = field(default="as configured", compare=False)
 
@@ -103,6 +108,9 @@ class GeometricConf:
             unregistered=cfg.unregistered, retrieval=retrieval,
             dinov2=Dinov2Conf(weights=cfg.retrieval_weights,
                               image_side=cfg.retrieval_image_side, device=cfg.torch_device),
+            escalation=EscalationConf(
+                below=cfg.escalate_below,
+                max_keypoints=ESCALATION_KEYPOINTS["sift" if features == "sift" else "learned"]),
             reason=reason)
 
 
@@ -124,8 +132,8 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 
 
 # Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
-SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "models",
-               "model_sizes", "registered", "unregistered", "clusters", "seconds"]
+SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalation",
+               "models", "model_sizes", "registered", "unregistered", "clusters", "seconds"]
 
 
 def choose_mapper(mapper: str, features: str) -> str:
@@ -301,12 +309,15 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         started = time.perf_counter()
         models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
                                     keypoints, matches, work_dir, conf.reconstruction, overwrite)
+        models, cameras, escalation = _escalate_if_needed(
+            dataset, scene, image_dir, members, models, cameras, conf, cache_dir, work_dir,
+            overwrite, stopwatch)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
         result.update(predictions)
         rows.append(_sfm_row(dataset, scene, members, models, conf.reconstruction.mapper,
-                             cameras, range(next_cluster, first_cluster), seconds))
+                             cameras, escalation, range(next_cluster, first_cluster), seconds))
         next_cluster = first_cluster
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
@@ -315,14 +326,35 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
     return result, rows
 
 
+def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
+                        models: list[Model], cameras: str, conf: GeometricConf,
+                        cache_dir: Path, work_dir: Path, overwrite: bool,
+                        stopwatch: _Stopwatch) -> tuple[list[Model], str, str]:
+    """The scene's models and cameras, redone with more effort when it came out badly
+    (escalation.needs_escalation) and kept when better; and what happened ("" if nothing)."""
+    reason = needs_escalation(models, len(members), conf.escalation)
+    if not reason:
+        return models, cameras, ""
+    started = time.perf_counter()
+    redone, redone_cameras = stopwatch(
+        "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
+        conf.reconstruction, conf.escalation, cache_dir, work_dir.with_name(
+            work_dir.name + "-escalated"), overwrite, f"{dataset}/{scene}")
+    kept = better_result(redone, models)
+    outcome = describe_outcome(reason, models, redone, kept, time.perf_counter() - started)
+    log.info("%s/%s: %s", dataset, scene, outcome)
+    return (redone, redone_cameras, outcome) if kept else (models, cameras, outcome)
+
+
 def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
-             cameras: str, clusters: range, seconds: float) -> dict:
-    """What SfM made of one match-graph scene: the mapper, the cameras kept and why, the
-    models' sizes, the images it registered, the submission clusters they became and the
-    seconds it took (cached runs take none)."""
+             cameras: str, escalation: str, clusters: range, seconds: float) -> dict:
+    """What SfM made of one match-graph scene: the mapper, the cameras kept and why, whether
+    it was redone with more effort and which result was kept, the models' sizes, the images
+    it registered, the submission clusters they became and the seconds it took (cached runs
+    take none)."""
     registered = len(set(members) & {name for model in models for name in model.poses})
     return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
-            "cameras": cameras, "models": len(models),
+            "cameras": cameras, "escalation": escalation, "models": len(models),
             "model_sizes": "+".join(str(m.num_registered) for m in models),
             "registered": registered, "unregistered": len(members) - registered,
             "clusters": " ".join(cluster_name(k) for k in clusters),
