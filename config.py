@@ -32,8 +32,8 @@ from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, C
                                    GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
-                                   RETRIEVALS, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
-                                   UNREGISTERED_POLICIES)
+                                   RETRIEVALS, ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES,
+                                   UNREGISTERED, UNREGISTERED_POLICIES)
 from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
                                  CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 
@@ -171,6 +171,11 @@ class Config:
                                     resumable=True)
     min_verified_inliers: int = _f(MIN_VERIFIED_INLIERS, "fewer RANSAC inliers: the pair is "
                                    "rejected", resumable=True)
+    rotation_retry: bool = _f(ROTATION_RETRY, "lightglue only: a pair that fails verification "
+                              "is matched again with its second image turned by 90, 180 and "
+                              "270 degrees, and each image is then matched at the turn that "
+                              "verifies (SIFT is rotation invariant and ignores it)",
+                              resumable=True)
     graph_min_inliers: int = _f(GRAPH_MIN_INLIERS, "verified inliers for an edge of the match "
                                 "graph", resumable=True)
     min_scene_size: int = _f(MIN_SCENE_SIZE, "smaller match-graph groups and SfM models are "

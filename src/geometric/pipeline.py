@@ -20,7 +20,8 @@ import pandas as pd
 
 from config import ConfigError
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
-from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
+from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
+                                    load_verified_matches, match_and_verify)
 from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DINOV2_RETRIEVALS, RETRIEVALS,
                                    UNREGISTERED, UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
@@ -93,7 +94,8 @@ class GeometricConf:
             matching=MatchConf(matcher=matcher, ratio=cfg.match_ratio,
                                ransac_threshold_px=cfg.ransac_threshold_px,
                                min_inliers=cfg.min_verified_inliers, seed=cfg.seed,
-                               weights=cfg.matcher_weights, device=cfg.torch_device),
+                               weights=cfg.matcher_weights, device=cfg.torch_device,
+                               rotation_retry=cfg.rotation_retry),
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
                             min_cluster_size=cfg.min_scene_size),
             reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
@@ -217,7 +219,7 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
                               f"{conf.matching.cache_key()}-{pairs_key(conf)}.h5")
     verified = stopwatch("matching", match_and_verify, features_path, pairs, conf.matching,
-                         match_path, overwrite)
+                         match_path, overwrite, image_dir)
     scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
     _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
     # The file may also hold pairs of an earlier run of this configuration that chose others
@@ -225,7 +227,9 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     selected = set(pairs)
     inlier_matches = {pair: m for pair, m in load_verified_matches(match_path).items()
                       if pair in selected}
-    result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
+    # the keypoints the matches index: an image matched turned has its turned detections
+    matched = load_matched_features(features_path, match_path)
+    result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, matched,
                                            inlier_matches, conf, cache_dir, overwrite,
                                            stopwatch)
     predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
