@@ -474,7 +474,9 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
             match = LightGlueMatcher(feature_fields.get("name", "?"), conf)
         else:
             match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
-        for image_a, image_b in progress(todo, f"matching {cache_path.stem}", "pair"):
+        # named after the cache's folder, the dataset's in the pipeline: datasets matched
+        # side by side (GeometricConf.workers) log their progress into one run log
+        for image_a, image_b in progress(todo, f"matching {cache_path.parent.name}", "pair"):
             matches, mask, F = _match_pair(match, features[image_a], 0, features[image_b], 0,
                                            conf, max_image_side)
             # the upright count stays with the pair when a turned match replaces it
@@ -484,7 +486,8 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,
                                FeatureConf(**feature_fields, device=conf.device),
-                               features_path, Path(image_dir), overwrite)
+                               features_path, Path(image_dir), overwrite,
+                               f"matching {cache_path.parent.name}")
             retry.run(unique_pairs)
     return _counts_frame(cache_path, pairs)
 
@@ -510,8 +513,9 @@ class _TurnRetry:
 
     def __init__(self, h5: h5py.File, upright: FeatureReader, match, conf: MatchConf,
                  max_image_side: int | None, feature_conf: FeatureConf, features_path: Path,
-                 image_dir: Path, overwrite: bool) -> None:
+                 image_dir: Path, overwrite: bool, desc: str) -> None:
         self.h5, self.upright, self.match, self.conf = h5, upright, match, conf
+        self.desc = desc  # what the progress lines begin with
         self.max_image_side, self.feature_conf = max_image_side, feature_conf
         self.features_path, self.image_dir = features_path, image_dir
         # overwrite: each turned cache is started afresh at its first use in this run
@@ -540,7 +544,7 @@ class _TurnRetry:
         self._detect({(name, turns[name]) for pair in redo for name in pair})
         with contextlib.ExitStack() as stack:
             readers = self._readers(stack, {turns[name] for pair in redo for name in pair})
-            for a, b in progress(redo, "matching turned", "pair"):
+            for a, b in progress(redo, f"{self.desc} turned", "pair"):
                 turn_a, turn_b = turns[a], turns[b]
                 reused = tried.get((a, b), {}).get(turn_b) if turn_a == 0 else None
                 matches, mask, F = reused or _match_pair(
@@ -565,7 +569,7 @@ class _TurnRetry:
             self._detect({(b, turn) for _, b in failing})
             with open_features(turned_features_path(self.features_path, turn),
                                memory=_FEATURE_MEMORY) as turned:
-                for a, b in progress(failing, f"matching turned by {turn}", "pair"):
+                for a, b in progress(failing, f"{self.desc} turned by {turn}", "pair"):
                     tried[(a, b)][turn] = _match_pair(self.match, self.upright[a], 0,
                                                       turned[b], turn, self.conf,
                                                       self.max_image_side)
