@@ -95,6 +95,15 @@ SHARED_CAMERA_MAX_ERROR_RATIO = 1.15
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.
 SFM_THREADS = 1
+# Processes running a run's datasets side by side (GeometricConf.workers): 0 = one per core
+# this process may use, at most one per dataset, and one where the learned stages run on
+# CUDA (one GPU: each process would hold its own networks and CUDA context). The datasets are
+# independent and most stages (SIFT, RANSAC, the one-thread mapper) use one core, so a
+# sequential run leaves cores idle. SIFT runs give the sequential run's output byte for byte
+# (tested; realdev too); learned features can differ in the last bits, torch's sums
+# depending on its thread count (cores / workers). realdev on the loaded 2-core machine:
+# 48.5 -> 45.4 s, castle's 40 s bounding it (benchmarks/README.md).
+DATASET_WORKERS = 0
 # What becomes of images SfM cannot register: "outliers" measured better than keeping them
 # in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
 UNREGISTERED = "outliers"
