@@ -73,6 +73,21 @@ def test_a_tie_turns_the_image_already_detected_turned():
     assert _settle_turns(["a", "b"], edges, detected={"a"}) == {"a": 270, "b": 0}
 
 
+def test_failing_pairs_and_the_pairs_of_weak_images_are_tried_turned():
+    from src.geometric.matching import _TurnRetry
+    from src.geometric.options import ROTATION_WEAK_INLIERS
+
+    retry = _TurnRetry.__new__(_TurnRetry)  # only its upright features are read here
+    retry.upright = {name: [0] * (0 if name == "e" else 100) for name in "abcde"}
+    upright = {("a", "b"): 300, ("a", "c"): ROTATION_WEAK_INLIERS - 1, ("b", "c"): 0,
+               ("c", "d"): 15, ("d", "a"): 12, ("a", "e"): 0}
+    trials, failing, weak = retry._trials(list(upright), upright, passing=10)
+    assert weak == ["c", "d", "e"]  # their best upright pairs are under the bar
+    assert failing == [("b", "c")]  # (a, e): e has no keypoints to match
+    # the weak image is the one turned; the second when both or neither are weak
+    assert trials == [(("a", "c"), 1), (("b", "c"), 1), (("c", "d"), 1), (("d", "a"), 0)]
+
+
 def test_rotation_retry_is_lightglue_only_and_keeps_old_cache_names():
     sift, lightglue = MatchConf(), MatchConf(matcher="lightglue")
     assert lightglue.turns_images and not sift.turns_images

@@ -56,8 +56,8 @@ from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete
                                    name_from_h5_key, new_entry, read_cache_config,
                                    open_cache, resumable_h5)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
-                                   RANSAC_THRESHOLD_PX, ROTATION_RETRY, TORCH_DEVICES,
-                                   check_choices)
+                                   RANSAC_THRESHOLD_PX, ROTATION_RETRY, ROTATION_WEAK_INLIERS,
+                                   TORCH_DEVICES, check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -497,12 +497,15 @@ class _TurnRetry:
     """LightGlue's rotation retry over the pairs of an open matches cache (written upright
     first), in three steps:
 
-    1. every pair that failed upright, with images that have keypoints, is matched again
-       with its second image detected turned by 90, 180 and 270 degrees (each such image is
-       detected at most once per turn, cached beside the features); the best turn that
-       verifies is a relative turn between the two images;
+    1. pairs are matched again with one image detected turned by 90, 180 and 270 degrees
+       (each such image is detected at most once per turn, cached beside the features):
+       every pair that failed upright (its second image turned), and every pair of a *weak*
+       image, whose best upright pair has fewer than ``ROTATION_WEAK_INLIERS`` inliers
+       (that image turned): a photo turned a quarter often verifies upright with a handful
+       of chance inliers, so its pairs do not fail. The best turn that verifies is a
+       relative turn between the two images;
     2. :func:`_settle_turns` gives each image one turn from those relative turns and the
-       pairs that verified upright;
+       pairs that verified upright, the pairs with more inliers deciding;
     3. every pair whose images' turns differ from the ones it was stored with is matched
        again at their turns (a step-1 result is reused when it is that match) and stored
        with them; the cache's ``turns`` attribute is written last.
@@ -528,16 +531,16 @@ class _TurnRetry:
         stored = {pair: (int(group.attrs.get("turn_a", 0)), int(group.attrs.get("turn_b", 0)))
                   for pair, group in groups.items()}
         passing = max(self.conf.min_inliers, 1)
-        failing = [(a, b) for (a, b) in pairs if upright[(a, b)] < passing
-                   and len(self.upright[a]) and len(self.upright[b])]
-        tried = self._try_turns(failing)
+        trials, failing, weak = self._trials(pairs, upright, passing)
+        tried = self._try_turns(trials, len(failing), weak)
         edges = [(a, b, 0, n) for (a, b), n in upright.items() if n >= passing]
-        for pair, results in tried.items():
-            turn, (_, mask, _) = max(results.items(), key=lambda item: item[1][1].sum())
+        for (a, b), results in tried.items():
+            (turn_a, turn_b), (_, mask, _) = max(results.items(),
+                                                 key=lambda item: item[1][1].sum())
             if mask.sum() >= passing:
-                edges.append((*pair, turn, int(mask.sum())))
+                edges.append((a, b, (turn_b - turn_a) % 360, int(mask.sum())))
         images = list(dict.fromkeys(name for pair in pairs for name in pair))
-        detected = {b for a, b in failing}  # the images step 1 detected turned
+        detected = {pair[side] for pair, side in trials}  # the images step 1 turned
         turns = _settle_turns(images, edges, detected)
 
         redo = [(a, b) for (a, b) in pairs if stored[(a, b)] != (turns[a], turns[b])]
@@ -546,8 +549,7 @@ class _TurnRetry:
             readers = self._readers(stack, {turns[name] for pair in redo for name in pair})
             for a, b in progress(redo, f"{self.desc} turned", "pair"):
                 turn_a, turn_b = turns[a], turns[b]
-                reused = tried.get((a, b), {}).get(turn_b) if turn_a == 0 else None
-                matches, mask, F = reused or _match_pair(
+                matches, mask, F = tried.get((a, b), {}).get((turn_a, turn_b)) or _match_pair(
                     self.match, readers[turn_a][a], turn_a, readers[turn_b][b], turn_b,
                     self.conf, self.max_image_side)
                 _write_pair(self.h5, a, b, matches, matches[mask], F,
@@ -557,22 +559,47 @@ class _TurnRetry:
         self.h5.attrs["turns"] = json.dumps(turned, sort_keys=True)  # written last
         self._report(pairs, upright, failing, turned, passing)
 
-    def _try_turns(self, failing: list[tuple[str, str]]
-                   ) -> dict[tuple[str, str], dict[int, tuple]]:
-        """Step 1: {pair: {turn of b: (matches, mask, F)}} with a upright."""
-        tried: dict[tuple[str, str], dict[int, tuple]] = {pair: {} for pair in failing}
-        if not failing:
+    def _trials(self, pairs: list[tuple[str, str]], upright: dict, passing: int
+                ) -> tuple[list[tuple[tuple[str, str], int]], list[tuple[str, str]], list[str]]:
+        """(the pairs to match turned with the side to turn, 0 = a, 1 = b; the pairs that
+        failed upright; the weak images, see the class), pairs of an image without
+        keypoints left out."""
+        best: dict[str, int] = {}
+        for (a, b), inliers in upright.items():
+            best[a], best[b] = max(best.get(a, 0), inliers), max(best.get(b, 0), inliers)
+        weak = {name for name, inliers in best.items() if inliers < ROTATION_WEAK_INLIERS}
+        trials, failing = [], []
+        for a, b in pairs:
+            if not (len(self.upright[a]) and len(self.upright[b])):
+                continue
+            if upright[(a, b)] < passing:
+                failing.append((a, b))
+            if upright[(a, b)] < passing or a in weak or b in weak:
+                # the weak image is the one turned; else the second, as the pair is stored
+                trials.append(((a, b), 0 if a in weak and b not in weak else 1))
+        return trials, failing, sorted(weak)
+
+    def _try_turns(self, trials: list[tuple[tuple[str, str], int]], failing: int,
+                   weak: list[str]) -> dict[tuple[str, str], dict[tuple[int, int], tuple]]:
+        """Step 1: {pair: {(turn of a, turn of b): (matches, mask, F)}}."""
+        tried: dict[tuple[str, str], dict[tuple[int, int], tuple]] = {}
+        if not trials:
             return tried
-        log.info("rotation retry: %d pair(s) failed upright; matching them with the second "
-                 "image turned by 90, 180 and 270 degrees", len(failing))
+        log.info("rotation retry: matching %d pair(s) again with one image turned by 90, 180 "
+                 "and 270 degrees: %d failed upright, %d weak image(s) (best upright pair "
+                 "under %d inliers)%s", len(trials), failing, len(weak), ROTATION_WEAK_INLIERS,
+                 f": {', '.join(weak[:10])}{' ...' if len(weak) > 10 else ''}" if weak else "")
         for turn in QUARTER_TURNS[1:]:
-            self._detect({(b, turn) for _, b in failing})
+            self._detect({(pair[side], turn) for pair, side in trials})
             with open_features(turned_features_path(self.features_path, turn),
                                memory=_FEATURE_MEMORY) as turned:
-                for a, b in progress(failing, f"{self.desc} turned by {turn}", "pair"):
-                    tried[(a, b)][turn] = _match_pair(self.match, self.upright[a], 0,
-                                                      turned[b], turn, self.conf,
-                                                      self.max_image_side)
+                for (a, b), side in progress(trials, f"{self.desc} turned by {turn}", "pair"):
+                    turn_a, turn_b = (turn, 0) if side == 0 else (0, turn)
+                    features_a = turned[a] if side == 0 else self.upright[a]
+                    features_b = turned[b] if side == 1 else self.upright[b]
+                    tried.setdefault((a, b), {})[(turn_a, turn_b)] = _match_pair(
+                        self.match, features_a, turn_a, features_b, turn_b, self.conf,
+                        self.max_image_side)
         return tried
 
     def _detect(self, wanted: set[tuple[str, int]]) -> None:
@@ -593,7 +620,8 @@ class _TurnRetry:
         return readers
 
     def _report(self, pairs, upright, failing, turned, passing) -> None:
-        """One line: the pairs the retry recovered (and any it lost), the images turned."""
+        """One line: the failing pairs the retry recovered (and any pair it lost), the
+        images turned."""
         final = {(a, b): len(self.h5[_pair_group_path((a, b))]["inliers"]) for a, b in pairs}
         recovered = sum(final[p] >= passing for p in failing)
         lost = sum(upright[p] >= passing > final[p] for p in pairs)
