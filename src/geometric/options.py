@@ -104,7 +104,7 @@ SHARED_CAMERA_MAX_ERROR_RATIO = 1.15
 # 98.82 on three runs); -1 = all cores.
 SFM_THREADS = 1
 # Processes running a run's datasets side by side (GeometricConf.workers): 0 = one per core
-# this process may use, at most one per dataset, and one where the learned stages run on
+# this process may use, at most one per dataset, and one where a torch stage runs on
 # CUDA (one GPU: each process would hold its own networks and CUDA context). The datasets are
 # independent and most stages (SIFT, RANSAC, the one-thread mapper) use one core, so a
 # sequential run leaves cores idle. SIFT runs give the sequential run's output byte for byte
