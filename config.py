@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
-                                   CAMERA_SHARING_DEFAULT, DINOV2_IMAGE_SIDE, DINOV2_RETRIEVALS,
-                                   ESCALATE_BELOW, FEATURE_NAMES,
+                                   CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
+                                   DINOV2_RETRIEVALS, ESCALATE_BELOW, FEATURE_NAMES,
                                    GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
-                                   RETRIEVALS, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
-                                   UNREGISTERED_POLICIES)
+                                   RETRIEVALS, ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES,
+                                   UNREGISTERED, UNREGISTERED_POLICIES)
 from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
                                  CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 
@@ -171,6 +171,11 @@ class Config:
                                     resumable=True)
     min_verified_inliers: int = _f(MIN_VERIFIED_INLIERS, "fewer RANSAC inliers: the pair is "
                                    "rejected", resumable=True)
+    rotation_retry: bool = _f(ROTATION_RETRY, "lightglue only: a pair that fails verification "
+                              "is matched again with its second image turned by 90, 180 and "
+                              "270 degrees, and each image is then matched at the turn that "
+                              "verifies (SIFT is rotation invariant and ignores it)",
+                              resumable=True)
     graph_min_inliers: int = _f(GRAPH_MIN_INLIERS, "verified inliers for an edge of the match "
                                 "graph", resumable=True)
     min_scene_size: int = _f(MIN_SCENE_SIZE, "smaller match-graph groups and SfM models are "
@@ -192,6 +197,12 @@ class Config:
                                "0 = never", resumable=True)
     sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
                           "cores)", resumable=True)
+    workers: int = _f(DATASET_WORKERS, "processes running the geometric pipeline's datasets "
+                      "side by side, each with cores / workers threads: 0 = one per available "
+                      "core (one where the learned stages run on CUDA), at most one per "
+                      "dataset; 1 = one after the other. SIFT output is the same byte for "
+                      "byte; learned features may differ in the last bits (torch threads)",
+                      resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "
                          "cached geometric stages", resumable=True)
     mixed_precision: str = _f("auto", "auto = bfloat16 on TPU, float16 on GPU, float32 on CPU",
@@ -204,7 +215,7 @@ class Config:
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("epochs_easy", "epochs_all", "epochs_finetune1", "epochs_finetune2",
-                     "patience", "max_keypoints"):
+                     "patience", "max_keypoints", "workers"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("val_fraction", "dropout", "freeze_ratio_ft1", "freeze_ratio_ft2",

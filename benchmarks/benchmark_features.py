@@ -68,7 +68,7 @@ def run_one(variant: str, data_dir: Path, learned_keypoints: int, work: Path) ->
         if overrides["features"] != "sift" and learned_keypoints > 0:
             overrides["max_keypoints"] = learned_keypoints
         conf = GeometricConf.from_config(get_config("cpu-demo", pipeline="geometric",
-                                                    **overrides))
+                                                    **bg.SEQUENTIAL, **overrides))
         table = bg.run_geometric_fresh(data_dir, conf, work, variant, keep=False)
     row = table[table["dataset"] == "all"].iloc[0].to_dict()
     row["peak_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

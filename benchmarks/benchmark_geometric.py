@@ -121,9 +121,16 @@ def demo_spec_for(n: int, seed: int = 7) -> DemoSpec:
                     seed=seed)
 
 
+# The datasets run one after the other in this process: the stage seconds, the CPU seconds
+# and the peak memory are then this process's and add up (worker processes would overlap the
+# stages and keep their CPU time to themselves). --set workers=N times parallel datasets.
+SEQUENTIAL = {"workers": 1}
+
+
 def geometric_conf(top_k: int | None, exhaustive_below: int | None) -> GeometricConf:
-    """The project's default geometric configuration, with the given pair settings."""
-    overrides = {}
+    """The project's default geometric configuration, with the given pair settings, its
+    datasets one after the other (SEQUENTIAL)."""
+    overrides = dict(SEQUENTIAL)
     if top_k is not None:
         overrides["pair_top_k"] = top_k
     if exhaustive_below is not None:
@@ -135,10 +142,9 @@ def count_pairs(cache_dir: Path, min_inliers: int) -> tuple[int, int]:
     """(pairs matched, pairs with >= min_inliers verified inliers) in a dataset's cache.
 
     The cache started empty, so every complete pair in it was matched by this run. Pairs
-    matched again for scenes redone with more effort (``*-escalated.h5``) are not counted:
-    their seconds are the ``escalation`` stage's."""
-    paths = sorted(p for p in cache_dir.glob("matches-*.h5")
-                   if not p.name.endswith("-escalated.h5"))
+    matched again for scenes redone with more effort (in their ``sfm/`` folders) are not
+    counted: their seconds are the ``escalation`` stage's."""
+    paths = sorted(cache_dir.glob("matches-*.h5"))
     if len(paths) != 1:
         raise RuntimeError(f"expected one matches cache in {cache_dir}, found {len(paths)}")
     verified = load_verified_matches(paths[0])
@@ -449,9 +455,10 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def seeded_conf(seed: int, overrides: dict) -> GeometricConf:
-    """The project's default geometric configuration with this seed and ``overrides``."""
+    """The project's default geometric configuration with this seed and ``overrides``, its
+    datasets one after the other unless ``overrides`` say otherwise (SEQUENTIAL)."""
     return GeometricConf.from_config(get_config("cpu-demo", pipeline="geometric", seed=seed,
-                                                **overrides))
+                                                **{**SEQUENTIAL, **overrides}))
 
 
 def summary_row(table: pd.DataFrame) -> dict:

@@ -10,7 +10,9 @@ through :mod:`logging` at INFO::
     features demo_test_a: 23/23 images (100 %)
 
 tqdm's own switches (``TQDM_DISABLE=1``, ...) apply to the bar; the log lines follow the
-logging configuration (the ``src.progress`` logger unless another is given).
+logging configuration (the ``src.progress`` logger unless another is given). A process whose
+bars would overwrite other processes' bars on one terminal (the geometric pipeline's dataset
+workers) calls :func:`log_lines_only` first.
 """
 
 from __future__ import annotations
@@ -23,11 +25,18 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-__all__ = ["progress", "LOG_STEPS"]
+__all__ = ["progress", "log_lines_only", "LOG_STEPS"]
 
 # Log lines per loop when stderr is not a terminal: one each time another tenth is done.
 LOG_STEPS = 10
 Item = TypeVar("Item")
+_bars = True  # False in a process that shares its terminal with others (log_lines_only)
+
+
+def log_lines_only() -> None:
+    """Log lines instead of bars in this process from now on, even on a terminal."""
+    global _bars
+    _bars = False
 
 
 def progress(iterable: Iterable[Item], desc: str, unit: str, total: int | None = None,
@@ -41,7 +50,7 @@ def progress(iterable: Iterable[Item], desc: str, unit: str, total: int | None =
     """
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
-    if _stderr_is_terminal():
+    if _bars and _stderr_is_terminal():
         yield from tqdm(iterable, desc=desc, unit=unit, total=total)
     else:
         yield from _logged(iterable, desc, unit, total, logger or log)

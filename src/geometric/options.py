@@ -64,6 +64,22 @@ RANSAC_THRESHOLD_PX = 1.0
 # on realdev.
 MIN_VERIFIED_INLIERS = 10
 GRAPH_MIN_INLIERS = 10
+# LightGlue pairs that fail verification are matched again with the second image turned by
+# 90, 180 and 270 degrees (MatchConf.rotation_retry): ALIKED, DISK and LightGlue learned from
+# upright pairs, and a competition photo is now and then sideways or upside down (on a demo
+# pair, one view turned a quarter clockwise keeps 0 of ~380 inliers upright). On by default:
+# realdev's entry with two photos turned scores 100.00 with it, 83.33 without (ALIKED +
+# LightGlue, CPU); plain realdev retried one pair (5 s of 554) and turned nothing. It costs
+# up to three more LightGlue calls per pair retried and three more detections per image in
+# one. Not measured on competition data. SIFT is rotation invariant, so nn-ratio matching
+# ignores it.
+ROTATION_RETRY = True
+# The retry also turns a *weak* image, whose best upright pair has fewer verified inliers
+# than this: a photo turned a quarter often verifies upright with a handful of chance
+# inliers, so its pairs do not fail. realdev's entry with two photos turned (ALIKED +
+# LightGlue, 1024 keypoints): their best upright pairs had 25 inliers, 400-730 once turned,
+# while every upright photo of realdev has a pair with over 490.
+ROTATION_WEAK_INLIERS = 50
 
 # The smallest scene: a match-graph group (GraphConf.min_cluster_size) or an SfM model
 # (ReconConf.min_model_size) with fewer images is outliers. 3: two images alone have no third
@@ -102,6 +118,15 @@ ESCALATION_MAX_IMAGES = 200
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.
 SFM_THREADS = 1
+# Processes running a run's datasets side by side (GeometricConf.workers): 0 = one per core
+# this process may use, at most one per dataset, and one where a torch stage runs on
+# CUDA (one GPU: each process would hold its own networks and CUDA context). The datasets are
+# independent and most stages (SIFT, RANSAC, the one-thread mapper) use one core, so a
+# sequential run leaves cores idle. SIFT runs give the sequential run's output byte for byte
+# (tested; realdev too); learned features can differ in the last bits, torch's sums
+# depending on its thread count (cores / workers). realdev on the loaded 2-core machine:
+# 48.5 -> 45.4 s, castle's 40 s bounding it (benchmarks/README.md).
+DATASET_WORKERS = 0
 # What becomes of images SfM cannot register: "outliers" measured better than keeping them
 # in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
 UNREGISTERED = "outliers"

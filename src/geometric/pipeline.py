@@ -11,7 +11,11 @@ matching and its backbone features choose the pairs.
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +26,11 @@ from config import ConfigError
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, needs_escalation)
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
-from src.geometric.matching import LIGHTGLUE_WEIGHTS, MatchConf, load_verified_matches, match_and_verify
-from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DINOV2_RETRIEVALS,
-                                   ESCALATION_KEYPOINTS, RETRIEVALS, UNREGISTERED,
+from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
+                                    load_verified_matches, match_and_verify)
+from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKERS,
+                                   DINOV2_RETRIEVALS, ESCALATION_KEYPOINTS, RETRIEVALS,
+                                   UNREGISTERED,
                                    UNREGISTERED_POLICIES, check_choices)
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
@@ -32,6 +38,7 @@ from src.geometric.reconstruction import Model, ReconConf, poses_for_images, rec
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
 from src.learned.options import OUTLIER_THRESHOLD
+from src.progress import log_lines_only
 from src.submission import OUTLIER_SCENE, PosePrediction, cluster_index, cluster_name, pose_table
 
 log = logging.getLogger(__name__)
@@ -56,12 +63,19 @@ class GeometricConf:
     escalation: EscalationConf = field(default_factory=EscalationConf)
     # Why the features and matcher are what they are (``auto`` resolved by device), for the log.
     reason: str = field(default="as configured", compare=False)
+    # Processes running the datasets side by side: 0 = auto (options.DATASET_WORKERS says
+    # how many), 1 = one after the other in this process. Not a choice of what is computed.
+    workers: int = field(default=DATASET_WORKERS, compare=False)
 
     def __post_init__(self) -> None:
         check_choices(self, {"unregistered": UNREGISTERED_POLICIES, "retrieval": RETRIEVALS})
         if self.retrieval in DINOV2_RETRIEVALS and not self.dinov2.weights:
             raise ValueError(f"retrieval {self.retrieval!r} needs a DINOv2 model folder "
                              f"(--retrieval-weights DIR); {ATTACH_HINT}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
+                or self.workers < 0:
+            raise ValueError(f"GeometricConf.workers must be an integer >= 0, "
+                             f"got {self.workers!r}")
 
     @classmethod
     def from_config(cls, cfg) -> "GeometricConf":
@@ -98,7 +112,8 @@ class GeometricConf:
             matching=MatchConf(matcher=matcher, ratio=cfg.match_ratio,
                                ransac_threshold_px=cfg.ransac_threshold_px,
                                min_inliers=cfg.min_verified_inliers, seed=cfg.seed,
-                               weights=cfg.matcher_weights, device=cfg.torch_device),
+                               weights=cfg.matcher_weights, device=cfg.torch_device,
+                               rotation_retry=cfg.rotation_retry),
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
                             min_cluster_size=cfg.min_scene_size),
             reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
@@ -111,7 +126,7 @@ class GeometricConf:
             escalation=EscalationConf(
                 below=cfg.escalate_below,
                 max_keypoints=ESCALATION_KEYPOINTS["sift" if features == "sift" else "learned"]),
-            reason=reason)
+            reason=reason, workers=cfg.workers)
 
 
 def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
@@ -225,7 +240,7 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     match_path = cache_dir / (f"matches-{conf.features.cache_key()}-"
                               f"{conf.matching.cache_key()}-{pairs_key(conf)}.h5")
     verified = stopwatch("matching", match_and_verify, features_path, pairs, conf.matching,
-                         match_path, overwrite)
+                         match_path, overwrite, image_dir)
     scenes = stopwatch("clustering", cluster_match_graph, kept, verified, conf.graph)
     _log_scenes(dataset, kept, pairs, verified, scenes, len(excluded), conf.graph.min_inliers)
     # The file may also hold pairs of an earlier run of this configuration that chose others
@@ -233,7 +248,9 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     selected = set(pairs)
     inlier_matches = {pair: m for pair, m in load_verified_matches(match_path).items()
                       if pair in selected}
-    result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, features,
+    # the keypoints the matches index: an image matched turned has its turned detections
+    matched = load_matched_features(features_path, match_path)
+    result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, matched,
                                            inlier_matches, conf, cache_dir, overwrite,
                                            stopwatch)
     predictions = [result.get(im) or _nan_pose(dataset, im, OUTLIER_SCENE) for im in images]
@@ -389,14 +406,15 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
                   outlier_prob: np.ndarray | None = None,
                   outlier_threshold: float = OUTLIER_THRESHOLD,
                   ) -> tuple[list[PosePrediction], pd.DataFrame, pd.DataFrame]:
-    """All datasets of ``test_images`` (columns dataset, image), one at a time.
+    """All datasets of ``test_images`` (columns dataset, image), in ``conf.workers``
+    processes (see :func:`dataset_workers`) or one after the other.
 
     ``backbone_features`` / ``outlier_prob`` are row-aligned with ``test_images`` (hybrid).
     Returns the predictions in row order, a table of seconds per stage per dataset, and a
-    table of what SfM made of each match-graph scene (one row per scene, :func:`_sfm_row`).
+    table of what SfM made of each match-graph scene (one row per scene, :func:`_sfm_row`),
+    both in dataset order whatever order the datasets finish in.
     """
-    predictions: dict[tuple[str, str], PosePrediction] = {}
-    rows, sfm_rows = [], []
+    jobs = []
     for dataset, group in test_images.groupby("dataset", sort=False):
         rows_idx = test_images.index.get_indexer(group.index)
         images = list(group["image"])
@@ -404,16 +422,164 @@ def run_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricCo
         if outlier_prob is not None:
             excluded = {im for im, p in zip(images, outlier_prob[rows_idx]) if p > outlier_threshold}
         feats = backbone_features[rows_idx] if backbone_features is not None else None
-        preds, timings, scenes = reconstruct_dataset(dataset, Path(image_root) / dataset, images,
-                                                     conf, Path(cache_root) / dataset, overwrite,
-                                                     feats, excluded)
+        jobs.append((dataset, Path(image_root) / dataset, images, conf,
+                     Path(cache_root) / dataset, overwrite, feats, excluded))
+    outcomes = _run_jobs(jobs, dataset_workers(conf, len(jobs)))
+
+    predictions: dict[tuple[str, str], PosePrediction] = {}
+    rows, sfm_rows = [], []
+    for job, (preds, timings, scenes) in zip(jobs, outcomes):
         sfm_rows += scenes
         for p in preds:
             predictions[(p.dataset, p.image)] = p
-        rows.append({"dataset": dataset, "images": len(images), **timings})
+        rows.append({"dataset": job[0], "images": len(job[2]), **timings})
     ordered = [predictions[(d, i)] for d, i in zip(test_images["dataset"], test_images["image"])]
     sfm_table = pd.DataFrame(sfm_rows, columns=SFM_COLUMNS)
     return ordered, pd.DataFrame(rows).fillna(0.0), sfm_table
+
+
+# =========================================================================== dataset workers
+def _torch_devices(conf: GeometricConf) -> set[str]:
+    """The devices of the stages torch runs (learned features, LightGlue, DINOv2); empty
+    when none does."""
+    devices = []
+    if conf.features.learned:
+        devices.append(conf.features.device)
+    if conf.matching.matcher == "lightglue":
+        devices.append(conf.matching.device)
+    if conf.retrieval in DINOV2_RETRIEVALS:
+        devices.append(conf.dinov2.device)
+    if not devices:
+        return set()
+    from src.geometric.torch_compat import torch_device
+    return {torch_device(device) for device in devices}
+
+
+def _uses_cuda(conf: GeometricConf) -> bool:
+    """True when a stage run by torch runs on CUDA."""
+    return "cuda" in _torch_devices(conf)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which a container or taskset
+    narrows; os.cpu_count() where the OS has no such mask)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def dataset_workers(conf: GeometricConf, datasets: int) -> int:
+    """Processes for ``datasets`` datasets: ``conf.workers``, or for 0 one per available
+    core, and one where a torch stage (learned features, LightGlue, DINOv2) runs on CUDA
+    (its single GPU would be shared by processes each holding the networks and a CUDA
+    context, while the GPU stages already take milliseconds); never more than the
+    datasets, at least one."""
+    workers = conf.workers
+    if workers == 0:
+        workers = 1 if _uses_cuda(conf) else available_cores()
+    return max(1, min(workers, datasets))
+
+
+def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
+    """:func:`reconstruct_dataset` of each job's arguments, results in job order: here, one
+    after the other, when ``workers`` is 1; else in that many processes.
+
+    The processes are spawned (not forked: torch and OpenCV keep thread pools a fork would
+    copy half-alive), each with cores // workers threads for OpenCV, BLAS and torch, and
+    with CUDA each limited to 1 / workers of the GPU's memory. Their log records come back
+    through a queue and are handled by this process's loggers, so they reach the run log
+    and the terminal as they happen. One line per dataset done. A dataset's exception is
+    logged with its name and raised here; the datasets not yet started are cancelled.
+    """
+    total = len(jobs)
+    if workers <= 1:
+        outcomes = []
+        for done, job in enumerate(jobs, start=1):
+            started = time.perf_counter()
+            outcomes.append(_named_failure(job[0], reconstruct_dataset, *job))
+            log.info("dataset %s done in %.1f s (%d/%d)", job[0],
+                     time.perf_counter() - started, done, total)
+        return outcomes
+
+    threads = max(1, available_cores() // workers)
+    conf = jobs[0][3]
+    uses_torch = bool(_torch_devices(conf))
+    gpu_share = 1.0 / workers if _uses_cuda(conf) else None
+    log.info("%d datasets in %d worker processes, %d thread(s) each%s", total, workers,
+             threads, f", {gpu_share:.0%} of the GPU's memory each" if gpu_share else "")
+    context = multiprocessing.get_context("spawn")
+    records = context.Queue()
+    listener = logging.handlers.QueueListener(records, _HandledHere())
+    listener.start()
+    outcomes: list = [None] * total
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(records, logging.getLogger().getEffectiveLevel(),
+                                           threads, uses_torch, gpu_share)) as pool:
+            started = time.perf_counter()
+            futures = {pool.submit(_timed_job, *job): k for k, job in enumerate(jobs)}
+            try:
+                for done, future in enumerate(as_completed(futures), start=1):
+                    k = futures[future]
+                    outcomes[k], seconds = _named_failure(jobs[k][0], future.result)
+                    log.info("dataset %s done in %.1f s (%d/%d, %.1f s since the start)",
+                             jobs[k][0], seconds, done, total, time.perf_counter() - started)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    finally:
+        listener.stop()  # handles what the queue still holds first
+        records.close()
+    return outcomes
+
+
+def _named_failure(dataset: str, fn, *args):
+    """``fn(*args)``; an exception is logged with the dataset's name, then raised."""
+    try:
+        return fn(*args)
+    except Exception as error:
+        log.error("dataset %s failed: %s: %s", dataset, type(error).__name__, error)
+        error.add_note(f"(while reconstructing dataset {dataset!r})")
+        raise
+
+
+def _timed_job(*job) -> tuple[tuple, float]:
+    """In a worker: :func:`reconstruct_dataset` of one job and its wall seconds."""
+    started = time.perf_counter()
+    outcome = reconstruct_dataset(*job)
+    return outcome, time.perf_counter() - started
+
+
+def _start_worker(records, level: int, threads: int, uses_torch: bool,
+                  gpu_share: float | None) -> None:
+    """A worker's set-up: logging into the parent's queue, its share of the threads (and
+    of the GPU's memory), and log lines for progress (bars of several processes would
+    overwrite each other on one terminal)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.handlers.QueueHandler(records))
+    root.setLevel(level)
+    log_lines_only()
+    cv2.setNumThreads(threads)
+    threadpool_limits(threads)  # BLAS and OpenMP, for the rest of the process
+    if uses_torch:
+        import torch
+        torch.set_num_threads(threads)
+        if gpu_share is not None:
+            torch.cuda.set_per_process_memory_fraction(gpu_share)
+
+
+class _HandledHere(logging.Handler):
+    """Hands a worker's log record to this process's logger of the same name, so it goes
+    where a record of this process would (run log, terminal, pytest's capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(record.name).handle(record)
 
 
 def predict_geometric(test_images: pd.DataFrame, image_root: Path, conf: GeometricConf,

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from src.viewer import data, figures, uploads  # noqa: E402
-from src.geometric.features import load_all_features  # noqa: E402
+from src.geometric.matching import load_matched_features  # noqa: E402
 from src.data_io import DataError, read_image_rgb  # noqa: E402
 from src.submission import OUTLIER_SCENE  # noqa: E402
 
@@ -85,8 +85,9 @@ def alignment(run_dir: str, stamp: float, dataset: str, cluster: str, scene: str
 
 
 @st.cache_resource(show_spinner="Loading the features...")
-def features(path: str, mtime: float):
-    return load_all_features(path)
+def features(path: str, matches_path: str, mtime: float):
+    """The keypoints the matches of ``matches_path`` index (turned detections included)."""
+    return load_matched_features(path, matches_path)
 
 
 @st.cache_data(show_spinner=False)
@@ -274,7 +275,9 @@ def page_pair(run_dir: str, stamp: float, dataset: str) -> None:
     key = choose("Pair (most inliers first)", "pair", list(labels), format_func=labels.get)
     image_a, image_b = key.split("|")
     pair = data.load_pair_view(matches_path,
-                                 features(str(features_path), features_path.stat().st_mtime),
+                                 features(str(features_path), str(matches_path),
+                                          max(features_path.stat().st_mtime,
+                                              matches_path.stat().st_mtime)),
                                  image_a, image_b)
     columns = st.columns(3)
     columns[0].metric("verified inliers", len(pair.inliers))
