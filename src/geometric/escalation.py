@@ -112,13 +112,14 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
                              overwrite, name)
 
 
-def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool,
-                     seconds: float) -> str:
+def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool
+                     ) -> str:
     """One line for the log and sfm_scenes.csv: why the scene was redone, what each pass
-    registered and which was kept."""
+    registered and which was kept (no times: the line must repeat run to run; the row's
+    seconds include the redone pass)."""
     sizes = lambda models: "+".join(str(m.num_registered) for m in models) or "0"  # noqa: E731
     return (f"{reason}; redone: {sizes(escalated)} against {sizes(fast)} images, "
-            f"{'kept' if kept else 'not kept'} ({seconds:.1f} s)")
+            f"{'kept' if kept else 'not kept'}")
 
 
 __all__ = ["EscalationConf", "better_result", "describe_outcome", "escalate_scene",

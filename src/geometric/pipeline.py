@@ -352,13 +352,12 @@ def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list
     reason = needs_escalation(models, len(members), conf.escalation)
     if not reason:
         return models, cameras, ""
-    started = time.perf_counter()
     redone, redone_cameras = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
         conf.reconstruction, conf.escalation, cache_dir, work_dir.with_name(
             work_dir.name + "-escalated"), overwrite, f"{dataset}/{scene}")
     kept = better_result(redone, models)
-    outcome = describe_outcome(reason, models, redone, kept, time.perf_counter() - started)
+    outcome = describe_outcome(reason, models, redone, kept)
     log.info("%s/%s: %s", dataset, scene, outcome)
     return (redone, redone_cameras, outcome) if kept else (models, cameras, outcome)
 
