@@ -8,7 +8,7 @@ import pytest
 
 from src.demo_data import generate_demo_dataset
 from src.geometric.escalation import (EscalationConf, better_result, largest_share,
-                                      needs_escalation)
+                                      more_to_find, needs_escalation)
 from src.geometric.features import FeatureConf
 from src.geometric.pipeline import GeometricConf, run_geometric
 from src.geometric.reconstruction import Model, ReconConf
@@ -43,6 +43,22 @@ def test_the_redone_result_is_kept_only_when_its_largest_model_is_larger():
     assert not better_result([_model(8)], [_model(8)])  # a tie keeps the fast path
     assert not better_result([], [_model(3)])
     assert better_result([_model(3)], [])
+
+
+def test_a_scene_is_redone_only_when_more_effort_can_find_more():
+    base = FeatureConf(max_keypoints=2048, max_image_side=1600)
+    conf = EscalationConf(max_keypoints=8192, min_image_side=0)
+    all_pairs = 3  # of 3 images
+    # small images that never filled the budget, every pair matched: the same result again
+    assert not more_to_find([470, 300, 645], [256] * 3, all_pairs, base, conf)
+    assert more_to_find([2048, 300, 645], [1024] * 3, all_pairs, base, conf)  # budget full
+    assert more_to_find([470, 300, 645], [256] * 3, all_pairs - 1, base, conf)  # a pair left
+    # upscaling when asked for finds more on small images
+    assert more_to_find([470, 300, 645], [256] * 3, all_pairs, base,
+                        EscalationConf(max_keypoints=8192, min_image_side=1024))
+    # a budget no larger than the fast pass's adds nothing
+    assert not more_to_find([2048] * 3, [1024] * 3, all_pairs, base,
+                            EscalationConf(max_keypoints=2048, min_image_side=0))
 
 
 def test_escalated_features_add_keypoints_and_upscale_within_the_base_limits():

@@ -74,6 +74,22 @@ def needs_escalation(models: list[Model], num_images: int, conf: EscalationConf)
     return f"largest model {largest} of {num_images} images"
 
 
+def more_to_find(keypoint_counts: list[int], image_sides: list[int], pairs_matched: int,
+                 features_conf: FeatureConf, conf: EscalationConf) -> bool:
+    """Whether redoing a scene can find more than its fast pass did: some image filled the
+    fast pass's keypoint budget (and the redone one is larger), some image is smaller than
+    the redone pass would upscale it to, or not every pair of its images was matched. A
+    scene of small images already matched all with all (the demo's renders) would be redone
+    to the same result."""
+    redone = conf.features(features_conf)
+    budget_binding = redone.max_keypoints > features_conf.max_keypoints and any(
+        count >= features_conf.max_keypoints for count in keypoint_counts)
+    upscaled = redone.min_image_side > features_conf.min_image_side and any(
+        side < redone.min_image_side for side in image_sides)
+    num_images = len(keypoint_counts)
+    return budget_binding or upscaled or pairs_matched < num_images * (num_images - 1) // 2
+
+
 def better_result(escalated: list[Model], fast: list[Model]) -> bool:
     """Whether the redone scene's models beat the fast path's: its largest model registers
     more images (ties keep the fast path: the same result for more cost proves nothing)."""
@@ -123,4 +139,4 @@ def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kep
 
 
 __all__ = ["EscalationConf", "better_result", "describe_outcome", "escalate_scene",
-           "largest_share", "needs_escalation"]
+           "largest_share", "more_to_find", "needs_escalation"]

@@ -24,7 +24,7 @@ import pandas as pd
 
 from config import ConfigError
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
-                                      escalate_scene, needs_escalation)
+                                      escalate_scene, more_to_find, needs_escalation)
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
                                     load_verified_matches, match_and_verify)
@@ -327,7 +327,8 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
                                     keypoints, matches, work_dir, conf.reconstruction, overwrite)
         models, cameras, escalation = _escalate_if_needed(
-            dataset, scene, image_dir, members, models, cameras, conf, cache_dir, work_dir,
+            dataset, scene, image_dir, members, models, cameras,
+            [features[im] for im in members], len(matches), conf, cache_dir, work_dir,
             overwrite, stopwatch)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
@@ -344,14 +345,23 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 
 def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
-                        models: list[Model], cameras: str, conf: GeometricConf,
-                        cache_dir: Path, work_dir: Path, overwrite: bool,
-                        stopwatch: _Stopwatch) -> tuple[list[Model], str, str]:
+                        models: list[Model], cameras: str, member_features: list[Features],
+                        pairs_matched: int, conf: GeometricConf, cache_dir: Path,
+                        work_dir: Path, overwrite: bool, stopwatch: _Stopwatch
+                        ) -> tuple[list[Model], str, str]:
     """The scene's models and cameras, redone with more effort when it came out badly
-    (escalation.needs_escalation) and kept when better; and what happened ("" if nothing)."""
+    (escalation.needs_escalation) and more effort can find more (escalation.more_to_find:
+    ``pairs_matched`` of its pairs were matched), kept when better; and what happened ("" if
+    nothing was redone)."""
     reason = needs_escalation(models, len(members), conf.escalation)
     if not reason:
         return models, cameras, ""
+    if not more_to_find([len(f) for f in member_features],
+                        [max(f.image_size) for f in member_features], pairs_matched,
+                        conf.features, conf.escalation):
+        log.info("%s/%s: %s, but every pair was matched and no image filled its keypoint "
+                 "budget: not redone", dataset, scene, reason)
+        return models, cameras, f"{reason}; nothing more to find, not redone"
     redone, redone_cameras = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
         conf.reconstruction, conf.escalation, cache_dir, work_dir.with_name(
