@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 
-from src.geometric.features import FeatureConf, extract_dataset
+from src.geometric.features import FeatureConf, Features, extract_dataset
 from src.geometric.matching import (MatchConf, load_matched_features, load_verified_matches,
                                     match_and_verify)
 from src.geometric.options import (ESCALATE_BELOW, ESCALATION_KEYPOINTS,
@@ -97,22 +97,29 @@ def better_result(escalated: list[Model], fast: list[Model]) -> bool:
     return best(escalated) > best(fast)
 
 
+def image_sizes(features: dict[str, Features], images: list[str]
+                ) -> dict[str, tuple[int, int]]:
+    """(width, height) of each image as its features recorded it, so that SfM need not
+    decode the images again to learn their sizes."""
+    return {im: (features[im].image_size[1], features[im].image_size[0]) for im in images}
+
+
 def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureConf,
                    match_conf: MatchConf, recon_conf: ReconConf, conf: EscalationConf,
-                   cache_dir: Path, work_dir: Path, overwrite: bool = False,
+                   work_dir: Path, overwrite: bool = False,
                    name: str | None = None) -> tuple[list[Model], str]:
     """One scene's images again with :meth:`EscalationConf.features`, every pair of them
     matched, and SfM: (its models, the cameras kept and why), as
-    ``reconstruction.reconstruct_scene`` returns them. Features are cached in ``cache_dir``
-    beside the fast path's (one file per configuration, shared by the redone scenes of a
-    dataset); the scene's matches (with any turns LightGlue's rotation retry chose) and
-    models in ``work_dir``."""
+    ``reconstruction.reconstruct_scene`` returns them. The scene's features, its matches
+    (with any turns LightGlue's rotation retry chose) and its models are cached in
+    ``work_dir``, its own folder: ``overwrite`` then redoes this scene's files only, never
+    another scene's."""
     features = conf.features(features_conf)
+    work_dir.mkdir(parents=True, exist_ok=True)
     features_path = extract_dataset(image_dir, members, features,
-                                    cache_dir / f"features-{features.cache_key()}.h5",
+                                    work_dir / f"features-{features.cache_key()}.h5",
                                     overwrite)
     pairs = list(itertools.combinations(members, 2))
-    work_dir.mkdir(parents=True, exist_ok=True)
     match_path = work_dir / f"matches-{features.cache_key()}-{match_conf.cache_key()}.h5"
     match_and_verify(features_path, pairs, match_conf, match_path, overwrite, image_dir)
     wanted = set(pairs)
@@ -121,11 +128,12 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
     # the keypoints the matches index (an image matched turned has its turned detections)
     matched = load_matched_features(features_path, match_path)
     keypoints = {im: matched[im].keypoints for im in members}
+    sizes = image_sizes(matched, members)
     verified = sum(len(m) >= match_conf.min_inliers for m in matches.values())
     log.info("%s: redone with %d keypoints at >= %d px, %d pairs, %d verified", name or work_dir,
              features.max_keypoints, features.min_image_side, len(pairs), verified)
     return reconstruct_scene(image_dir, members, keypoints, matches, work_dir, recon_conf,
-                             overwrite, name)
+                             overwrite, name, sizes)
 
 
 def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool
@@ -139,4 +147,4 @@ def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kep
 
 
 __all__ = ["EscalationConf", "better_result", "describe_outcome", "escalate_scene",
-           "largest_share", "more_to_find", "needs_escalation"]
+           "image_sizes", "largest_share", "more_to_find", "needs_escalation"]

@@ -709,13 +709,15 @@ def load_turns(cache_path: str | os.PathLike) -> dict[str, int]:
         return {name: int(turn) for name, turn in json.loads(h5.attrs.get("turns", "{}")).items()}
 
 
-def load_matched_features(features_path: str | os.PathLike, matches_path: str | os.PathLike
+def load_matched_features(features_path: str | os.PathLike, matches_path: str | os.PathLike,
+                          features: dict[str, Features] | None = None
                           ) -> dict[str, Features]:
     """Every image's features as the matches of ``matches_path`` index them: those of
     ``features_path``, or for an image matched turned (:func:`load_turns`) those detected
     turned, in pixels of the image as stored. What SfM and the viewer must pair with the
-    stored matches."""
-    features = load_all_features(features_path)
+    stored matches. ``features``: those of ``features_path`` when the caller has them
+    already loaded (not modified; a copy is returned)."""
+    features = dict(features) if features is not None else load_all_features(features_path)
     by_turn: dict[int, list[str]] = {}
     for name, turn in load_turns(matches_path).items():
         by_turn.setdefault(turn, []).append(name)

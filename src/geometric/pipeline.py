@@ -24,7 +24,8 @@ import pandas as pd
 
 from config import ConfigError
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
-                                      escalate_scene, more_to_find, needs_escalation)
+                                      escalate_scene, image_sizes, more_to_find,
+                                      needs_escalation)
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
                                     load_verified_matches, match_and_verify)
@@ -249,7 +250,7 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     inlier_matches = {pair: m for pair, m in load_verified_matches(match_path).items()
                       if pair in selected}
     # the keypoints the matches index: an image matched turned has its turned detections
-    matched = load_matched_features(features_path, match_path)
+    matched = load_matched_features(features_path, match_path, features)
     result, sfm_rows = _reconstruct_scenes(dataset, image_dir, kept, scenes, matched,
                                            inlier_matches, conf, cache_dir, overwrite,
                                            stopwatch)
@@ -322,10 +323,12 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         matches = {pair: m for pair, m in inlier_matches.items()
                    if pair[0] in member_set and pair[1] in member_set}
         keypoints = {im: features[im].keypoints for im in members}
+        sizes = image_sizes(features, members)
         work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
         started = time.perf_counter()
         models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
-                                    keypoints, matches, work_dir, conf.reconstruction, overwrite)
+                                    keypoints, matches, work_dir, conf.reconstruction, overwrite,
+                                    image_sizes=sizes)
         models, cameras, escalation = _escalate_if_needed(
             dataset, scene, image_dir, members, models, cameras,
             [features[im] for im in members], len(matches), conf, cache_dir, work_dir,
@@ -364,8 +367,8 @@ def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list
         return models, cameras, f"{reason}; nothing more to find, not redone"
     redone, redone_cameras = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
-        conf.reconstruction, conf.escalation, cache_dir, work_dir.with_name(
-            work_dir.name + "-escalated"), overwrite, f"{dataset}/{scene}")
+        conf.reconstruction, conf.escalation, work_dir.with_name(work_dir.name + "-escalated"),
+        overwrite, f"{dataset}/{scene}")
     kept = better_result(redone, models)
     outcome = describe_outcome(reason, models, redone, kept)
     log.info("%s/%s: %s", dataset, scene, outcome)
