@@ -225,3 +225,28 @@ def test_a_scene_with_a_sideways_view_is_reconstructed_whole(views, tmp_path, ca
         relative = predictions[j].R_cw @ predictions[i].R_cw.T
         error = Rotation.from_matrix(relative.T @ (R_true[j] @ R_true[i].T)).magnitude()
         assert np.degrees(error) < 3.0, (i, j)
+
+
+def test_turns_settled_for_other_pairs_send_these_pairs_back_to_the_retry(tmp_path):
+    """A cache whose turns a later run settled for other pairs (x turned back upright)
+    still holds (x, z) matched with x turned: its indices point into the turned
+    detections, so the pairs are not served as they are."""
+    import json
+
+    import h5py
+
+    from src.geometric.matching import _pair_group_path, _turns_settled
+
+    path = tmp_path / "matches.h5"
+    with h5py.File(path, "w") as h5:
+        h5.create_group(_pair_group_path(("x", "z"))).attrs["turn_a"] = 90
+        h5.create_group(_pair_group_path(("y", "z")))
+        h5.attrs["turns"] = json.dumps({})
+    assert _turns_settled(path, [("y", "z")])
+    assert not _turns_settled(path, [("x", "z"), ("y", "z")])
+    with h5py.File(path, "a") as h5:
+        h5.attrs["turns"] = json.dumps({"x": 90})
+    assert _turns_settled(path, [("x", "z"), ("y", "z")])
+    with h5py.File(path, "a") as h5:
+        del h5.attrs["turns"]
+    assert not _turns_settled(path, [("y", "z")])  # the retry never finished

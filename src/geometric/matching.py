@@ -461,7 +461,7 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     unique_pairs = list(dict.fromkeys(pairs))
     if not overwrite and all_complete(cache_path, config, unique_pairs, _pair_group_path,
                                       _COMPLETE_MARK) \
-            and (not conf.turns_images or _turns_settled(cache_path)):
+            and (not conf.turns_images or _turns_settled(cache_path, unique_pairs)):
         log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
         return _counts_frame(cache_path, pairs)
 
@@ -682,10 +682,21 @@ def _settle_turns(images: list[str], edges: list[tuple[str, str, int, int]],
     return turns
 
 
-def _turns_settled(cache_path: Path) -> bool:
-    """True when the rotation retry finished on the published cache (its ``turns``)."""
+def _turns_settled(cache_path: Path, pairs: list[tuple[str, str]]) -> bool:
+    """True when the rotation retry finished on the published cache (its ``turns``) and
+    every one of ``pairs`` was matched with the turns it records: a cache whose turns were
+    settled later for other pairs (a run that chose other pairs) must have these matched
+    again, or their indices would point into other detections."""
     with open_cache(cache_path) as h5:
-        return "turns" in h5.attrs
+        if "turns" not in h5.attrs:
+            return False
+        turns = {name: int(turn) for name, turn in json.loads(h5.attrs["turns"]).items()}
+        for a, b in pairs:
+            group = h5[_pair_group_path((a, b))]
+            if (int(group.attrs.get("turn_a", 0)), int(group.attrs.get("turn_b", 0))) != \
+                    (turns.get(a, 0), turns.get(b, 0)):
+                return False
+        return True
 
 
 def load_verified_matches(cache_path: str | os.PathLike
