@@ -30,6 +30,7 @@ points were found.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -423,9 +424,11 @@ def _detect_turned(extractor: Callable[[np.ndarray], Features], image_rgb: np.nd
     return Features(keypoints, found.descriptors, found.scores, (height, width))
 
 
+@functools.lru_cache(maxsize=1)
 def _build_extractor(conf: FeatureConf) -> Callable[[np.ndarray], Features]:
-    """The extractor of ``conf.name``, built once per dataset (learned ones load their
-    network here)."""
+    """The extractor of ``conf.name`` (learned ones load their network here), kept for the
+    next call with the same configuration: the rotation retry extracts each turn of a
+    dataset with it, and would otherwise load the network once per turn."""
     if conf.name == "sift":
         return _SiftExtractor(conf)
     return _LearnedExtractor(conf)
