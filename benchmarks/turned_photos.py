@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 
     source = args.source / "test" / args.dataset
     target = args.destination / "test" / args.dataset
+    missing = sorted(set(turns) - {p.name for p in source.iterdir()})
+    if missing:  # before anything is deleted or written
+        parser.error(f"not in {source}: {missing}")
     shutil.rmtree(args.destination, ignore_errors=True)
     target.mkdir(parents=True)
     for path in sorted(source.iterdir()):
@@ -72,9 +75,6 @@ def main(argv: list[str] | None = None) -> None:
                         [cv2.IMWRITE_JPEG_QUALITY, 98])
         else:
             os.symlink(os.path.realpath(path), target / path.name)
-    missing = sorted(set(turns) - {p.name for p in source.iterdir()})
-    if missing:
-        parser.error(f"not in {source}: {missing}")
 
     labels = pd.read_csv(args.source / "test_labels.csv", dtype=str)
     labels = labels[labels["dataset"] == args.dataset].reset_index(drop=True)
