@@ -189,7 +189,7 @@ def is_photo_folder(data_dir: str | os.PathLike) -> bool:
 def test_image_root(data_dir: str | os.PathLike) -> Path:
     """The folder holding one sub-folder of images per test dataset: ``data_dir/test`` in the
     competition layout, the parent of a plain folder of photos (see :func:`is_photo_folder`)."""
-    data_dir = Path(data_dir)
+    data_dir = Path(os.path.abspath(data_dir))  # "." has no name and no parent to name
     return data_dir.parent if is_photo_folder(data_dir) else data_dir / "test"
 
 
@@ -200,7 +200,7 @@ def list_test_images(data_dir: str | os.PathLike) -> pd.DataFrame:
     image_id; every listed image must exist), else every image under ``test/<dataset>/``, or,
     for a plain folder of photos, every image in it as one dataset named after the folder.
     """
-    data_dir = Path(data_dir)
+    data_dir = Path(os.path.abspath(data_dir))  # "." has no name to call the dataset
     if is_photo_folder(data_dir):
         return pd.DataFrame([(default_image_id(data_dir.name, image), data_dir.name, image)
                              for image in list_images(data_dir)],

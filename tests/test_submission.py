@@ -98,6 +98,19 @@ def test_a_plain_folder_of_photos_is_one_dataset(tmp_path):
     assert list(listed["dataset"]) == ["holiday", "holiday"]
     assert list(listed["image"]) == ["a.png", "b.jpg"]
     assert sub_io.test_image_root(photos) == tmp_path
+
+
+def test_a_plain_folder_of_photos_given_as_dot_is_named_after_the_folder(tmp_path,
+                                                                          monkeypatch):
+    photos = tmp_path / "holiday"
+    photos.mkdir()
+    (photos / "a.png").write_bytes(b"x")
+    monkeypatch.chdir(photos)
+    assert list(sub_io.list_test_images(".")["dataset"]) == ["holiday"]
+    assert sub_io.test_image_root(".") / "holiday" == photos
+
+
+def test_the_competition_layout_is_not_a_photo_folder(tmp_path):
     # The competition layout is not mistaken for one: its images are under test/.
     (tmp_path / "comp" / "test" / "d").mkdir(parents=True)
     (tmp_path / "comp" / "test" / "d" / "x.png").write_bytes(b"x")
