@@ -138,7 +138,7 @@ def test_every_preset_runs_the_geometric_stages_with_their_own_defaults(preset):
                     *({"seed"} & {f.name for f in dataclasses.fields(actual)})}
         return type(actual)(**{name: getattr(actual, name) for name in resolved})
 
-    stages = ("features", "pairs", "matching", "graph", "reconstruction")
+    stages = ("features", "pairs", "matching", "graph", "reconstruction", "merge")
     assert conf == GeometricConf(**{stage: stage_defaults(stage) for stage in stages})
 
 

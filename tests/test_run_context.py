@@ -40,7 +40,8 @@ def test_fields_that_may_change_on_resumption_are_marked_on_the_fields():
         "pair_top_k", "pair_exhaustive_below", "retrieval", "retrieval_weights",
         "retrieval_image_side", "match_ratio",
         "ransac_threshold_px", "min_verified_inliers", "graph_min_inliers", "min_scene_size",
-        "unregistered", "sfm_threads", "camera_sharing", "escalate_below", "matcher",
+        "unregistered", "sfm_threads", "camera_sharing", "escalate_below", "merge_models",
+        "matcher",
         "feature_model", "feature_weights", "matcher_weights", "torch_device", "mapper",
         "rotation_retry", "workers"}
     assert {f.name for f in fields(Config)} > resumable_fields()

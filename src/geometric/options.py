@@ -114,6 +114,16 @@ ESCALATE_BELOW = 0.85
 ESCALATION_KEYPOINTS = {"sift": 8192, "learned": 4096}
 ESCALATION_MIN_IMAGE_SIDE = 0
 ESCALATION_MAX_IMAGES = 200
+# Merging a scene's models (src/geometric/model_merge.py): a smaller model joins the largest
+# when at least MERGE_MIN_AGREEING_POINTS of the 3D point pairs our matches link between them,
+# and MERGE_MIN_AGREEING_SHARE of all of them, agree within MERGE_POINT_TOLERANCE of the
+# larger model's size after one similarity. The scorer's tightest thresholds are 0.5-1 % of a
+# scene's size; 5 % admits the triangulation noise of far points while two scenes matched by
+# chance (points on unrelated surfaces) rarely put 20 pairs and half of all within it.
+MERGE_MODELS = True
+MERGE_MIN_AGREEING_POINTS = 20
+MERGE_MIN_AGREEING_SHARE = 0.5
+MERGE_POINT_TOLERANCE = 0.05
 # SfM mapper threads (ReconConf.num_threads): one thread is reproducible bit for bit (our
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.

@@ -33,6 +33,7 @@ from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKERS,
                                    DINOV2_RETRIEVALS, ESCALATION_KEYPOINTS, RETRIEVALS,
                                    UNREGISTERED,
                                    UNREGISTERED_POLICIES, check_choices)
+from src.geometric.model_merge import MergeConf, merge_models
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
@@ -62,6 +63,8 @@ class GeometricConf:
     dinov2: Dinov2Conf = field(default_factory=Dinov2Conf)
     # Scenes SfM maps badly are done again alone with more effort (escalation.py).
     escalation: EscalationConf = field(default_factory=EscalationConf)
+    # A scene's models that agree on the points they share are joined (model_merge.py).
+    merge: MergeConf = field(default_factory=MergeConf)
     # Why the features and matcher are what they are (``auto`` resolved by device), for the log.
     reason: str = field(default="as configured", compare=False)
     # Processes running the datasets side by side: 0 = auto (options.DATASET_WORKERS says
@@ -127,7 +130,7 @@ class GeometricConf:
             escalation=EscalationConf(
                 below=cfg.escalate_below,
                 max_keypoints=ESCALATION_KEYPOINTS["sift" if features == "sift" else "learned"]),
-            reason=reason, workers=cfg.workers)
+            merge=MergeConf(enabled=cfg.merge_models, seed=cfg.seed), reason=reason, workers=cfg.workers)
 
 
 def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
@@ -149,7 +152,7 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 
 # Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
 SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalation",
-               "models", "model_sizes", "registered", "unregistered", "clusters", "seconds"]
+               "merged", "models", "model_sizes", "registered", "unregistered", "clusters", "seconds"]
 
 
 def choose_mapper(mapper: str, features: str) -> str:
@@ -333,12 +336,18 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
             dataset, scene, image_dir, members, models, cameras,
             [features[im] for im in members], len(matches), conf, cache_dir, work_dir,
             overwrite, stopwatch)
+        sizes_before = [m.num_registered for m in models]
+        models, merges = stopwatch("merging", merge_models, models, matches, conf.merge)
+        merged = "; ".join(m.describe(sizes_before) for m in merges)
+        if merges:
+            log.info("%s/%s: %s", dataset, scene, merged)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
         result.update(predictions)
         rows.append(_sfm_row(dataset, scene, members, models, conf.reconstruction.mapper,
-                             cameras, escalation, range(next_cluster, first_cluster), seconds))
+                             cameras, escalation, merged, range(next_cluster, first_cluster),
+                             seconds))
         next_cluster = first_cluster
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
@@ -376,14 +385,17 @@ def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list
 
 
 def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
-             cameras: str, escalation: str, clusters: range, seconds: float) -> dict:
+             cameras: str, escalation: str, merged: str, clusters: range, seconds: float
+             ) -> dict:
     """What SfM made of one match-graph scene: the mapper, the cameras kept and why, whether
-    it was redone with more effort and which result was kept, the models' sizes, the images
+    it was redone with more effort and which result was kept, which models were joined and
+    on what evidence, the models' sizes, the images
     it registered, the submission clusters they became and the seconds it took (cached runs
     take none)."""
     registered = len(set(members) & {name for model in models for name in model.poses})
     return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
-            "cameras": cameras, "escalation": escalation, "models": len(models),
+            "cameras": cameras, "escalation": escalation, "merged": merged,
+            "models": len(models),
             "model_sizes": "+".join(str(m.num_registered) for m in models),
             "registered": registered, "unregistered": len(members) - registered,
             "clusters": " ".join(cluster_name(k) for k in clusters),

@@ -45,7 +45,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -248,6 +248,8 @@ class Model:
     mean_reprojection_error: pixels, over all observations of the 3D points (nan if none).
     num_observations: 2D observations of the 3D points.
     shared_cameras: whether some registered images share a camera (intrinsics).
+    observations: image name -> (N,) int64, for each of the image's keypoints the index
+        (into ``points3D``) of the 3D point it observes, -1 for none.
     """
 
     poses: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -257,6 +259,7 @@ class Model:
     mean_reprojection_error: float = float("nan")
     num_observations: int = 0
     shared_cameras: bool = False
+    observations: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def num_registered(self) -> int:
@@ -274,15 +277,25 @@ def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
         K = np.array(image.camera.calibration_matrix(), dtype=np.float64)
         K[:2, 2] -= OPENCV_TO_COLMAP_PIXEL
         intrinsics[image.name] = K
-    points = [rec.points3D[point_id].xyz for point_id in sorted(rec.points3D.keys())]
+    point_ids = sorted(rec.points3D.keys())
+    points = [rec.points3D[point_id].xyz for point_id in point_ids]
     points3D = np.array(points, dtype=np.float64).reshape(-1, 3)  # in point-id order
+    index_of = {point_id: k for k, point_id in enumerate(point_ids)}
+    observations = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.image(image_id)
+        # Keypoints were written to the database in order: point2D k is keypoint k.
+        observed = np.full(image.num_points2D(), -1, dtype=np.int64)
+        for k in image.get_observation_point2D_idxs():
+            observed[k] = index_of[image.point2D(k).point3D_id]
+        observations[image.name] = observed
     num_observations = int(rec.compute_num_observations())
     error = float(rec.compute_mean_reprojection_error()) if num_observations else float("nan")
     cameras = {rec.image(image_id).camera_id for image_id in rec.reg_image_ids()}
     return Model(poses=dict(sorted(poses.items())), num_points3D=len(points3D),
                  points3D=points3D, intrinsics=dict(sorted(intrinsics.items())),
                  mean_reprojection_error=error, num_observations=num_observations,
-                 shared_cameras=len(cameras) < len(poses))
+                 shared_cameras=len(cameras) < len(poses), observations=observations)
 
 
 # =========================================================================== inputs
