@@ -29,7 +29,7 @@ from typing import Any
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, FEATURE_NAMES,
-                                   GRAPH_MIN_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
+                                   GRAPH_MIN_INLIERS, GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
                                    MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
                                    RETRIEVALS, ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES,
@@ -178,6 +178,10 @@ class Config:
                               resumable=True)
     graph_min_inliers: int = _f(GRAPH_MIN_INLIERS, "verified inliers for an edge of the match "
                                 "graph", resumable=True)
+    graph_strong_inliers: int = _f(GRAPH_STRONG_INLIERS, "verified inliers of an edge that "
+                                   "keeps two groups of the match graph in one scene; groups "
+                                   "joined only by weaker (chance) edges are split; 0 = never",
+                                   resumable=True)
     min_scene_size: int = _f(MIN_SCENE_SIZE, "smaller match-graph groups and SfM models are "
                              "outliers", resumable=True)
     unregistered: str = _f(UNREGISTERED, "images SfM cannot register: outliers, or nan pose in "

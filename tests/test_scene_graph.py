@@ -1,14 +1,16 @@
-"""Match-graph clustering: components, weak bridges, outliers."""
+"""Match-graph clustering: components, weak bridges, chance links, outliers."""
 
 from __future__ import annotations
 
 import itertools
 
 import networkx as nx
+import numpy as np
 import pandas as pd
 import pytest
 
-from src.geometric.scene_graph import GraphConf, bridges_in_search_order, cluster_match_graph
+from src.geometric.scene_graph import (GraphConf, bridges_in_search_order, cluster_match_graph,
+                                       join_communities)
 
 
 def clique(prefix, n, inliers=100):
@@ -81,3 +83,78 @@ def test_an_image_between_two_scenes_goes_with_the_scene_listed_first():
 def test_unknown_image_in_pairs_is_an_error():
     with pytest.raises(ValueError, match="outside the dataset"):
         cluster_match_graph(["a"], frame([("a", "z", 50)]))
+
+
+def chance_links(first, second, count, seed=0):
+    """``count`` weak edges (10-12 inliers: the chance level) between random images of two
+    groups, as exhaustive matching of unrelated photos gives."""
+    rng = np.random.default_rng(seed)
+    pairs = {(first[rng.integers(len(first))], second[rng.integers(len(second))])
+             for _ in range(count)}
+    return [(a, b, int(rng.integers(10, 13))) for a, b in sorted(pairs)]
+
+
+def test_scenes_glued_by_many_chance_links_stay_apart():
+    a, ea = clique("a", 8)
+    b, eb = clique("b", 7, inliers=60)
+    c, ec = clique("c", 6, inliers=200)
+    links = chance_links(a, b, 20) + chance_links(b, c, 15, seed=1) + chance_links(a, c, 15, 2)
+    names = cluster_match_graph(a + b + c, frame(ea + eb + ec + links))
+    assert [{names[x] for x in group} for group in (a, b, c)] == [
+        {"cluster0"}, {"cluster1"}, {"cluster2"}]
+    # Without the community step the chance links make them one scene.
+    glued = cluster_match_graph(a + b + c, frame(ea + eb + ec + links),
+                                GraphConf(strong_inliers=0))
+    assert set(glued.values()) == {"cluster0"}
+
+
+def test_one_strong_edge_among_the_chance_links_keeps_the_groups_together():
+    a, ea = clique("a", 8)
+    b, eb = clique("b", 7)
+    links = chance_links(a, b, 20) + [("a0", "b0", 15)]
+    names = cluster_match_graph(a + b, frame(ea + eb + links))
+    assert set(names.values()) == {"cluster0"}
+
+
+def test_a_ring_of_views_is_one_scene_though_its_communities_are_arcs():
+    # 24 views around an object: neighbours share many matches, views two apart fewer, the
+    # far side none. Louvain cuts the ring into arcs; strong edges join them again.
+    views = [f"v{k:02d}" for k in range(24)]
+    edges = [(views[k], views[(k + 1) % 24], 80) for k in range(24)]
+    edges += [(views[k], views[(k + 2) % 24], 25) for k in range(24)]
+    graph = nx.Graph()
+    graph.add_weighted_edges_from(((int(a[1:]), int(b[1:]), w) for a, b, w in edges),
+                                  weight="inliers")
+    assert len(nx.community.louvain_communities(graph, weight="inliers", seed=0)) > 1
+    names = cluster_match_graph(views, frame(edges))
+    assert set(names.values()) == {"cluster0"}
+
+
+def test_a_small_weakly_linked_group_stays_with_its_scene():
+    # Two views that match each other well and the scene only weakly: too few for a scene
+    # of their own, so they follow their strongest link instead of becoming outliers.
+    a, ea = clique("a", 8)
+    pair = [("p", "q", 200), ("p", "a0", 11), ("q", "a1", 12), ("q", "a2", 10)]
+    names = cluster_match_graph(a + ["p", "q"], frame(ea + pair))
+    assert set(names.values()) == {"cluster0"}
+
+
+def test_join_communities_follows_strong_edges_then_attaches_small_groups():
+    graph = nx.Graph()
+    graph.add_edge(0, 1, inliers=100)
+    graph.add_edge(1, 2, inliers=20)  # strong: {0, 1} and {2, 3} join
+    graph.add_edge(2, 3, inliers=100)
+    graph.add_edge(3, 4, inliers=11)  # weak: {4, 5, 6} stays apart
+    graph.add_edge(4, 5, inliers=100)
+    graph.add_edge(5, 6, inliers=100)
+    graph.add_edge(6, 7, inliers=12)  # {7} is too small: it joins {4, 5, 6}
+    communities = [{0, 1}, {2, 3}, {4, 5, 6}, {7}]
+    assert join_communities(graph, communities, strong_inliers=15, min_cluster_size=3) == [
+        {0, 1, 2, 3}, {4, 5, 6, 7}]
+
+
+def test_graph_conf_is_checked():
+    with pytest.raises(ValueError, match="strong_inliers"):
+        GraphConf(strong_inliers=-1)
+    with pytest.raises(ValueError, match="min_inliers"):
+        GraphConf(min_inliers=0)

@@ -21,6 +21,7 @@ from pathlib import Path
 from src.geometric.features import FeatureConf, Features, extract_dataset
 from src.geometric.matching import (MatchConf, load_matched_features, load_verified_matches,
                                     match_and_verify)
+from src.geometric.model_merge import Merge, MergeConf, merge_models
 from src.geometric.options import (ESCALATE_BELOW, ESCALATION_KEYPOINTS,
                                    ESCALATION_MAX_IMAGES, ESCALATION_MIN_IMAGE_SIDE)
 from src.geometric.reconstruction import Model, ReconConf, reconstruct_scene
@@ -106,11 +107,13 @@ def image_sizes(features: dict[str, Features], images: list[str]
 
 def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureConf,
                    match_conf: MatchConf, recon_conf: ReconConf, conf: EscalationConf,
-                   work_dir: Path, overwrite: bool = False,
-                   name: str | None = None) -> tuple[list[Model], str]:
+                   work_dir: Path, overwrite: bool = False, name: str | None = None,
+                   merge_conf: MergeConf = MergeConf()
+                   ) -> tuple[list[Model], str, list[Merge]]:
     """One scene's images again with :meth:`EscalationConf.features`, every pair of them
-    matched, and SfM: (its models, the cameras kept and why), as
-    ``reconstruction.reconstruct_scene`` returns them. The scene's features, its matches
+    matched, and SfM: (its models joined where they agree, the cameras kept and why, what
+    was joined), as ``reconstruction.reconstruct_scene`` and ``model_merge.merge_models``
+    give them. The scene's features, its matches
     (with any turns LightGlue's rotation retry chose) and its models are cached in
     ``work_dir``, its own folder: ``overwrite`` then redoes this scene's files only, never
     another scene's."""
@@ -132,8 +135,10 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
     verified = sum(len(m) >= match_conf.min_inliers for m in matches.values())
     log.info("%s: redone with %d keypoints at >= %d px, %d pairs, %d verified", name or work_dir,
              features.max_keypoints, features.min_image_side, len(pairs), verified)
-    return reconstruct_scene(image_dir, members, keypoints, matches, work_dir, recon_conf,
-                             overwrite, name, sizes)
+    models, cameras = reconstruct_scene(image_dir, members, keypoints, matches, work_dir,
+                                        recon_conf, overwrite, name, sizes)
+    models, merges = merge_models(models, matches, merge_conf)
+    return models, cameras, merges
 
 
 def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool

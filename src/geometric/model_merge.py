@@ -35,7 +35,7 @@ from src.geometric.reconstruction import Model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MergeConf", "Merge", "Similarity", "point_pairs", "transform_pose",
+__all__ = ["MergeConf", "Merge", "Similarity", "describe_merges", "point_pairs", "transform_pose",
            "transform_model", "estimate_similarity", "merge_models"]
 
 PairKey = tuple[str, str]
@@ -88,13 +88,19 @@ class Merge:
     """One merge: model ``source`` joined into the growing model, and the evidence."""
 
     source: int  # index of the merged model in the scene's list (largest first)
-    images_added: int  # images it brought that the growing model lacked
+    source_images: int  # images it registered
+    images_added: int  # of those, the images the growing model lacked
     agreeing_points: int
     point_pairs: int
 
-    def describe(self, sizes: list[int]) -> str:
-        return (f"model {self.source + 1} ({sizes[self.source]} images, +{self.images_added}) "
+    def describe(self) -> str:
+        return (f"model {self.source + 1} ({self.source_images} images, +{self.images_added}) "
                 f"joined: {self.agreeing_points}/{self.point_pairs} point pairs agree")
+
+
+def describe_merges(merges: list[Merge]) -> str:
+    """One line for the log and sfm_scenes.csv ("" when nothing was joined)."""
+    return "; ".join(merge.describe() for merge in merges)
 
 
 # =========================================================================== geometry
@@ -226,9 +232,9 @@ def merge_models(models: list[Model], matches: Mapping[PairKey, np.ndarray],
                 log.debug("model %d not joined: %d of %d point pairs agree", k + 1, agreeing,
                           total)
                 continue
-            merges.append(Merge(source=k, images_added=merged.num_registered -
-                                grown.num_registered, agreeing_points=agreeing,
-                                point_pairs=total))
+            merges.append(Merge(source=k, source_images=models[k].num_registered,
+                                images_added=merged.num_registered - grown.num_registered,
+                                agreeing_points=agreeing, point_pairs=total))
             grown = merged
             rest.remove(k)
             joined = True

@@ -33,7 +33,7 @@ from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKERS,
                                    DINOV2_RETRIEVALS, ESCALATION_KEYPOINTS, RETRIEVALS,
                                    UNREGISTERED,
                                    UNREGISTERED_POLICIES, check_choices)
-from src.geometric.model_merge import MergeConf, merge_models
+from src.geometric.model_merge import Merge, MergeConf, describe_merges, merge_models
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
 from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
@@ -119,7 +119,8 @@ class GeometricConf:
                                weights=cfg.matcher_weights, device=cfg.torch_device,
                                rotation_retry=cfg.rotation_retry),
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
-                            min_cluster_size=cfg.min_scene_size),
+                            min_cluster_size=cfg.min_scene_size,
+                            strong_inliers=cfg.graph_strong_inliers, seed=cfg.seed),
             reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
                                      min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads,
@@ -332,15 +333,14 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
                                     keypoints, matches, work_dir, conf.reconstruction, overwrite,
                                     image_sizes=sizes)
-        models, cameras, escalation = _escalate_if_needed(
-            dataset, scene, image_dir, members, models, cameras,
+        models, merges = stopwatch("merging", merge_models, models, matches, conf.merge)
+        if merges:
+            log.info("%s/%s: %s", dataset, scene, describe_merges(merges))
+        models, cameras, merges, escalation = _escalate_if_needed(
+            dataset, scene, image_dir, members, models, cameras, merges,
             [features[im] for im in members], len(matches), conf, cache_dir, work_dir,
             overwrite, stopwatch)
-        sizes_before = [m.num_registered for m in models]
-        models, merges = stopwatch("merging", merge_models, models, matches, conf.merge)
-        merged = "; ".join(m.describe(sizes_before) for m in merges)
-        if merges:
-            log.info("%s/%s: %s", dataset, scene, merged)
+        merged = describe_merges(merges)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
@@ -357,31 +357,33 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 
 def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
-                        models: list[Model], cameras: str, member_features: list[Features],
-                        pairs_matched: int, conf: GeometricConf, cache_dir: Path,
-                        work_dir: Path, overwrite: bool, stopwatch: _Stopwatch
-                        ) -> tuple[list[Model], str, str]:
-    """The scene's models and cameras, redone with more effort when it came out badly
-    (escalation.needs_escalation) and more effort can find more (escalation.more_to_find:
-    ``pairs_matched`` of its pairs were matched), kept when better; and what happened ("" if
-    nothing was redone)."""
+                        models: list[Model], cameras: str, merges: list[Merge],
+                        member_features: list[Features], pairs_matched: int,
+                        conf: GeometricConf, cache_dir: Path, work_dir: Path, overwrite: bool,
+                        stopwatch: _Stopwatch) -> tuple[list[Model], str, list[Merge], str]:
+    """The scene's (joined) models, cameras and merges, redone with more effort when it came
+    out badly (escalation.needs_escalation) and more effort can find more
+    (escalation.more_to_find: ``pairs_matched`` of its pairs were matched), kept when better;
+    and what happened ("" if nothing was redone)."""
     reason = needs_escalation(models, len(members), conf.escalation)
     if not reason:
-        return models, cameras, ""
+        return models, cameras, merges, ""
     if not more_to_find([len(f) for f in member_features],
                         [max(f.image_size) for f in member_features], pairs_matched,
                         conf.features, conf.escalation):
         log.info("%s/%s: %s, but every pair was matched and no image filled its keypoint "
                  "budget: not redone", dataset, scene, reason)
-        return models, cameras, f"{reason}; nothing more to find, not redone"
-    redone, redone_cameras = stopwatch(
+        return models, cameras, merges, f"{reason}; nothing more to find, not redone"
+    redone, redone_cameras, redone_merges = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
         conf.reconstruction, conf.escalation, work_dir.with_name(work_dir.name + "-escalated"),
-        overwrite, f"{dataset}/{scene}")
+        overwrite, f"{dataset}/{scene}", conf.merge)
     kept = better_result(redone, models)
     outcome = describe_outcome(reason, models, redone, kept)
     log.info("%s/%s: %s", dataset, scene, outcome)
-    return (redone, redone_cameras, outcome) if kept else (models, cameras, outcome)
+    if kept:
+        return redone, redone_cameras, redone_merges, outcome
+    return models, cameras, merges, outcome
 
 
 def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
