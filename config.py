@@ -30,7 +30,7 @@ from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, C
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, FEATURE_NAMES,
                                    GRAPH_MIN_INLIERS, GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
-                                   MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
+                                   MAX_IMAGE_SIDE, MERGE_MODELS, REREGISTER_BELOW_POINTS, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
                                    PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
                                    RETRIEVALS, ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES,
                                    UNREGISTERED, UNREGISTERED_POLICIES)
@@ -199,6 +199,11 @@ class Config:
                                "registers less than this share of its images is redone alone "
                                "with more keypoints and all its pairs; "
                                "0 = never", resumable=True)
+    reregister_below_points: int = _f(REREGISTER_BELOW_POINTS, "global mapper: images its "
+                                      "model holds with fewer 3D points than this are "
+                                      "registered again by the incremental mapper continuing "
+                                      "from the model; 0 = never (no consistent gain "
+                                      "measured; 40 is the value to try)", resumable=True)
     merge_models: bool = _f(MERGE_MODELS, "SfM models of one match-graph scene that agree on "
                             "the 3D points our matches link between them are joined into one "
                             "(one cluster) before the rest become clusters of their own",

@@ -9,7 +9,7 @@ matching stages.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -512,3 +512,76 @@ def test_a_damaged_model_cache_is_mapped_again(tmp_path, caplog):
         again = reconstruct(*args, image_sizes=sizes)
     assert "cannot be read" in caplog.text and "mapped again" in caplog.text
     assert len(again) == len(first) and again[0].num_registered == first[0].num_registered
+
+
+def test_weakly_supported_image_of_a_global_model_is_registered_again(tmp_path):
+    """An image the global model holds with no 3D point and a wrong pose (what global
+    positioning leaves when bundle adjustment drops its observations) is taken out and
+    registered again by the incremental mapper continuing from the model: back at its true
+    pose; the others are unchanged."""
+    from src.geometric.reconstruction import (_model_from_reconstruction,
+                                              _reregister_weak_images, weakly_supported_images)
+
+    truth = synthesize_cluster(seed=5)
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    conf = ReconConf(mapper="global", camera_sharing="image", reregister_below_points=0)
+    work = tmp_path / "work"
+    models = reconstruct(image_dir, truth.names, truth.keypoints, truth.matches, work, conf,
+                         image_sizes=sizes)
+    assert len(models) == 1
+    rec = pycolmap.Reconstruction(work / "models" / "0")
+    weak = rec.find_image_with_name(truth.names[4])
+    for index in weak.get_observation_point2D_idxs():
+        rec.delete_observation(weak.image_id, int(index))
+    rec.frame(weak.frame_id).rig_from_world = pycolmap.Rigid3d(
+        pycolmap.Rotation3d(np.array([0.0, 0.0, 0.0, 1.0])), np.array([5.0, -3.0, 9.0]))
+    assert weakly_supported_images(rec, 40) == [weak.image_id]
+    wrong = _model_from_reconstruction(rec)
+    with pytest.raises(AssertionError):
+        assert_poses_match(truth, wrong, max_rotation_error_deg=1.0, max_center_error=0.02,
+                           max_focal_error=0.05)
+
+    repaired = _reregister_weak_images(rec, work / "database.db", image_dir, work,
+                                       replace(conf, reregister_below_points=40), "test")
+    model = _model_from_reconstruction(repaired)
+    assert_poses_match(truth, model, max_rotation_error_deg=1.0, max_center_error=0.02,
+                       max_focal_error=0.05)
+    assert weakly_supported_images(repaired, 40) == []
+    # A model that is mostly weak is left as it is.
+    assert _reregister_weak_images(rec, work / "database.db", image_dir, work,
+                                   replace(conf, reregister_below_points=10**6), "test") is rec
+
+
+def test_a_weak_image_that_does_not_register_again_keeps_its_global_pose(tmp_path):
+    from src.geometric.reconstruction import _model_from_reconstruction, _reregister_weak_images
+
+    truth = synthesize_cluster(seed=6)
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    conf = ReconConf(mapper="global", camera_sharing="image", reregister_below_points=0)
+    work = tmp_path / "work"
+    reconstruct(image_dir, truth.names, truth.keypoints, truth.matches, work, conf,
+                image_sizes={name: truth.image_size for name in truth.names})
+    rec = pycolmap.Reconstruction(work / "models" / "0")
+    weak = rec.find_image_with_name(truth.names[2])
+    for index in weak.get_observation_point2D_idxs():
+        rec.delete_observation(weak.image_id, int(index))
+    before = _model_from_reconstruction(rec)
+    # No image can meet a million inliers: nothing registers again.
+    kept = _reregister_weak_images(rec, work / "database.db", image_dir, work,
+                                   replace(conf, reregister_below_points=40,
+                                               reregister_min_inliers=10**6), "test")
+    after = _model_from_reconstruction(kept)
+    assert sorted(after.poses) == sorted(before.poses)
+    assert len(after.observations[truth.names[2]]) == len(truth.keypoints[truth.names[2]])
+    # The same camera layout up to the similarity the continuation's adjustment applied.
+    names = sorted(before.poses)
+    old = camera_centers(np.array([before.poses[n][0] for n in names]),
+                         np.array([before.poses[n][1] for n in names]))
+    new = camera_centers(np.array([after.poses[n][0] for n in names]),
+                         np.array([after.poses[n][1] for n in names]))
+    s, R, t = umeyama_similarity(old, new)
+    spread = np.linalg.norm(new - new.mean(axis=0), axis=1).mean()
+    assert np.linalg.norm(s * old @ R.T + t - new, axis=1).max() < 0.01 * spread

@@ -41,7 +41,7 @@ def test_fields_that_may_change_on_resumption_are_marked_on_the_fields():
         "retrieval_image_side", "match_ratio",
         "ransac_threshold_px", "min_verified_inliers", "graph_min_inliers", "min_scene_size",
         "unregistered", "sfm_threads", "camera_sharing", "escalate_below", "merge_models",
-        "graph_strong_inliers",
+        "graph_strong_inliers", "reregister_below_points",
         "matcher",
         "feature_model", "feature_weights", "matcher_weights", "torch_device", "mapper",
         "rotation_retry", "workers"}

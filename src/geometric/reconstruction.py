@@ -55,8 +55,9 @@ import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
 from src.geometric.options import (CAMERA_SHARING, CAMERA_SHARING_DEFAULT, MAPPERS,
-                                   MIN_SCENE_SIZE, SFM_THREADS, SHARED_CAMERA_MAX_ERROR_RATIO,
-                                   check_choices)
+                                   MIN_SCENE_SIZE, REREGISTER_BELOW_POINTS,
+                                   REREGISTER_MIN_INLIERS, SFM_THREADS,
+                                   SHARED_CAMERA_MAX_ERROR_RATIO, check_choices)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ __all__ = [
     "prefer_shared_cameras",
     "load_models",
     "poses_for_images",
+    "weakly_supported_images",
 ]
 
 # Camera models an image may be given; all are pinhole models that COLMAP's mapper refines.
@@ -117,6 +119,11 @@ class ReconConf:
     min_num_matches: int = 15  # image pairs with fewer verified matches are ignored
     init_min_num_inliers: int = 100  # matches the initial pair needs (COLMAP relaxes it if none)
     abs_pose_min_num_inliers: int = 30  # 2D-3D inliers an image needs to be registered
+    # Global mapper: an image its model supports with fewer 3D points than this is taken
+    # out and registered again by COLMAP's incremental mapper continuing from the model,
+    # needing ``reregister_min_inliers`` 2D-3D inliers; 0 = never (options.py says why).
+    reregister_below_points: int = REREGISTER_BELOW_POINTS
+    reregister_min_inliers: int = REREGISTER_MIN_INLIERS
     ba_refine_focal: bool = True  # bundle adjustment refines the focal length
     ba_refine_principal_point: bool = False  # ... the principal point (usually ill-posed)
     ba_refine_extra_params: bool = True  # ... the distortion parameters of the model
@@ -149,7 +156,8 @@ class ReconConf:
                              f"{self.focal_prior_factor!r}")
         minimum = {"min_model_size": 2, "max_models": 1, "max_model_overlap": 0,
                    "min_num_matches": 1, "init_min_num_inliers": 1,
-                   "abs_pose_min_num_inliers": 1}
+                   "abs_pose_min_num_inliers": 1, "reregister_below_points": 0,
+                   "reregister_min_inliers": 1}
         for name, low in minimum.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -805,13 +813,120 @@ def _run_mapper(image_dir: str | os.PathLike, images: list[str], kpts: dict[str,
         return None
     finally:
         shutil.rmtree(mapping_dir, ignore_errors=True)
+    found = list(found.values())
+    if conf.mapper == "global" and conf.reregister_below_points > 0 and found:
+        largest = max(range(len(found)), key=lambda k: found[k].num_reg_images())
+        found[largest] = _reregister_weak_images(found[largest], db_path, Path(image_dir),
+                                                 work_dir, conf, label)
     seconds = time.perf_counter() - started
     limit = conf.runtime_limit(len(images)) if conf.mapper == "incremental" else -1
     if limit > 0 and seconds >= limit:
         log.warning("cluster %s: mapping stopped at its time limit (%.0f s of %d s allowed for "
                     "%d images); the models found so far are kept", label, seconds, limit,
                     len(images))
-    return list(found.values()), seconds
+    return found, seconds
+
+
+def _restore_pose(result: pycolmap.Reconstruction, original: pycolmap.Reconstruction,
+                  image_id: int, new_from_old: pycolmap.Sim3d | None) -> None:
+    """Register image ``image_id`` in ``result`` at its pose in ``original`` (moved by
+    ``new_from_old`` when given), observing no 3D point (its keypoints kept), adding its
+    camera and frame if ``result`` lacks them."""
+    source = original.image(image_id)
+    cam_from_world = source.cam_from_world()
+    if new_from_old is not None:
+        cam_from_world = new_from_old.transform_camera_world(cam_from_world)
+    if result.exists_image(image_id):
+        frame_id = result.image(image_id).frame_id
+        result.frame(frame_id).rig_from_world = cam_from_world  # trivial rig: rig = camera
+        result.register_frame(frame_id)
+        return
+    if not result.exists_camera(source.camera_id):
+        result.add_camera_with_trivial_rig(original.camera(source.camera_id))
+    image = pycolmap.Image(name=source.name, camera_id=source.camera_id, image_id=image_id,
+                           points2D=pycolmap.Point2DList(
+                               [pycolmap.Point2D(p.xy) for p in source.points2D]))
+    result.add_image_with_trivial_frame(image, cam_from_world)
+
+
+def weakly_supported_images(rec: pycolmap.Reconstruction, below_points: int) -> list[int]:
+    """Ids of the registered images of ``rec`` that observe fewer than ``below_points`` of
+    its 3D points."""
+    return sorted(image_id for image_id in rec.reg_image_ids()
+                  if rec.image(image_id).num_points3D < below_points)
+
+
+def _reregister_weak_images(rec: pycolmap.Reconstruction, db_path: Path, image_dir: Path,
+                            work_dir: Path, conf: ReconConf, label: str
+                            ) -> pycolmap.Reconstruction:
+    """``rec`` (a global mapper's model) with its weakly supported images registered again.
+
+    The global mapper places every image of its view graph by rotation averaging and global
+    positioning; bundle adjustment then drops the observations that do not fit, and an image
+    left with a handful of 3D points (or none) keeps a pose nothing holds in place. Such
+    images are taken out and COLMAP's incremental mapper, continuing from the rest of the
+    model, registers them again where ``conf.reregister_min_inliers`` of their keypoints
+    see its points (then triangulates and adjusts); it may register images the global
+    mapper left out as well. Those it cannot register keep their global poses. The model is
+    kept unchanged if the continuation fails or loses the model's other images."""
+    weak = weakly_supported_images(rec, conf.reregister_below_points)
+    if not weak:
+        return rec
+    names = {rec.image(image_id).name for image_id in weak}
+    kept_ids = set(rec.reg_image_ids()) - set(weak)
+    if len(kept_ids) < max(conf.min_model_size, rec.num_reg_images() / 2):
+        # Most of the model is weak: too little of it is left to register against.
+        log.info("cluster %s: %d of %d images held with under %d points; the global model "
+                 "is kept as it is", label, len(weak), rec.num_reg_images(),
+                 conf.reregister_below_points)
+        return rec
+    trimmed = pycolmap.Reconstruction(rec)
+    for image_id in weak:
+        trimmed.deregister_frame(trimmed.image(image_id).frame_id)
+    options = replace(conf, mapper="incremental",
+                      abs_pose_min_num_inliers=conf.reregister_min_inliers
+                      ).pipeline_options(rec.num_images())
+    options.multiple_models = False
+    folder = Path(tempfile.mkdtemp(prefix=_MAPPING_TMP_PREFIX, dir=work_dir))
+    try:
+        (folder / "in").mkdir()
+        (folder / "out").mkdir()
+        trimmed.write(folder / "in")
+        with _colmap_log_level(conf.colmap_verbose):
+            continued = pycolmap.incremental_mapping(db_path, image_dir, folder / "out",
+                                                     options, input_path=folder / "in")
+    except Exception as exc:  # pycolmap raises RuntimeError/ValueError on failure
+        log.warning("cluster %s: registering %d weakly supported image(s) again failed "
+                    "(%s: %s); the global model is kept as it was", label, len(weak),
+                    type(exc).__name__, exc)
+        return rec
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result = max(continued.values(), key=lambda r: r.num_reg_images(), default=None)
+    if result is None or not kept_ids <= set(result.reg_image_ids()):
+        log.warning("cluster %s: registering %d weakly supported image(s) again lost the "
+                    "model; it is kept as it was", label, len(weak))
+        return rec
+    back = sorted(names & {result.image(i).name for i in result.reg_image_ids()})
+    added = result.num_reg_images() - len(kept_ids) - len(back)
+    # An image that does not register again keeps the pose the global mapper gave it (the
+    # continuation adjusts the rest of the model in place, it does not move its frame): it
+    # is no worse placed than before, and now and then near enough to count.
+    missing = [image_id for image_id in weak
+               if not (result.exists_image(image_id) and result.image(image_id).has_pose)]
+    if missing:
+        # The continuation's bundle adjustment may move and scale the model a little: the
+        # similarity of the images both hold carries the old poses over.
+        common = sorted(kept_ids)
+        new_from_old = pycolmap.estimate_sim3d(
+            np.array([rec.image(i).projection_center() for i in common]),
+            np.array([result.image(i).projection_center() for i in common]))
+        for image_id in missing:
+            _restore_pose(result, rec, image_id, new_from_old)
+    log.info("cluster %s: %d image(s) the global model held with under %d points taken out, "
+             "%d registered again (the others keep their poses)%s", label, len(weak),
+             conf.reregister_below_points, len(back), f", {added} more" if added else "")
+    return result
 
 
 def _keep_and_cache(found: list[pycolmap.Reconstruction], models_dir: Path, fingerprint: str,
