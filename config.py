@@ -29,11 +29,12 @@ from typing import Any
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, FEATURE_NAMES,
-                                   GRAPH_MIN_INLIERS, GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO, MATCHERS,
-                                   MAX_IMAGE_SIDE, MERGE_MODELS, REREGISTER_BELOW_POINTS, MIN_SCENE_SIZE, MIN_VERIFIED_INLIERS,
-                                   PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K, RANSAC_THRESHOLD_PX,
-                                   RETRIEVALS, ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES,
-                                   UNREGISTERED, UNREGISTERED_POLICIES)
+                                   GRAPH_MIN_INLIERS, GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO,
+                                   MATCHERS, MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE,
+                                   MIN_VERIFIED_INLIERS, PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K,
+                                   RANSAC_THRESHOLD_PX, REREGISTER_BELOW_POINTS, RETRIEVALS,
+                                   ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
+                                   UNREGISTERED_POLICIES)
 from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
                                  CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 

@@ -49,8 +49,8 @@ class MergeConf:
     # Point pairs that must agree after the similarity, and their share of all pairs.
     min_agreeing_points: int = MERGE_MIN_AGREEING_POINTS
     min_agreeing_share: float = MERGE_MIN_AGREEING_SHARE
-    # A pair agrees when its two points land within this fraction of the larger model's
-    # size (median distance of its matched points to their centroid).
+    # A pair agrees when its two points land within this fraction of the size of what they
+    # cover in the larger model (median distance of its matched points to their centroid).
     point_tolerance: float = MERGE_POINT_TOLERANCE
     seed: int = 0  # LO-RANSAC's random generator
 
@@ -143,7 +143,8 @@ def point_pairs(model_a: Model, model_b: Model, matches: Mapping[PairKey, np.nda
 
 
 def _size(points: np.ndarray) -> float:
-    """A model's size: median distance of the points to their centroid."""
+    """The size of the part of a model the matched points cover: their median distance to
+    their centroid (the tolerance scales with what is being aligned)."""
     return float(np.median(np.linalg.norm(points - points.mean(axis=0), axis=1)))
 
 

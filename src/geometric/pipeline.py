@@ -132,7 +132,8 @@ class GeometricConf:
             escalation=EscalationConf(
                 below=cfg.escalate_below,
                 max_keypoints=ESCALATION_KEYPOINTS["sift" if features == "sift" else "learned"]),
-            merge=MergeConf(enabled=cfg.merge_models, seed=cfg.seed), reason=reason, workers=cfg.workers)
+            merge=MergeConf(enabled=cfg.merge_models, seed=cfg.seed), reason=reason,
+            workers=cfg.workers)
 
 
 def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str, str, str]:
@@ -154,7 +155,8 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 
 # Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
 SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalation",
-               "merged", "models", "model_sizes", "registered", "unregistered", "clusters", "seconds"]
+               "merged", "models", "model_sizes", "registered", "unregistered", "clusters",
+               "seconds"]
 
 
 def choose_mapper(mapper: str, features: str) -> str:

@@ -250,7 +250,8 @@ class Model:
     poses: image name -> (R_cw (3, 3), t_cw (3,)), float64, world-to-camera
         (``x_cam = R_cw @ X + t_cw``), for the registered images only.
     num_points3D: number of triangulated 3D points.
-    points3D: (P, 3) float64 world coordinates of those points, in COLMAP point-id order.
+    points3D: (P, 3) float64 world coordinates of those points, in COLMAP point-id order (a
+        joined model, src.geometric.model_merge, appends the other model's points).
     intrinsics: image name -> K (3, 3) float64 as refined by COLMAP, pixels, in the OpenCV
         convention (integer coordinates at pixel centres); distortion parameters left out.
     mean_reprojection_error: pixels, over all observations of the 3D points (nan if none).
@@ -828,14 +829,13 @@ def _run_mapper(image_dir: str | os.PathLike, images: list[str], kpts: dict[str,
 
 
 def _restore_pose(result: pycolmap.Reconstruction, original: pycolmap.Reconstruction,
-                  image_id: int, new_from_old: pycolmap.Sim3d | None) -> None:
-    """Register image ``image_id`` in ``result`` at its pose in ``original`` (moved by
-    ``new_from_old`` when given), observing no 3D point (its keypoints kept), adding its
-    camera and frame if ``result`` lacks them."""
+                  image_id: int, new_from_old: pycolmap.Sim3d) -> None:
+    """Register image ``image_id`` in ``result`` at its pose in ``original`` moved by
+    ``new_from_old``, observing no 3D point (its keypoints kept), adding its camera and
+    frame if ``result`` lacks them (pycolmap's output can leave out an image that observes
+    nothing)."""
     source = original.image(image_id)
-    cam_from_world = source.cam_from_world()
-    if new_from_old is not None:
-        cam_from_world = new_from_old.transform_camera_world(cam_from_world)
+    cam_from_world = new_from_old.transform_camera_world(source.cam_from_world())
     if result.exists_image(image_id):
         frame_id = result.image(image_id).frame_id
         result.frame(frame_id).rig_from_world = cam_from_world  # trivial rig: rig = camera
@@ -918,9 +918,16 @@ def _reregister_weak_images(rec: pycolmap.Reconstruction, db_path: Path, image_d
         # The continuation's bundle adjustment may move and scale the model a little: the
         # similarity of the images both hold carries the old poses over.
         common = sorted(kept_ids)
-        new_from_old = pycolmap.estimate_sim3d(
-            np.array([rec.image(i).projection_center() for i in common]),
-            np.array([result.image(i).projection_center() for i in common]))
+        new_from_old = None
+        if len(common) >= 3:
+            with contextlib.suppress(ValueError, RuntimeError):
+                new_from_old = pycolmap.estimate_sim3d(
+                    np.array([rec.image(i).projection_center() for i in common]),
+                    np.array([result.image(i).projection_center() for i in common]))
+        if new_from_old is None:
+            log.warning("cluster %s: the re-registered model cannot be aligned to the global "
+                        "one (cameras in a line?); the global model is kept as it was", label)
+            return rec
         for image_id in missing:
             _restore_pose(result, rec, image_id, new_from_old)
     log.info("cluster %s: %d image(s) the global model held with under %d points taken out, "

@@ -58,11 +58,15 @@ def match_graph(images: list[str], verified: pd.DataFrame, min_inliers: int) -> 
     index = {name: i for i, name in enumerate(images)}
     graph = nx.Graph()
     graph.add_nodes_from(range(len(images)))
+    edges = []
     for a, b, inliers in zip(verified["image_a"], verified["image_b"], verified["inliers"]):
         if a not in index or b not in index:
             raise ValueError(f"verified pair ({a}, {b}) names an image outside the dataset")
         if inliers >= min_inliers and a != b:
-            graph.add_edge(index[a], index[b], inliers=int(inliers))
+            edges.append((min(index[a], index[b]), max(index[a], index[b]), int(inliers)))
+    # In a fixed order, whatever the order of the table's rows: Louvain's communities
+    # depend on the order of the edges.
+    graph.add_weighted_edges_from(sorted(edges), weight="inliers")
     return graph
 
 
@@ -103,7 +107,7 @@ def cut_weak_bridges(graph: nx.Graph, min_cluster_size: int) -> None:
 def _strongest_links(graph: nx.Graph, group_of: dict[int, int]) -> dict[tuple[int, int], int]:
     """(group, group) -> the most inliers of an edge between the two groups."""
     links: dict[tuple[int, int], int] = {}
-    for a, b, inliers in graph.edges(data="inliers"):
+    for a, b, inliers in graph.edges(data="inliers", default=0):
         ga, gb = group_of[a], group_of[b]
         if ga != gb:
             key = (min(ga, gb), max(ga, gb))
