@@ -174,3 +174,19 @@ def test_the_pipeline_joins_a_demo_scene_the_incremental_mapper_split(tmp_path):
     score_joined = score_frames(build_submission(joined_predictions), labels, thresholds)
     score_apart = score_frames(build_submission(apart_predictions), labels, thresholds)
     assert score_joined.mAA > score_apart.mAA
+
+
+def test_models_sharing_an_image_join_and_the_larger_models_pose_stands(tmp_path):
+    truth = synthesize_cluster(seed=3)
+    first = _map(truth, truth.names[:6], tmp_path, "first")
+    second = _map(truth, truth.names[5:], tmp_path, "second")
+    shared = truth.names[5]
+    # The shared image alone links points of both models: no match between them needed.
+    pairs, _ = point_pairs(first, second, {})
+    assert len(pairs) >= MergeConf().min_agreeing_points
+    models, merges = merge_models([first, second], {})
+    assert len(models) == 1 and merges[0].images_added == 4
+    np.testing.assert_array_equal(models[0].poses[shared][0], first.poses[shared][0])
+    np.testing.assert_array_equal(models[0].poses[shared][1], first.poses[shared][1])
+    assert_poses_match(truth, models[0], max_rotation_error_deg=0.5, max_center_error=0.01,
+                       max_focal_error=0.02)
