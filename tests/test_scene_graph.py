@@ -158,3 +158,15 @@ def test_graph_conf_is_checked():
         GraphConf(strong_inliers=-1)
     with pytest.raises(ValueError, match="min_inliers"):
         GraphConf(min_inliers=0)
+
+
+def test_join_communities_leaves_isolated_groups_and_breaks_ties_by_order():
+    graph = nx.Graph()
+    graph.add_nodes_from(range(8))
+    for a, b in [(0, 1), (1, 2), (4, 5), (5, 6)]:
+        graph.add_edge(a, b, inliers=100)
+    graph.add_edge(3, 2, inliers=12)  # {3} ties between {0, 1, 2} and {4, 5, 6}
+    graph.add_edge(3, 4, inliers=12)
+    communities = [{0, 1, 2}, {3}, {4, 5, 6}, {7}]  # {7} has no edge at all
+    groups = join_communities(graph, communities, strong_inliers=15, min_cluster_size=3)
+    assert groups == [{0, 1, 2, 3}, {4, 5, 6}, {7}]
