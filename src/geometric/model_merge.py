@@ -31,7 +31,7 @@ import pycolmap
 
 from src.geometric.options import (MERGE_MIN_AGREEING_POINTS, MERGE_MIN_AGREEING_SHARE,
                                    MERGE_MODELS, MERGE_POINT_TOLERANCE)
-from src.geometric.reconstruction import Model
+from src.geometric.reconstruction import Model, mean_reprojection_error
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +183,11 @@ def _merged(target: Model, source: Model) -> Model:
         obs = source.observations.get(name)
         if obs is not None:
             observations[name] = np.where(obs >= 0, obs + offset, -1).astype(obs.dtype)
-    weights = np.array([target.num_observations, source.num_observations], np.float64)
-    errors = np.array([target.mean_reprojection_error, source.mean_reprojection_error])
-    error = (float(np.sum(weights * errors) / weights.sum()) if weights.sum() > 0
-             else float("nan"))
     return replace(target, poses=dict(sorted(poses.items())),
                    points3D=np.concatenate([target.points3D, source.points3D]),
                    num_points3D=target.num_points3D + source.num_points3D,
                    intrinsics=dict(sorted(intrinsics.items())), observations=observations,
-                   mean_reprojection_error=error,
+                   mean_reprojection_error=mean_reprojection_error([target, source]),
                    num_observations=target.num_observations + source.num_observations,
                    shared_cameras=target.shared_cameras or source.shared_cameras)
 

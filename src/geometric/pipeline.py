@@ -394,9 +394,8 @@ def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], 
              ) -> dict:
     """What SfM made of one match-graph scene: the mapper, the cameras kept and why, whether
     it was redone with more effort and which result was kept, which models were joined and
-    on what evidence, the models' sizes, the images
-    it registered, the submission clusters they became and the seconds it took (cached runs
-    take none)."""
+    on what evidence, the models' sizes, the images it registered, the submission clusters
+    they became and the seconds it took (cached runs take none)."""
     registered = len(set(members) & {name for model in models for name in model.poses})
     return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
             "cameras": cameras, "escalation": escalation, "merged": merged,

@@ -71,6 +71,7 @@ __all__ = [
     "reconstruct_scene",
     "prefer_shared_cameras",
     "load_models",
+    "mean_reprojection_error",
     "poses_for_images",
     "weakly_supported_images",
 ]
@@ -729,14 +730,14 @@ def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
                        f"image {registered_own}")
     if not per_image:
         return bool(shared), "no model with a camera per image"
-    error_shared, error_own = _mean_error(shared), _mean_error(per_image)
+    error_shared, error_own = mean_reprojection_error(shared), mean_reprojection_error(per_image)
     why = f"{error_shared:.3f} px shared, {error_own:.3f} px per image"
     if not error_shared <= max_error_ratio * error_own:
         return False, f"{why}: more than {max_error_ratio:g}x"
     return True, why
 
 
-def _mean_error(models: Sequence[Model]) -> float:
+def mean_reprojection_error(models: Sequence[Model]) -> float:
     """Mean reprojection error of several models, weighted by their observations."""
     weights = np.array([m.num_observations for m in models], dtype=np.float64)
     errors = np.array([m.mean_reprojection_error for m in models], dtype=np.float64)
