@@ -119,6 +119,45 @@ def test_mutual_nearest_neighbours_recover_known_correspondences():
     assert {tuple(m) for m in matches.tolist()} == expected
 
 
+def _reference_matches(desc_a, desc_b, ratio: float, mutual: bool) -> set:
+    """Mutual nearest neighbours with Lowe's ratio test, from SciPy's pairwise distances."""
+    from scipy.spatial.distance import cdist
+    dist = cdist(desc_a.astype(np.float64), desc_b.astype(np.float64))
+    found = set()
+    for i, row in enumerate(dist):
+        j, second = np.argsort(row)[:2]
+        if row[j] >= ratio * row[second]:
+            continue
+        if mutual and np.argmin(dist[:, j]) != i:
+            continue
+        found.add((i, int(j)))
+    return found
+
+
+@pytest.mark.parametrize("unit_norm", [True, False])
+def test_matches_agree_with_a_scipy_reference_for_unit_and_free_norms(unit_norm):
+    """Unit-norm descriptors (RootSIFT) take the dot-product path, others the distance
+    path; both give SciPy's mutual ratio-test matches, also when the work array of a larger
+    pair is reused for a smaller one."""
+    rng = np.random.default_rng(3)
+    for n_a, n_b in ((300, 420), (120, 90)):
+        desc_a = np.abs(rng.normal(size=(n_a, 128))).astype(np.float32)
+        desc_b = np.concatenate([desc_a[rng.permutation(n_a)[:n_b // 2]]
+                                 + 0.1 * np.abs(rng.normal(size=(n_b // 2, 128))),
+                                 np.abs(rng.normal(size=(n_b - n_b // 2, 128)))]
+                                ).astype(np.float32)
+        if unit_norm:
+            desc_a /= np.linalg.norm(desc_a, axis=1, keepdims=True)
+            desc_b /= np.linalg.norm(desc_b, axis=1, keepdims=True)
+        else:
+            desc_a *= rng.uniform(0.5, 2.0, size=(n_a, 1)).astype(np.float32)
+        for mutual in (True, False):
+            conf = MatchConf(ratio=0.9, mutual=mutual)
+            got = {tuple(m) for m in match_descriptors(desc_a, desc_b, conf).tolist()}
+            assert got == _reference_matches(desc_a, desc_b, 0.9, mutual)
+            assert len(got) > n_b // 8
+
+
 def test_non_mutual_and_ambiguous_matches_are_rejected():
     # a0 and a1 both have b0 as nearest neighbour, but b0's nearest is a1
     desc_a = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)

@@ -41,6 +41,7 @@ import json
 import logging
 import numbers
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -161,6 +162,26 @@ class MatchConf:
 
 
 # =========================================================================== matching
+# Descriptors whose squared norms all lie within this relative spread (RootSIFT: unit norm,
+# float32 rounding ~1e-7) are matched on their dot products alone (_match_equal_norms).
+EQUAL_NORM_RTOL = 1e-5
+_scratch = threading.local()
+
+
+def _scratch_matrix(rows: int, cols: int) -> np.ndarray:
+    """A (rows, cols) float32 work array, reused by this thread from pair to pair: a fresh
+    one per pair (256 MB for 8192 x 8192 keypoints) costs more in page faults than the
+    product that fills it."""
+    flat = getattr(_scratch, "flat", None)
+    if flat is None or flat.size < rows * cols:
+        flat = _scratch.flat = np.empty(rows * cols, np.float32)
+    return flat[:rows * cols].reshape(rows, cols)
+
+
+def _norms_equal(sq_norms: np.ndarray) -> bool:
+    return bool(np.ptp(sq_norms) <= EQUAL_NORM_RTOL * max(float(sq_norms.max()), 1e-12))
+
+
 def match_descriptors(desc_a: np.ndarray, desc_b: np.ndarray,
                       conf: MatchConf = MatchConf()) -> np.ndarray:
     """Nearest-neighbour matches of two descriptor sets, filtered by Lowe's ratio test
@@ -177,31 +198,63 @@ def match_descriptors(desc_a: np.ndarray, desc_b: np.ndarray,
         raise ValueError(f"descriptors must be (N, D) with one D, got {a.shape} and {b.shape}")
     if len(a) == 0 or len(b) == 0:
         return np.zeros((0, 2), np.int32)
-    # squared distances |a|^2 + |b|^2 - 2 a.b, in place: the (N_a, N_b) array is the big
-    # cost (64 MB for 4096 x 4096) and fresh temporaries of it double the run time
-    dist_sq = a @ b.T
-    dist_sq *= -2.0
-    dist_sq += np.einsum("ij,ij->i", a, a)[:, None]
-    dist_sq += np.einsum("ij,ij->i", b, b)[None, :]
-    np.maximum(dist_sq, 0.0, out=dist_sq)  # the expansion can dip below 0 by rounding
-
-    rows = np.arange(len(a))
-    nearest = np.argmin(dist_sq, axis=1)
-    d_nearest = dist_sq[rows, nearest]
-    keep = np.ones(len(a), bool)
-    if conf.mutual:
-        # mutual: row i attains the minimum of its nearest column (a column min is much
-        # faster than a column argmin); exact ties are settled below
-        keep &= d_nearest <= dist_sq.min(axis=0)[nearest]
-    if len(b) >= 2:
-        dist_sq[rows, nearest] = np.inf  # what remains: the second nearest
-        keep &= d_nearest < (conf.ratio ** 2) * dist_sq.min(axis=1)  # squared ratio
-    matches = np.stack([rows[keep], nearest[keep]], axis=1)
+    a_sq = np.einsum("ij,ij->i", a, a)
+    b_sq = np.einsum("ij,ij->i", b, b)
+    # The (N_a, N_b) array is the cost: a product and one pass per reduction over it.
+    products = _scratch_matrix(len(a), len(b))
+    np.matmul(a, b.T, out=products)
+    if _norms_equal(a_sq) and _norms_equal(b_sq):
+        nearest, keep = _match_equal_norms(products, float(a_sq.mean() + b_sq.mean()), conf)
+    else:
+        nearest, keep = _match_any_norms(products, a_sq, b_sq, conf)
+    matches = np.stack([np.arange(len(a))[keep], nearest[keep]], axis=1)
     if conf.mutual and len(np.unique(matches[:, 1])) < len(matches):
         # rows tied for one column: keep the first, as a column argmin would
         _, first = np.unique(matches[:, 1], return_index=True)
         matches = matches[np.sort(first)]
     return matches.astype(np.int32)
+
+
+def _match_equal_norms(products: np.ndarray, sq_norm_sum: float, conf: MatchConf
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest column per row, rows kept) when every squared distance is ``sq_norm_sum -
+    2 a.b``: the nearest neighbour is the largest product, in both directions, so no pass
+    turns products into distances. ``products`` is overwritten."""
+    rows = np.arange(len(products))
+    nearest = np.argmax(products, axis=1)
+    p_nearest = products[rows, nearest]
+    keep = np.ones(len(products), bool)
+    if conf.mutual:
+        keep &= p_nearest >= products.max(axis=0)[nearest]
+    if products.shape[1] >= 2:
+        products[rows, nearest] = -np.inf  # what remains: the second nearest
+        d_nearest = np.maximum(sq_norm_sum - 2.0 * p_nearest, 0.0)
+        d_second = np.maximum(sq_norm_sum - 2.0 * products.max(axis=1), 0.0)
+        keep &= d_nearest < (conf.ratio ** 2) * d_second  # squared ratio
+    return nearest, keep
+
+
+def _match_any_norms(products: np.ndarray, a_sq: np.ndarray, b_sq: np.ndarray,
+                     conf: MatchConf) -> tuple[np.ndarray, np.ndarray]:
+    """(nearest column per row, rows kept) from squared distances |a|^2 + |b|^2 - 2 a.b,
+    computed in place of ``products``."""
+    dist_sq = products
+    dist_sq *= -2.0
+    dist_sq += a_sq[:, None]
+    dist_sq += b_sq[None, :]
+    np.maximum(dist_sq, 0.0, out=dist_sq)  # the expansion can dip below 0 by rounding
+    rows = np.arange(len(dist_sq))
+    nearest = np.argmin(dist_sq, axis=1)
+    d_nearest = dist_sq[rows, nearest]
+    keep = np.ones(len(dist_sq), bool)
+    if conf.mutual:
+        # mutual: row i attains the minimum of its nearest column (a column min is much
+        # faster than a column argmin); exact ties are settled by the caller
+        keep &= d_nearest <= dist_sq.min(axis=0)[nearest]
+    if dist_sq.shape[1] >= 2:
+        dist_sq[rows, nearest] = np.inf  # what remains: the second nearest
+        keep &= d_nearest < (conf.ratio ** 2) * dist_sq.min(axis=1)  # squared ratio
+    return nearest, keep
 
 
 class LightGlueMatcher:
