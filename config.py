@@ -28,8 +28,9 @@ from typing import Any
 
 from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
-                                   DINOV2_RETRIEVALS, ESCALATE_BELOW, FEATURE_NAMES,
-                                   GRAPH_MIN_INLIERS, GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO,
+                                   DINOV2_RETRIEVALS, ESCALATE_BELOW, ESCALATE_WEAK_PAIRS,
+                                   ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
+                                   GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO,
                                    MATCHERS, MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE,
                                    MIN_VERIFIED_INLIERS, PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K,
                                    RANSAC_THRESHOLD_PX, REREGISTER_BELOW_POINTS, RETRIEVALS,
@@ -199,7 +200,12 @@ class Config:
     escalate_below: float = _f(ESCALATE_BELOW, "a match-graph scene whose largest SfM model "
                                "registers less than this share of its images is redone alone "
                                "with more keypoints and all its pairs; "
-                               "0 = never", resumable=True)
+                               "0 = never for this reason", resumable=True)
+    escalate_weak_share: float = _f(ESCALATE_WEAK_SHARE, "a match-graph scene is also redone "
+                                    "that way when at least this share of its images are in "
+                                    f"fewer than {ESCALATE_WEAK_PAIRS} verified pairs within it "
+                                    "(registered, but placed on little evidence); 0 = never",
+                                    resumable=True)
     reregister_below_points: int = _f(REREGISTER_BELOW_POINTS, "global mapper: images its "
                                       "model holds with fewer 3D points than this are "
                                       "registered again by the incremental mapper continuing "
@@ -237,8 +243,9 @@ class Config:
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {value}")
-        if not 0.0 <= self.escalate_below <= 1.0:
-            problems.append(f"escalate_below must be in [0, 1], got {self.escalate_below}")
+        for name in ("escalate_below", "escalate_weak_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

@@ -5,9 +5,12 @@ The fast path (a keypoint budget, the retrieved pairs) serves most scenes; what 
 is usually a scene whose pictures are low-textured, repetitive or far apart, where more
 keypoints (small images upscaled first, if asked) and every pair of its images find the
 matches that tie it together. Spending that on every scene would cost several times the
-wall time, so only a scene whose largest model registers less than ``EscalationConf.below``
-of its images is redone (:func:`needs_escalation`); the redone result is kept when its
-largest model registers more images (:func:`better_result`).
+wall time, so only a scene that comes out badly is redone (:func:`needs_escalation`): its
+largest model registers less than ``EscalationConf.below`` of its images, or at least
+``EscalationConf.weak_share`` of its images are tied to the rest by fewer than
+``EscalationConf.weak_pairs`` verified pairs (:func:`weakly_tied`: the mapper may register
+them, but places them on little evidence). The redone result is kept when its largest model
+registers more images, or as many with fewer of them weakly tied (:func:`better_result`).
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 
 from src.geometric.features import FeatureConf, Features, extract_dataset
 from src.geometric.matching import (MatchConf, load_matched_features, load_verified_matches,
                                     match_and_verify)
 from src.geometric.model_merge import Merge, MergeConf, merge_models
-from src.geometric.options import (ESCALATE_BELOW, ESCALATION_KEYPOINTS,
-                                   ESCALATION_MAX_IMAGES, ESCALATION_MIN_IMAGE_SIDE)
+from src.geometric.options import (ESCALATE_BELOW, ESCALATE_WEAK_PAIRS, ESCALATE_WEAK_SHARE,
+                                   ESCALATION_KEYPOINTS, ESCALATION_MAX_IMAGES,
+                                   ESCALATION_MIN_IMAGE_SIDE)
 from src.geometric.reconstruction import Model, ReconConf, reconstruct_scene
 
 log = logging.getLogger(__name__)
@@ -36,14 +41,21 @@ class EscalationConf:
     # A scene whose largest model registers less than this share of its images is redone;
     # 0 = never.
     below: float = ESCALATE_BELOW
+    # ... or where at least ``weak_share`` of its images have fewer than ``weak_pairs``
+    # verified pairs within it (0 = never).
+    weak_share: float = ESCALATE_WEAK_SHARE
+    weak_pairs: int = ESCALATE_WEAK_PAIRS
     max_keypoints: int = ESCALATION_KEYPOINTS["sift"]  # keypoint budget of the redone scene
     min_image_side: int = ESCALATION_MIN_IMAGE_SIDE  # smaller images are upscaled to it (0: no)
     max_images: int = ESCALATION_MAX_IMAGES  # larger scenes are not redone (all pairs)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.below <= 1:
-            raise ValueError(f"EscalationConf.below must be in [0, 1], got {self.below!r}")
-        for name in ("max_keypoints", "min_image_side", "max_images"):
+        for name in ("below", "weak_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 <= value <= 1:
+                raise ValueError(f"EscalationConf.{name} must be in [0, 1], got {value!r}")
+        for name in ("max_keypoints", "min_image_side", "max_images", "weak_pairs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"EscalationConf.{name} must be an integer >= 0, got "
@@ -64,15 +76,36 @@ def largest_share(models: list[Model], num_images: int) -> float:
     return max((m.num_registered for m in models), default=0) / num_images
 
 
-def needs_escalation(models: list[Model], num_images: int, conf: EscalationConf) -> str:
+def weakly_tied(images: list[str], matches: dict[tuple[str, str], np.ndarray],
+                min_matches: int, min_pairs: int) -> list[str]:
+    """The images (in the order given) that fewer than ``min_pairs`` pairs of ``matches``
+    with at least ``min_matches`` matches tie to the other ``images``: what the mapper can
+    place them by. Pairs with an image outside ``images`` do not count; in a scene of n <=
+    ``min_pairs`` images, an image in fewer than all its n - 1 pairs is weakly tied."""
+    min_pairs = min(min_pairs, len(images) - 1)
+    members = set(images)
+    pairs_of = dict.fromkeys(images, 0)
+    for (a, b), m in matches.items():
+        if a in members and b in members and a != b and len(m) >= min_matches:
+            pairs_of[a] += 1
+            pairs_of[b] += 1
+    return [im for im in images if pairs_of[im] < min_pairs]
+
+
+def needs_escalation(models: list[Model], num_images: int, conf: EscalationConf,
+                     num_weak: int = 0) -> str:
     """Why the scene is to be redone (e.g. ``"largest model 7 of 11 images"``), or "" when
-    it is not: mapped well enough, too large, or escalation switched off."""
-    if conf.below <= 0 or num_images > conf.max_images or num_images < 3:
+    it is not: mapped well enough, too large, or escalation switched off. ``num_weak``: how
+    many of its images are weakly tied (:func:`weakly_tied` with ``conf.weak_pairs``)."""
+    if num_images > conf.max_images or num_images < 3:
         return ""
-    if largest_share(models, num_images) >= conf.below:
-        return ""
-    largest = max((m.num_registered for m in models), default=0)
-    return f"largest model {largest} of {num_images} images"
+    if conf.below > 0 and largest_share(models, num_images) < conf.below:
+        largest = max((m.num_registered for m in models), default=0)
+        return f"largest model {largest} of {num_images} images"
+    if conf.weak_share > 0 and num_weak >= conf.weak_share * num_images:
+        return (f"{num_weak} of {num_images} images in fewer than "
+                f"{min(conf.weak_pairs, num_images - 1)} verified pairs")
+    return ""
 
 
 def more_to_find(keypoint_counts: list[int], image_sides: list[int], pairs_matched: int,
@@ -91,11 +124,16 @@ def more_to_find(keypoint_counts: list[int], image_sides: list[int], pairs_match
     return budget_binding or upscaled or pairs_matched < num_images * (num_images - 1) // 2
 
 
-def better_result(escalated: list[Model], fast: list[Model]) -> bool:
+def better_result(escalated: list[Model], fast: list[Model], weak_escalated: int = 0,
+                  weak_fast: int = 0) -> bool:
     """Whether the redone scene's models beat the fast path's: its largest model registers
-    more images (ties keep the fast path: the same result for more cost proves nothing)."""
+    more images, or as many while fewer of the scene's images are weakly tied
+    (``weak_*``: :func:`weakly_tied` counts of each pass's matches). Otherwise the fast path
+    stands: the same result for more cost proves nothing."""
     best = lambda models: max((m.num_registered for m in models), default=0)  # noqa: E731
-    return best(escalated) > best(fast)
+    if best(escalated) != best(fast):
+        return best(escalated) > best(fast)
+    return weak_escalated < weak_fast
 
 
 def image_sizes(features: dict[str, Features], images: list[str]
@@ -109,11 +147,11 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
                    match_conf: MatchConf, recon_conf: ReconConf, conf: EscalationConf,
                    work_dir: Path, overwrite: bool = False, name: str | None = None,
                    merge_conf: MergeConf = MergeConf()
-                   ) -> tuple[list[Model], str, list[Merge]]:
+                   ) -> tuple[list[Model], str, list[Merge], dict[tuple[str, str], np.ndarray]]:
     """One scene's images again with :meth:`EscalationConf.features`, every pair of them
     matched, and SfM: (its models joined where they agree, the cameras kept and why, what
-    was joined), as ``reconstruction.reconstruct_scene`` and ``model_merge.merge_models``
-    give them. The scene's features, its matches
+    was joined, the verified matches of every pair), as ``reconstruction.reconstruct_scene``
+    and ``model_merge.merge_models`` give them. The scene's features, its matches
     (with any turns LightGlue's rotation retry chose) and its models are cached in
     ``work_dir``, its own folder: ``overwrite`` then redoes this scene's files only, never
     another scene's."""
@@ -138,18 +176,21 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
     models, cameras = reconstruct_scene(image_dir, members, keypoints, matches, work_dir,
                                         recon_conf, overwrite, name, sizes)
     models, merges = merge_models(models, matches, merge_conf)
-    return models, cameras, merges
+    return models, cameras, merges, matches
 
 
-def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool
-                     ) -> str:
+def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool,
+                     weak_fast: int = 0, weak_escalated: int = 0) -> str:
     """One line for the log and sfm_scenes.csv: why the scene was redone, what each pass
-    registered and which was kept (no times: the line must repeat run to run; the row's
-    seconds include the redone pass)."""
+    registered (and, when either had some, how many images each left weakly tied) and which
+    was kept (no times: the line must repeat run to run; the row's seconds include the
+    redone pass)."""
     sizes = lambda models: "+".join(str(m.num_registered) for m in models) or "0"  # noqa: E731
-    return (f"{reason}; redone: {sizes(escalated)} against {sizes(fast)} images, "
+    weak = (f", weakly tied {weak_escalated} against {weak_fast}"
+            if weak_fast or weak_escalated else "")
+    return (f"{reason}; redone: {sizes(escalated)} against {sizes(fast)} images{weak}, "
             f"{'kept' if kept else 'not kept'}")
 
 
 __all__ = ["EscalationConf", "better_result", "describe_outcome", "escalate_scene",
-           "image_sizes", "largest_share", "more_to_find", "needs_escalation"]
+           "image_sizes", "largest_share", "more_to_find", "needs_escalation", "weakly_tied"]

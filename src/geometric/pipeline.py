@@ -25,7 +25,7 @@ import pandas as pd
 from config import ConfigError
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
-                                      needs_escalation)
+                                      needs_escalation, weakly_tied)
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
                                     load_verified_matches, match_and_verify)
@@ -130,7 +130,7 @@ class GeometricConf:
             dinov2=Dinov2Conf(weights=cfg.retrieval_weights,
                               image_side=cfg.retrieval_image_side, device=cfg.torch_device),
             escalation=EscalationConf(
-                below=cfg.escalate_below,
+                below=cfg.escalate_below, weak_share=cfg.escalate_weak_share,
                 max_keypoints=ESCALATION_KEYPOINTS["sift" if features == "sift" else "learned"]),
             merge=MergeConf(enabled=cfg.merge_models, seed=cfg.seed), reason=reason,
             workers=cfg.workers)
@@ -341,7 +341,7 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
             log.info("%s/%s: %s", dataset, scene, describe_merges(merges))
         models, cameras, merges, escalation = _escalate_if_needed(
             dataset, scene, image_dir, members, models, cameras, merges,
-            [features[im] for im in members], len(matches), conf, cache_dir, work_dir,
+            [features[im] for im in members], matches, conf, cache_dir, work_dir,
             overwrite, stopwatch)
         merged = describe_merges(merges)
         seconds = time.perf_counter() - started
@@ -361,28 +361,34 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
                         models: list[Model], cameras: str, merges: list[Merge],
-                        member_features: list[Features], pairs_matched: int,
-                        conf: GeometricConf, cache_dir: Path, work_dir: Path, overwrite: bool,
+                        member_features: list[Features],
+                        matches: dict[tuple[str, str], np.ndarray], conf: GeometricConf,
+                        cache_dir: Path, work_dir: Path, overwrite: bool,
                         stopwatch: _Stopwatch) -> tuple[list[Model], str, list[Merge], str]:
     """The scene's (joined) models, cameras and merges, redone with more effort when it came
-    out badly (escalation.needs_escalation) and more effort can find more
-    (escalation.more_to_find: ``pairs_matched`` of its pairs were matched), kept when better;
-    and what happened ("" if nothing was redone)."""
-    reason = needs_escalation(models, len(members), conf.escalation)
+    out badly (escalation.needs_escalation: ``matches``, those of its pairs that were
+    matched, say which images are weakly tied) and more effort can find more
+    (escalation.more_to_find), kept when better; and what happened ("" if nothing was
+    redone)."""
+    weak_pairs = conf.escalation.weak_pairs
+    min_matches = conf.reconstruction.min_num_matches
+    weak = weakly_tied(members, matches, min_matches, weak_pairs)
+    reason = needs_escalation(models, len(members), conf.escalation, len(weak))
     if not reason:
         return models, cameras, merges, ""
     if not more_to_find([len(f) for f in member_features],
-                        [max(f.image_size) for f in member_features], pairs_matched,
+                        [max(f.image_size) for f in member_features], len(matches),
                         conf.features, conf.escalation):
         log.info("%s/%s: %s, but every pair was matched and no image filled its keypoint "
                  "budget: not redone", dataset, scene, reason)
         return models, cameras, merges, f"{reason}; nothing more to find, not redone"
-    redone, redone_cameras, redone_merges = stopwatch(
+    redone, redone_cameras, redone_merges, redone_matches = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
         conf.reconstruction, conf.escalation, work_dir.with_name(work_dir.name + "-escalated"),
         overwrite, f"{dataset}/{scene}", conf.merge)
-    kept = better_result(redone, models)
-    outcome = describe_outcome(reason, models, redone, kept)
+    weak_redone = weakly_tied(members, redone_matches, min_matches, weak_pairs)
+    kept = better_result(redone, models, len(weak_redone), len(weak))
+    outcome = describe_outcome(reason, models, redone, kept, len(weak), len(weak_redone))
     log.info("%s/%s: %s", dataset, scene, outcome)
     if kept:
         return redone, redone_cameras, redone_merges, outcome
