@@ -203,8 +203,9 @@ class Config:
                                "0 = never for this reason", resumable=True)
     escalate_weak_share: float = _f(ESCALATE_WEAK_SHARE, "a match-graph scene is also redone "
                                     "that way when at least this share of its images are in "
-                                    f"fewer than {ESCALATE_WEAK_PAIRS} verified pairs within it "
-                                    "(registered, but placed on little evidence); 0 = never",
+                                    f"fewer than {ESCALATE_WEAK_PAIRS} of the verified pairs SfM "
+                                    "uses within it (registered, but placed on little "
+                                    "evidence); 0 = never",
                                     resumable=True)
     reregister_below_points: int = _f(REREGISTER_BELOW_POINTS, "global mapper: images its "
                                       "model holds with fewer 3D points than this are "

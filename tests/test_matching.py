@@ -158,6 +158,30 @@ def test_matches_agree_with_a_scipy_reference_for_unit_and_free_norms(unit_norm)
             assert len(got) > n_b // 8
 
 
+def test_unit_norm_descriptors_take_the_product_path_with_the_same_ties_and_edges(monkeypatch):
+    calls = []
+    original = matching._match_equal_norms
+    monkeypatch.setattr(matching, "_match_equal_norms",
+                        lambda *args: calls.append(1) or original(*args))
+    # two identical rows tie for b0: one match, the first row
+    desc_a = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    desc_b = np.array([[0.8, 0.6], [-1.0, 0.0]], np.float32)
+    assert match_descriptors(desc_a, desc_b, MatchConf()).tolist() == [[0, 0]]
+    # a single descriptor in b: no second neighbour, the ratio test passes
+    assert match_descriptors(desc_a[:1], desc_b[:1], MatchConf()).tolist() == [[0, 0]]
+    # nearest at distance 0.63, second at 1.41: ratio 0.45 passes 0.5, fails 0.4
+    desc_b = np.array([[0.8, 0.6], [0.0, 1.0]], np.float32)
+    assert match_descriptors(desc_a[:1], desc_b, MatchConf(ratio=0.5)).tolist() == [[0, 0]]
+    assert len(match_descriptors(desc_a[:1], desc_b, MatchConf(ratio=0.4))) == 0
+    assert len(calls) == 4
+    assert match_descriptors(desc_a[:0], desc_b, MatchConf()).shape == (0, 2)
+    # the work array lives from pair to pair within one matching call, then is let go
+    with matching._scratch_released():
+        match_descriptors(desc_a, desc_b, MatchConf())
+        assert matching._scratch.flat is not None
+    assert matching._scratch.flat is None
+
+
 def test_non_mutual_and_ambiguous_matches_are_rejected():
     # a0 and a1 both have b0 as nearest neighbour, but b0's nearest is a1
     desc_a = np.array([[0.0, 0.0], [1.0, 0.0]], np.float32)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,9 +53,10 @@ class EscalationConf:
     def __post_init__(self) -> None:
         for name in ("below", "weak_share"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) \
                     or not 0 <= value <= 1:
-                raise ValueError(f"EscalationConf.{name} must be in [0, 1], got {value!r}")
+                raise ValueError(f"EscalationConf.{name} must be a number in [0, 1], got "
+                                 f"{value!r}")
         for name in ("max_keypoints", "min_image_side", "max_images", "weak_pairs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -69,11 +71,16 @@ class EscalationConf:
                                           base.max_image_side))
 
 
+def _largest(models: list[Model]) -> int:
+    """Images the largest of ``models`` registers (0 without a model)."""
+    return max((m.num_registered for m in models), default=0)
+
+
 def largest_share(models: list[Model], num_images: int) -> float:
     """Share of a scene's ``num_images`` images that its largest model registers."""
     if num_images == 0:
         return 1.0
-    return max((m.num_registered for m in models), default=0) / num_images
+    return _largest(models) / num_images
 
 
 def weakly_tied(images: list[str], matches: dict[tuple[str, str], np.ndarray],
@@ -81,7 +88,8 @@ def weakly_tied(images: list[str], matches: dict[tuple[str, str], np.ndarray],
     """The images (in the order given) that fewer than ``min_pairs`` pairs of ``matches``
     with at least ``min_matches`` matches tie to the other ``images``: what the mapper can
     place them by. Pairs with an image outside ``images`` do not count; in a scene of n <=
-    ``min_pairs`` images, an image in fewer than all its n - 1 pairs is weakly tied."""
+    ``min_pairs`` images, an image in fewer than all its n - 1 pairs is weakly tied.
+    ``matches`` holds each unordered pair once (as pair selection gives them)."""
     min_pairs = min(min_pairs, len(images) - 1)
     members = set(images)
     pairs_of = dict.fromkeys(images, 0)
@@ -100,8 +108,7 @@ def needs_escalation(models: list[Model], num_images: int, conf: EscalationConf,
     if num_images > conf.max_images or num_images < 3:
         return ""
     if conf.below > 0 and largest_share(models, num_images) < conf.below:
-        largest = max((m.num_registered for m in models), default=0)
-        return f"largest model {largest} of {num_images} images"
+        return f"largest model {_largest(models)} of {num_images} images"
     if conf.weak_share > 0 and num_weak >= conf.weak_share * num_images:
         return (f"{num_weak} of {num_images} images in fewer than "
                 f"{min(conf.weak_pairs, num_images - 1)} verified pairs")
@@ -124,15 +131,17 @@ def more_to_find(keypoint_counts: list[int], image_sides: list[int], pairs_match
     return budget_binding or upscaled or pairs_matched < num_images * (num_images - 1) // 2
 
 
-def better_result(escalated: list[Model], fast: list[Model], weak_escalated: int = 0,
+def better_result(escalated: list[Model], fast: list[Model], *, weak_escalated: int = 0,
                   weak_fast: int = 0) -> bool:
     """Whether the redone scene's models beat the fast path's: its largest model registers
-    more images, or as many while fewer of the scene's images are weakly tied
-    (``weak_*``: :func:`weakly_tied` counts of each pass's matches). Otherwise the fast path
-    stands: the same result for more cost proves nothing."""
-    best = lambda models: max((m.num_registered for m in models), default=0)  # noqa: E731
-    if best(escalated) != best(fast):
-        return best(escalated) > best(fast)
+    more images, or as many while fewer of the scene's images are weakly tied (``weak_*``:
+    :func:`weakly_tied` counts of each pass's matches). The weak counts measure the evidence
+    each pass gave the mapper, not its poses: with four times the keypoints and every pair,
+    the redone pass nearly always has fewer, so a scene redone for its weak ties keeps the
+    redone models unless they register fewer images. Otherwise the fast path stands: the
+    same result for more cost proves nothing."""
+    if _largest(escalated) != _largest(fast):
+        return _largest(escalated) > _largest(fast)
     return weak_escalated < weak_fast
 
 
@@ -179,7 +188,7 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
     return models, cameras, merges, matches
 
 
-def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool,
+def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool, *,
                      weak_fast: int = 0, weak_escalated: int = 0) -> str:
     """One line for the log and sfm_scenes.csv: why the scene was redone, what each pass
     registered (and, when either had some, how many images each left weakly tied) and which

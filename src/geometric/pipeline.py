@@ -387,8 +387,9 @@ def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list
         conf.reconstruction, conf.escalation, work_dir.with_name(work_dir.name + "-escalated"),
         overwrite, f"{dataset}/{scene}", conf.merge)
     weak_redone = weakly_tied(members, redone_matches, min_matches, weak_pairs)
-    kept = better_result(redone, models, len(weak_redone), len(weak))
-    outcome = describe_outcome(reason, models, redone, kept, len(weak), len(weak_redone))
+    kept = better_result(redone, models, weak_escalated=len(weak_redone), weak_fast=len(weak))
+    outcome = describe_outcome(reason, models, redone, kept, weak_fast=len(weak),
+                               weak_escalated=len(weak_redone))
     log.info("%s/%s: %s", dataset, scene, outcome)
     if kept:
         return redone, redone_cameras, redone_merges, outcome
