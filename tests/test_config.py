@@ -49,6 +49,9 @@ def test_config_is_frozen_and_validated():
         config.get_config("huge")
     with pytest.raises(ValueError, match="unknown configuration field"):
         config.get_config("test", colour="red")
+    for name in ("escalate_below", "escalate_weak_share"):
+        with pytest.raises(ValueError, match=rf"{name} must be in \[0, 1\], got 1.5"):
+            cfg.replace(**{name: 1.5})
 
 
 def test_every_field_is_overridable_from_the_command_line():
@@ -140,6 +143,18 @@ def test_every_preset_runs_the_geometric_stages_with_their_own_defaults(preset):
 
     stages = ("features", "pairs", "matching", "graph", "reconstruction", "merge")
     assert conf == GeometricConf(**{stage: stage_defaults(stage) for stage in stages})
+
+
+@pytest.mark.parametrize("preset", sorted(config.PRESETS))
+def test_every_preset_escalates_by_the_stages_own_bars(preset):
+    from src.geometric.escalation import EscalationConf
+    from src.geometric.pipeline import GeometricConf
+
+    escalation = GeometricConf.from_config(config.get_config(preset, pipeline="geometric")
+                                           ).escalation
+    defaults = EscalationConf()
+    assert (escalation.below, escalation.weak_share, escalation.weak_pairs) == \
+        (defaults.below, defaults.weak_share, defaults.weak_pairs)
 
 
 @pytest.mark.parametrize("preset", sorted(config.PRESETS))
