@@ -73,6 +73,13 @@ def test_a_scene_with_many_weakly_tied_images_is_redone_though_all_are_registere
                             num_weak=9) != ""
     assert needs_escalation([_model(5)], 10, EscalationConf(below=0.0, weak_share=0.0),
                             num_weak=9) == ""
+    # the weak-ties rule stops at weak_max_images (all pairs grow with the square)
+    bounded = EscalationConf(weak_share=0.2, weak_pairs=4, weak_max_images=20, max_images=50)
+    assert needs_escalation([_model(20)], 20, bounded, num_weak=10) != ""
+    assert needs_escalation([_model(21)], 21, bounded, num_weak=10) == ""
+    assert needs_escalation([_model(10)], 21, bounded, num_weak=10).startswith("largest")
+    with pytest.raises(ValueError, match="weak_max_images"):
+        EscalationConf(weak_max_images=-3)
     with pytest.raises(ValueError, match="weak_share"):
         EscalationConf(weak_share=1.2)
     with pytest.raises(ValueError, match="weak_pairs"):

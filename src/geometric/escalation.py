@@ -27,7 +27,8 @@ from src.geometric.features import FeatureConf, Features, extract_dataset
 from src.geometric.matching import (MatchConf, load_matched_features, load_verified_matches,
                                     match_and_verify)
 from src.geometric.model_merge import Merge, MergeConf, merge_models
-from src.geometric.options import (ESCALATE_BELOW, ESCALATE_WEAK_PAIRS, ESCALATE_WEAK_SHARE,
+from src.geometric.options import (ESCALATE_BELOW, ESCALATE_WEAK_MAX_IMAGES,
+                                   ESCALATE_WEAK_PAIRS, ESCALATE_WEAK_SHARE,
                                    ESCALATION_KEYPOINTS, ESCALATION_MAX_IMAGES,
                                    ESCALATION_MIN_IMAGE_SIDE)
 from src.geometric.reconstruction import Model, ReconConf, reconstruct_scene
@@ -43,9 +44,10 @@ class EscalationConf:
     # 0 = never.
     below: float = ESCALATE_BELOW
     # ... or where at least ``weak_share`` of its images have fewer than ``weak_pairs``
-    # verified pairs within it (0 = never).
+    # verified pairs within it (0 = never), in scenes of at most ``weak_max_images`` images.
     weak_share: float = ESCALATE_WEAK_SHARE
     weak_pairs: int = ESCALATE_WEAK_PAIRS
+    weak_max_images: int = ESCALATE_WEAK_MAX_IMAGES
     max_keypoints: int = ESCALATION_KEYPOINTS["sift"]  # keypoint budget of the redone scene
     min_image_side: int = ESCALATION_MIN_IMAGE_SIDE  # smaller images are upscaled to it (0: no)
     max_images: int = ESCALATION_MAX_IMAGES  # larger scenes are not redone (all pairs)
@@ -57,7 +59,8 @@ class EscalationConf:
                     or not 0 <= value <= 1:
                 raise ValueError(f"EscalationConf.{name} must be a number in [0, 1], got "
                                  f"{value!r}")
-        for name in ("max_keypoints", "min_image_side", "max_images", "weak_pairs"):
+        for name in ("max_keypoints", "min_image_side", "max_images", "weak_pairs",
+                     "weak_max_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"EscalationConf.{name} must be an integer >= 0, got "
@@ -103,13 +106,15 @@ def weakly_tied(images: list[str], matches: dict[tuple[str, str], np.ndarray],
 def needs_escalation(models: list[Model], num_images: int, conf: EscalationConf,
                      num_weak: int = 0) -> str:
     """Why the scene is to be redone (e.g. ``"largest model 7 of 11 images"``), or "" when
-    it is not: mapped well enough, too large, or escalation switched off. ``num_weak``: how
-    many of its images are weakly tied (:func:`weakly_tied` with ``conf.weak_pairs``)."""
+    it is not: mapped well enough, too large (``conf.max_images``; for the weak-ties rule
+    ``conf.weak_max_images``), or escalation switched off. ``num_weak``: how many of its
+    images are weakly tied (:func:`weakly_tied` with ``conf.weak_pairs``)."""
     if num_images > conf.max_images or num_images < 3:
         return ""
     if conf.below > 0 and largest_share(models, num_images) < conf.below:
         return f"largest model {_largest(models)} of {num_images} images"
-    if conf.weak_share > 0 and num_weak >= conf.weak_share * num_images:
+    if conf.weak_share > 0 and num_images <= conf.weak_max_images \
+            and num_weak >= conf.weak_share * num_images:
         return (f"{num_weak} of {num_images} images in fewer than "
                 f"{min(conf.weak_pairs, num_images - 1)} verified pairs")
     return ""

@@ -133,6 +133,12 @@ ESCALATE_BELOW = 0.85
 # find and they are not redone (escalation.more_to_find). 0 = never.
 ESCALATE_WEAK_PAIRS = 6
 ESCALATE_WEAK_SHARE = 0.15
+# The weak-ties rule reaches scenes that registered every image, so it may fire on many large
+# scenes of hard photos; it is bounded to scenes of at most ESCALATE_WEAK_MAX_IMAGES images:
+# all pairs of 60 images at 8192 SIFT keypoints are 1770 pairs, about 3 minutes on a 2-core
+# CPU (0.1 s a pair, benchmarks/README.md), against 19 900 pairs (over half an hour) at
+# ESCALATION_MAX_IMAGES. fruit_mat has 27 images.
+ESCALATE_WEAK_MAX_IMAGES = 60
 ESCALATION_KEYPOINTS = {"sift": 8192, "learned": 4096}
 ESCALATION_MIN_IMAGE_SIDE = 0
 ESCALATION_MAX_IMAGES = 200
