@@ -30,7 +30,7 @@ from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, C
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, ESCALATE_WEAK_PAIRS,
                                    ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
-                                   GRAPH_STRONG_INLIERS, MAPPERS, MATCH_RATIO,
+                                   GRAPH_STRONG_INLIERS, MAPPER_CHOICES, MATCH_RATIO,
                                    MATCHERS, MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE,
                                    MIN_VERIFIED_INLIERS, PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K,
                                    RANSAC_THRESHOLD_PX, REREGISTER_BELOW_POINTS, RETRIEVALS,
@@ -190,9 +190,10 @@ class Config:
                            "their scene's cluster", choices=UNREGISTERED_POLICIES,
                            resumable=True)
     mapper: str = _f("auto", "SfM mapper: incremental (COLMAP) or global (GLOMAP's, in "
-                     "pycolmap); auto = " + ", ".join(f"{m} for {f}" for f, m in
-                                                      AUTO_MAPPER.items()),
-                     choices=("auto", *MAPPERS), resumable=True)
+                     "pycolmap); auto = per scene the one whose models hold more images "
+                     "(explain most of their verified matches), mapped first and kept on "
+                     "ties: " + ", ".join(f"{m} for {f}" for f, m in AUTO_MAPPER.items()),
+                     choices=MAPPER_CHOICES, resumable=True)
     camera_sharing: str = _f(CAMERA_SHARING_DEFAULT, "intrinsics in SfM: a camera per image, "
                              "one per image size, or auto = map both, keep the shared ones "
                              "unless they fit clearly worse", choices=CAMERA_SHARING,

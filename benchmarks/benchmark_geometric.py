@@ -72,7 +72,7 @@ import pandas as pd  # noqa: E402
 from config import get_config  # noqa: E402
 from src.demo_data import DemoSpec, generate_demo_dataset  # noqa: E402
 from src.evaluation import score_frames  # noqa: E402
-from src.geometric.pipeline import GeometricConf, run_geometric  # noqa: E402
+from src.geometric.pipeline import GeometricConf, describe_mapper, run_geometric  # noqa: E402
 from src.geometric.matching import load_verified_matches  # noqa: E402
 from src.data_io import write_csv_atomic
 from src.submission import (OUTLIER_SCENE, PosePrediction, build_submission, list_test_images,
@@ -503,7 +503,7 @@ def seeds_benchmark(args, work_root: Path) -> pd.DataFrame:
 
 def describe_short(conf: GeometricConf) -> str:
     return (f"{conf.features.name} {conf.features.max_keypoints} kp, {conf.matching.matcher}, "
-            f"{conf.reconstruction.mapper} mapper")
+            f"{describe_mapper(conf.reconstruction)}")
 
 
 def seeds_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -599,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{conf.features.max_image_side} px, pairs top_k={conf.pairs.top_k} "
           f"exhaustive_below={conf.pairs.exhaustive_below}, retrieval {conf.retrieval}, "
           f"min inliers {conf.matching.min_inliers}/{conf.graph.min_inliers}, "
-          f"sfm threads {conf.reconstruction.num_threads}, {conf.reconstruction.mapper} mapper, "
+          f"sfm threads {conf.reconstruction.num_threads}, {describe_mapper(conf.reconstruction)}, "
           f"{conf.reconstruction.pair_geometry} pair geometry", flush=True)
 
     made_work = args.work_dir is None

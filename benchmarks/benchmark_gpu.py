@@ -61,7 +61,7 @@ import benchmark_geometric as bg  # noqa: E402
 from config import DEMO_DATA_DIR, DEMO_SIZES, PRESETS, get_config  # noqa: E402
 from src.data_io import atomic_path, write_csv_atomic  # noqa: E402
 from src.demo_data import DemoSpec, generate_demo_dataset  # noqa: E402
-from src.geometric.pipeline import GeometricConf  # noqa: E402
+from src.geometric.pipeline import GeometricConf, describe_mapper  # noqa: E402
 
 DEFAULT_DATA_DIRS = [Path("/tmp/realdev_input"), Path("/tmp/realdev2_input")]
 DEFAULT_BATCHES = 20
@@ -179,7 +179,7 @@ def geometric_part(data_dirs: list[Path], warmup_dir: Path | None, smoke: bool, 
         table.add("geometric", name, "matching (LightGlue + RANSAC)",
                   pairs / total["matching_s"], "pairs/s", total["matching_s"],
                   note=f"{pairs} pairs, {int(total['verified_pairs'])} verified")
-        table.add("geometric", name, f"SfM ({conf.reconstruction.mapper} mapper, CPU)",
+        table.add("geometric", name, f"SfM ({describe_mapper(conf.reconstruction)}, CPU)",
                   total["reconstruction_s"], "s", total["reconstruction_s"],
                   note=f"{int(total['registered'])} of {images} images registered")
         table.add("geometric", name, "wall", total["wall_s"], "s", total["wall_s"], warmup,

@@ -1,4 +1,5 @@
-"""Pure camera geometry: rotations, quaternions, camera centres, similarity alignment.
+"""Pure camera geometry: rotations, quaternions, camera centres, similarity alignment,
+epipolar geometry.
 
 Conventions, used everywhere in the project:
 - Poses are world-to-camera: ``x_cam = R_cw @ X_world + t_cw``.
@@ -29,6 +30,8 @@ __all__ = [
     "horn_similarity",
     "horn_rotations",
     "apply_similarity",
+    "fundamental_from_poses",
+    "sampson_distances",
 ]
 
 
@@ -223,3 +226,37 @@ def horn_rotations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def apply_similarity(s: float, R: np.ndarray, t: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply x -> s R x + t to points (N, 3)."""
     return s * np.asarray(points, float) @ np.asarray(R, float).T + np.asarray(t, float)
+
+
+def _cross_matrix(v: np.ndarray) -> np.ndarray:
+    """[v]_x, the matrix of v x . for v (3,)."""
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def fundamental_from_poses(K_a: np.ndarray, R_a_cw: np.ndarray, t_a_cw: np.ndarray,
+                           K_b: np.ndarray, R_b_cw: np.ndarray, t_b_cw: np.ndarray
+                           ) -> np.ndarray:
+    """Fundamental matrix (3, 3) of two posed cameras, ``x_b^T F x_a = 0`` for the pixels
+    x_a, x_b (homogeneous) of one 3D point. K (3, 3) intrinsics, pixels; R_cw, t_cw the
+    world-to-camera poses. F = K_b^-T [t]_x R K_a^-1 with (R, t) camera b from camera a."""
+    R_a_cw, R_b_cw = np.asarray(R_a_cw, float), np.asarray(R_b_cw, float)
+    R_ba = R_b_cw @ R_a_cw.T
+    t_ba = np.asarray(t_b_cw, float) - R_ba @ np.asarray(t_a_cw, float)
+    essential = _cross_matrix(t_ba) @ R_ba
+    return np.linalg.inv(np.asarray(K_b, float)).T @ essential @ np.linalg.inv(
+        np.asarray(K_a, float))
+
+
+def sampson_distances(F: np.ndarray, points_a: np.ndarray, points_b: np.ndarray) -> np.ndarray:
+    """Sampson distances (N,), pixels, of point pairs (N, 2) to the epipolar geometry
+    ``x_b^T F x_a = 0``: the first-order distance of (x_a, x_b) to the nearest exact pair."""
+    F = np.asarray(F, float)
+    ones = np.ones((len(points_a), 1))
+    x_a = np.hstack([np.asarray(points_a, float).reshape(-1, 2), ones])
+    x_b = np.hstack([np.asarray(points_b, float).reshape(-1, 2), ones])
+    F_xa = x_a @ F.T  # epipolar lines in image b
+    Ft_xb = x_b @ F  # ... in image a
+    algebraic = np.sum(x_b * F_xa, axis=1)
+    gradient2 = F_xa[:, 0] ** 2 + F_xa[:, 1] ** 2 + Ft_xb[:, 0] ** 2 + Ft_xb[:, 1] ** 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(gradient2 > 0, np.abs(algebraic) / np.sqrt(gradient2), np.inf)

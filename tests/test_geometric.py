@@ -177,18 +177,19 @@ def test_both_mappers_pose_the_demo_scenes_reproducibly(data_dir, tmp_path, mapp
         np.testing.assert_array_equal(a.t_cw, b.t_cw)
 
 
-def test_auto_mapper_follows_the_features():
+def test_auto_mapper_tries_the_features_usual_mapper_first():
     from config import get_config
 
-    def mapper(**overrides):
+    def mappers(**overrides):
         cfg = get_config("cpu-demo", pipeline="geometric", **overrides)
-        return GeometricConf.from_config(cfg).reconstruction.mapper
+        recon = GeometricConf.from_config(cfg).reconstruction
+        return recon.mapper, recon.fallback_mapper
 
-    assert mapper(features="sift") == "global"
-    assert mapper(features="aliked", torch_device="cpu") == "incremental"
-    assert mapper(features="disk", torch_device="cpu") == "incremental"
-    assert mapper(features="aliked", torch_device="cpu", mapper="global") == "global"
-    assert mapper(features="sift", mapper="incremental") == "incremental"
+    assert mappers(features="sift") == ("auto", "global")
+    assert mappers(features="aliked", torch_device="cpu") == ("auto", "incremental")
+    assert mappers(features="disk", torch_device="cpu") == ("auto", "incremental")
+    assert mappers(features="aliked", torch_device="cpu", mapper="global")[0] == "global"
+    assert mappers(features="sift", mapper="incremental")[0] == "incremental"
 
 
 ENTRY5 = Path(__file__).parent / "fixtures" / "entry5"

@@ -125,3 +125,58 @@ def test_batched_horn_rotations_match_scipy_align_vectors():
         reference, _ = Rotation.align_vectors(b[k], a[k])  # b ~ R a, least squares
         np.testing.assert_allclose(R[k], reference.as_matrix(), atol=1e-8)
     assert np.allclose(np.linalg.det(R), 1.0)
+
+
+def _posed_camera(rng, target):
+    """A camera 4-6 units from ``target`` looking at it: (K, R_cw, t_cw)."""
+    center = target + rng.normal(size=3) / np.sqrt(3) * 5
+    R_cw = g.look_at_rotation(center, target)
+    K = np.array([[rng.uniform(400, 900), 0, rng.uniform(300, 340)],
+                  [0, rng.uniform(400, 900), rng.uniform(220, 260)], [0, 0, 1]])
+    return K, R_cw, g.translations_from_centers(R_cw, center)
+
+
+def _project(K, R_cw, t_cw, points):
+    cam = points @ R_cw.T + t_cw
+    return (cam[:, :2] / cam[:, 2:]) @ K[:2, :2].T + K[:2, 2]
+
+
+def test_fundamental_from_poses_holds_projected_points_and_matches_pycolmap():
+    import pycolmap
+    rng = np.random.default_rng(3)
+    target = np.zeros(3)
+    cam_a, cam_b = _posed_camera(rng, target), _posed_camera(rng, target)
+    points = rng.normal(size=(50, 3))
+    x_a, x_b = _project(*cam_a, points), _project(*cam_b, points)
+    F = g.fundamental_from_poses(*cam_a, *cam_b)
+    assert np.allclose(g.sampson_distances(F, x_a, x_b), 0, atol=1e-6)
+    # The same F from pycolmap's essential matrix (cam b from cam a), up to scale.
+    R_ba = cam_b[1] @ cam_a[1].T
+    b_from_a = pycolmap.Rigid3d(pycolmap.Rotation3d(R_ba), cam_b[2] - R_ba @ cam_a[2])
+    E = pycolmap.essential_matrix_from_pose(b_from_a)
+    F_ref = np.linalg.inv(cam_b[0]).T @ E @ np.linalg.inv(cam_a[0])
+    assert np.allclose(F / np.linalg.norm(F), np.sign(np.sum(F * F_ref)) * F_ref
+                       / np.linalg.norm(F_ref), atol=1e-9)
+
+
+def test_sampson_distances_match_opencv_and_pycolmap():
+    import cv2
+    import pycolmap
+    rng = np.random.default_rng(5)
+    cam_a, cam_b = _posed_camera(rng, np.zeros(3)), _posed_camera(rng, np.zeros(3))
+    points = rng.normal(size=(40, 3))
+    x_a = _project(*cam_a, points) + rng.normal(scale=3, size=(40, 2))
+    x_b = _project(*cam_b, points) + rng.normal(scale=3, size=(40, 2))
+    F = g.fundamental_from_poses(*cam_a, *cam_b)
+    ours = g.sampson_distances(F, x_a, x_b)
+    assert ours.shape == (40,) and np.all(ours > 0)
+    squared = np.array(pycolmap.compute_squared_sampson_error(x_a, x_b, F))
+    assert np.allclose(ours, np.sqrt(squared), rtol=1e-6)
+    opencv = [cv2.sampsonDistance(np.r_[p, 1.0][:, None], np.r_[q, 1.0][:, None], F)
+              for p, q in zip(x_a, x_b)]
+    assert np.allclose(ours ** 2, opencv, rtol=1e-6)
+    # Moving one point along its epipolar line keeps it on the geometry.
+    line = F @ np.r_[x_a[0], 1.0]
+    on_line = x_b[0] - line[:2] * (line @ np.r_[x_b[0], 1.0]) / (line[:2] @ line[:2])
+    along = on_line + 25 * np.array([-line[1], line[0]]) / np.hypot(*line[:2])
+    assert g.sampson_distances(F, x_a[:1], along[None])[0] < 1e-6

@@ -154,9 +154,10 @@ def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
     sizes = {name: truth.image_size for name in truth.names}
     image_dir = tmp_path / "images"
     image_dir.mkdir()
-    models, why = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
-                                    tmp_path / "work", ReconConf(mapper="global"),
-                                    image_sizes=sizes)
+    models, why, mapper = reconstruct_scene(image_dir, truth.names, truth.keypoints,
+                                            truth.matches, tmp_path / "work",
+                                            ReconConf(mapper="global"), image_sizes=sizes)
+    assert mapper == "global"
     assert len(models) == 1 and models[0].shared_cameras is shared
     assert why.startswith("shared" if shared else "per image"), why
     assert (tmp_path / "work" / "cameras-image").is_dir()

@@ -31,7 +31,7 @@ from src.geometric.options import (ESCALATE_BELOW, ESCALATE_WEAK_MAX_IMAGES,
                                    ESCALATE_WEAK_PAIRS, ESCALATE_WEAK_SHARE,
                                    ESCALATION_KEYPOINTS, ESCALATION_MAX_IMAGES,
                                    ESCALATION_MIN_IMAGE_SIDE)
-from src.geometric.reconstruction import Model, ReconConf, reconstruct_scene
+from src.geometric.reconstruction import Model, ReconConf, SceneSfM, reconstruct_scene
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +161,11 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
                    match_conf: MatchConf, recon_conf: ReconConf, conf: EscalationConf,
                    work_dir: Path, overwrite: bool = False, name: str | None = None,
                    merge_conf: MergeConf = MergeConf()
-                   ) -> tuple[list[Model], str, list[Merge], dict[tuple[str, str], np.ndarray]]:
+                   ) -> tuple[SceneSfM, list[Merge], dict[tuple[str, str], np.ndarray]]:
     """One scene's images again with :meth:`EscalationConf.features`, every pair of them
-    matched, and SfM: (its models joined where they agree, the cameras kept and why, what
-    was joined, the verified matches of every pair), as ``reconstruction.reconstruct_scene``
-    and ``model_merge.merge_models`` give them. The scene's features, its matches
+    matched, and SfM: (its SfM with the models joined where they agree, what was joined,
+    the verified matches of every pair), as ``reconstruction.reconstruct_scene`` and
+    ``model_merge.merge_models`` give them. The scene's features, its matches
     (with any turns LightGlue's rotation retry chose) and its models are cached in
     ``work_dir``, its own folder: ``overwrite`` then redoes this scene's files only, never
     another scene's."""
@@ -187,10 +187,10 @@ def escalate_scene(image_dir: Path, members: list[str], features_conf: FeatureCo
     verified = sum(len(m) >= match_conf.min_inliers for m in matches.values())
     log.info("%s: redone with %d keypoints at >= %d px, %d pairs, %d verified", name or work_dir,
              features.max_keypoints, features.min_image_side, len(pairs), verified)
-    models, cameras = reconstruct_scene(image_dir, members, keypoints, matches, work_dir,
-                                        recon_conf, overwrite, name, sizes)
-    models, merges = merge_models(models, matches, merge_conf)
-    return models, cameras, merges, matches
+    sfm = reconstruct_scene(image_dir, members, keypoints, matches, work_dir, recon_conf,
+                            overwrite, name, sizes)
+    models, merges = merge_models(sfm.models, matches, merge_conf)
+    return sfm._replace(models=models), merges, matches
 
 
 def describe_outcome(reason: str, fast: list[Model], escalated: list[Model], kept: bool, *,

@@ -36,7 +36,8 @@ from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKERS,
 from src.geometric.model_merge import Merge, MergeConf, describe_merges, merge_models
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
-from src.geometric.reconstruction import Model, ReconConf, poses_for_images, reconstruct_scene
+from src.geometric.reconstruction import (Model, ReconConf, SceneSfM, poses_for_images,
+                                          reconstruct_scene)
 from src.geometric.scene_graph import GraphConf, cluster_match_graph
 from src.data_io import write_csv_atomic
 from src.learned.options import OUTLIER_THRESHOLD
@@ -121,7 +122,7 @@ class GeometricConf:
             graph=GraphConf(min_inliers=cfg.graph_min_inliers,
                             min_cluster_size=cfg.min_scene_size,
                             strong_inliers=cfg.graph_strong_inliers, seed=cfg.seed),
-            reconstruction=ReconConf(mapper=choose_mapper(cfg.mapper, features),
+            reconstruction=ReconConf(mapper=cfg.mapper, fallback_mapper=AUTO_MAPPER[features],
                                      min_model_size=max(cfg.min_scene_size, 2), seed=cfg.seed,
                                      num_threads=cfg.sfm_threads,
                                      camera_sharing=cfg.camera_sharing,
@@ -159,9 +160,11 @@ SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalat
                "seconds"]
 
 
-def choose_mapper(mapper: str, features: str) -> str:
-    """``mapper``, or for ``auto`` the AUTO_MAPPER choice for these (resolved) features."""
-    return AUTO_MAPPER[features] if mapper == "auto" else mapper
+def describe_mapper(conf: ReconConf) -> str:
+    """The mapper as the log says it, e.g. ``"auto mapper (global first and on ties)"``."""
+    if conf.mapper == "auto":
+        return f"auto mapper ({conf.fallback_mapper} first and on ties)"
+    return f"{conf.mapper} mapper"
 
 
 def choose_keypoints(features: str, requested: int = 0, device: str = "auto") -> int:
@@ -189,7 +192,7 @@ def describe(conf: GeometricConf) -> str:
     return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
             f" images, else top {conf.pairs.top_k} by {retrieval}; "
-            f"{conf.reconstruction.mapper} mapper ({conf.reason})")
+            f"{describe_mapper(conf.reconstruction)} ({conf.reason})")
 
 
 def pairs_key(conf: GeometricConf) -> str:
@@ -333,24 +336,23 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
         sizes = image_sizes(features, members)
         work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
         started = time.perf_counter()
-        models, cameras = stopwatch("reconstruction", reconstruct_scene, image_dir, members,
-                                    keypoints, matches, work_dir, conf.reconstruction, overwrite,
-                                    image_sizes=sizes)
-        models, merges = stopwatch("merging", merge_models, models, matches, conf.merge)
+        sfm = stopwatch("reconstruction", reconstruct_scene, image_dir, members, keypoints,
+                        matches, work_dir, conf.reconstruction, overwrite, image_sizes=sizes)
+        models, merges = stopwatch("merging", merge_models, sfm.models, matches, conf.merge)
         if merges:
             log.info("%s/%s: %s", dataset, scene, describe_merges(merges))
-        models, cameras, merges, escalation = _escalate_if_needed(
-            dataset, scene, image_dir, members, models, cameras, merges,
+        sfm, merges, escalation = _escalate_if_needed(
+            dataset, scene, image_dir, members, sfm._replace(models=models), merges,
             [features[im] for im in members], matches, conf, cache_dir, work_dir,
             overwrite, stopwatch)
+        models = sfm.models
         merged = describe_merges(merges)
         seconds = time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
         result.update(predictions)
-        rows.append(_sfm_row(dataset, scene, members, models, conf.reconstruction.mapper,
-                             cameras, escalation, merged, range(next_cluster, first_cluster),
-                             seconds))
+        rows.append(_sfm_row(dataset, scene, members, models, sfm.mapper, sfm.cameras,
+                             escalation, merged, range(next_cluster, first_cluster), seconds))
         next_cluster = first_cluster
         if not models:
             log.warning("%s/%s: SfM found no model for %d image(s); they are %s", dataset,
@@ -360,12 +362,11 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 
 def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
-                        models: list[Model], cameras: str, merges: list[Merge],
-                        member_features: list[Features],
+                        sfm: SceneSfM, merges: list[Merge], member_features: list[Features],
                         matches: dict[tuple[str, str], np.ndarray], conf: GeometricConf,
                         cache_dir: Path, work_dir: Path, overwrite: bool,
-                        stopwatch: _Stopwatch) -> tuple[list[Model], str, list[Merge], str]:
-    """The scene's (joined) models, cameras and merges, redone with more effort when it came
+                        stopwatch: _Stopwatch) -> tuple[SceneSfM, list[Merge], str]:
+    """The scene's SfM (models joined) and merges, redone with more effort when it came
     out badly (escalation.needs_escalation: ``matches``, those of its pairs that were
     matched, say which images are weakly tied) and more effort can find more
     (escalation.more_to_find), kept when better; and what happened ("" if nothing was
@@ -373,33 +374,35 @@ def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list
     weak_pairs = conf.escalation.weak_pairs
     min_matches = conf.reconstruction.min_num_matches
     weak = weakly_tied(members, matches, min_matches, weak_pairs)
-    reason = needs_escalation(models, len(members), conf.escalation, len(weak))
+    reason = needs_escalation(sfm.models, len(members), conf.escalation, len(weak))
     if not reason:
-        return models, cameras, merges, ""
+        return sfm, merges, ""
     if not more_to_find([len(f) for f in member_features],
                         [max(f.image_size) for f in member_features], len(matches),
                         conf.features, conf.escalation):
         log.info("%s/%s: %s, but every pair was matched and no image filled its keypoint "
                  "budget: not redone", dataset, scene, reason)
-        return models, cameras, merges, f"{reason}; nothing more to find, not redone"
-    redone, redone_cameras, redone_merges, redone_matches = stopwatch(
+        return sfm, merges, f"{reason}; nothing more to find, not redone"
+    redone, redone_merges, redone_matches = stopwatch(
         "escalation", escalate_scene, image_dir, members, conf.features, conf.matching,
         conf.reconstruction, conf.escalation, work_dir.with_name(work_dir.name + "-escalated"),
         overwrite, f"{dataset}/{scene}", conf.merge)
     weak_redone = weakly_tied(members, redone_matches, min_matches, weak_pairs)
-    kept = better_result(redone, models, weak_escalated=len(weak_redone), weak_fast=len(weak))
-    outcome = describe_outcome(reason, models, redone, kept, weak_fast=len(weak),
+    kept = better_result(redone.models, sfm.models, weak_escalated=len(weak_redone),
+                         weak_fast=len(weak))
+    outcome = describe_outcome(reason, sfm.models, redone.models, kept, weak_fast=len(weak),
                                weak_escalated=len(weak_redone))
     log.info("%s/%s: %s", dataset, scene, outcome)
     if kept:
-        return redone, redone_cameras, redone_merges, outcome
-    return models, cameras, merges, outcome
+        return redone, redone_merges, outcome
+    return sfm, merges, outcome
 
 
 def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], mapper: str,
              cameras: str, escalation: str, merged: str, clusters: range, seconds: float
              ) -> dict:
-    """What SfM made of one match-graph scene: the mapper, the cameras kept and why, whether
+    """What SfM made of one match-graph scene: the mapper (for "auto": the one kept and
+    why), the cameras kept and why, whether
     it was redone with more effort and which result was kept, which models were joined and
     on what evidence, the models' sizes, the images it registered, the submission clusters
     they became and the seconds it took (cached runs take none)."""

@@ -9,7 +9,8 @@ The stages before this one give, for the images of one cluster of one dataset:
 
 This module writes them into a COLMAP database (:func:`build_database`) and runs one of
 pycolmap's mappers on it (:func:`reconstruct`, ``ReconConf.mapper``): the incremental one
-(COLMAP) or the global one (GLOMAP's, merged into COLMAP). No intrinsics are known: every image gets its
+(COLMAP) or the global one (GLOMAP's, merged into COLMAP), or with "auto" both, keeping the
+models that hold more of the cluster's images (mapper_choice.py). No intrinsics are known: every image gets its
 own camera (``ReconConf.camera_model``) with focal length ``focal_prior_factor * max(W, H)``
 pixels as a starting value and the principal point at the image centre; COLMAP refines them.
 (The global mapper would rather have focal-length priors; its warning that they are missing
@@ -29,6 +30,9 @@ Outputs are cached in ``work_dir``::
     models/manifest.json     fingerprint of the inputs and options, one entry per model
     models/<k>/              model k in COLMAP binary format, k = 0 the largest
 
+(with ``camera_sharing "auto"`` in ``cameras-image/`` and ``cameras-size/``, and with
+``mapper "auto"`` under ``global/`` and ``incremental/``, one per mapping run).
+
 A later call with the same inputs and options loads ``models/`` instead of mapping again;
 changed inputs or options (a different fingerprint), or ``overwrite=True``, map afresh.
 ``models/`` is written to a temporary folder and renamed into place, so a crash never leaves
@@ -47,23 +51,27 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.options import (CAMERA_SHARING, CAMERA_SHARING_DEFAULT, MAPPERS,
-                                   MIN_SCENE_SIZE, REREGISTER_BELOW_POINTS,
-                                   REREGISTER_MIN_INLIERS, SFM_THREADS,
-                                   SHARED_CAMERA_MAX_ERROR_RATIO, check_choices)
+from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
+                                         prefer_mapper)
+from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
+                                   HELD_MAX_DISTANCE_SHARE, HELD_MIN_EXPLAINED,
+                                   MAPPER_CHOICES, MAPPERS, MIN_SCENE_SIZE,
+                                   REREGISTER_BELOW_POINTS, REREGISTER_MIN_INLIERS,
+                                   SFM_THREADS, SHARED_CAMERA_MAX_ERROR_RATIO, check_choices)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "ReconConf",
     "Model",
+    "SceneSfM",
     "SUPPORTED_CAMERA_MODELS",
     "read_image_size",
     "build_database",
@@ -73,6 +81,7 @@ __all__ = [
     "load_models",
     "mean_reprojection_error",
     "poses_for_images",
+    "placements",
     "weakly_supported_images",
 ]
 
@@ -99,8 +108,15 @@ class ReconConf:
     """Options of the reconstruction stage."""
 
     # "incremental": COLMAP's incremental mapper; "global": its global mapper (rotation
-    # averaging + global positioning + bundle adjustment, one model per connected part).
+    # averaging + global positioning + bundle adjustment, one model per connected part);
+    # "auto": ``fallback_mapper`` first, the other one too unless the first's models hold
+    # every image, and the models that hold more images kept (mapper_choice.py).
     mapper: str = "incremental"
+    fallback_mapper: str = AUTO_MAPPER["sift"]  # "auto": mapped first, kept on ties
+    # "auto": an image is held when its model explains this share of its verified matches,
+    # a match when its Sampson distance is at most the second share of the larger image side.
+    held_min_explained: float = HELD_MIN_EXPLAINED
+    held_max_distance_share: float = HELD_MAX_DISTANCE_SHARE
     # How each verified pair's two-view geometry reaches the mapper. "colmap": COLMAP
     # estimates it again from our inliers (F, or H for a planar or panoramic pair, whose
     # relative pose the global mapper then takes from H; degenerate pairs are dropped);
@@ -142,13 +158,19 @@ class ReconConf:
     colmap_verbose: bool = False  # let COLMAP print its INFO log (else warnings and errors only)
 
     def __post_init__(self) -> None:
-        check_choices(self, {"mapper": MAPPERS, "pair_geometry": PAIR_GEOMETRIES,
+        check_choices(self, {"mapper": MAPPER_CHOICES, "fallback_mapper": MAPPERS,
+                             "pair_geometry": PAIR_GEOMETRIES,
                              "camera_model": SUPPORTED_CAMERA_MODELS,
                              "camera_sharing": CAMERA_SHARING})
         ratio = self.shared_camera_max_error_ratio
         if not (np.isfinite(ratio) and ratio >= 1):
             raise ValueError("ReconConf.shared_camera_max_error_ratio must be a number >= 1, "
                              f"got {ratio!r}")
+        for name in ("held_min_explained", "held_max_distance_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not 0 < value <= 1:
+                raise ValueError(f"ReconConf.{name} must be a number in (0, 1], got {value!r}")
         if not (np.isfinite(self.pair_max_error_px) and self.pair_max_error_px > 0):
             raise ValueError("ReconConf.pair_max_error_px must be a positive number, got "
                              f"{self.pair_max_error_px!r}")
@@ -636,6 +658,17 @@ def _remove_leftovers(work_dir: Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
+class SceneSfM(NamedTuple):
+    """What SfM made of one cluster: its models (largest first, as :func:`reconstruct` gives
+    them), which cameras they were mapped with and why (e.g. ``"shared (0.68 px shared,
+    0.69 px per image)"``), and which mapper made them and why (e.g. ``"global (images held
+    of 27: global 26, incremental 17)"``); both strings empty when nothing was mapped."""
+
+    models: list[Model]
+    cameras: str
+    mapper: str
+
+
 def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
                 keypoints: Mapping[str, np.ndarray], matches: Mapping[PairKey, np.ndarray],
                 work_dir: str | os.PathLike, conf: ReconConf = ReconConf(),
@@ -656,10 +689,11 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
     ``conf.min_num_matches`` matches, when the mapper finds no model, or when pycolmap raises
     (that failure is not cached, so a later call tries again). With ``camera_sharing
     "auto"`` the cluster is mapped with a camera per image and with one per image size, and
-    :func:`prefer_shared_cameras` picks (:func:`reconstruct_scene` also says why).
+    :func:`prefer_shared_cameras` picks; with ``mapper "auto"`` both mappers may map it and
+    ``mapper_choice.prefer_mapper`` picks (:func:`reconstruct_scene` also says why).
     """
     return reconstruct_scene(image_dir, images, keypoints, matches, work_dir, conf, overwrite,
-                             name, image_sizes)[0]
+                             name, image_sizes).models
 
 
 def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
@@ -667,10 +701,8 @@ def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
                       matches: Mapping[PairKey, np.ndarray], work_dir: str | os.PathLike,
                       conf: ReconConf = ReconConf(), overwrite: bool = False,
                       name: str | None = None,
-                      image_sizes: Mapping[str, tuple[int, int]] | None = None
-                      ) -> tuple[list[Model], str]:
-    """:func:`reconstruct`'s models, and which cameras they were mapped with and why
-    (e.g. ``"shared: 0.68 px, per image 0.69 px"``; empty when nothing was mapped)."""
+                      image_sizes: Mapping[str, tuple[int, int]] | None = None) -> SceneSfM:
+    """:func:`reconstruct`'s models, and which cameras and which mapper made them and why."""
     work_dir = Path(work_dir)
     label = name or str(work_dir)
     images = list(images)
@@ -678,7 +710,7 @@ def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
         raise ValueError(f"cluster {label}: image names are not unique")
     if len(images) < 2:
         log.info("cluster %s: %d image(s), nothing to reconstruct", label, len(images))
-        return [], ""
+        return SceneSfM([], "", "")
     kpts = _check_keypoints(images, keypoints)
     pair_matches = _check_matches(images, kpts, matches)
     usable = [key for key, m in pair_matches.items() if len(m) >= conf.min_num_matches]
@@ -686,25 +718,79 @@ def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
         log.warning("cluster %s: no image pair has %d or more verified matches (%d pair(s) "
                     "given); no reconstruction, its %d images stay unregistered", label,
                     conf.min_num_matches, len(pair_matches), len(images))
-        return [], ""
-    if conf.camera_sharing != "auto":
-        models = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
-                                   work_dir, conf, overwrite, label, image_sizes)
-        return models, _cameras_label(conf.camera_sharing)
+        return SceneSfM([], "", "")
+    if conf.mapper != "auto":
+        models, _, cameras = _reconstruct_cameras(image_dir, images, kpts, pair_matches,
+                                                  len(usable), work_dir, conf, overwrite,
+                                                  label, image_sizes)
+        return SceneSfM(models, cameras, conf.mapper)
+    return _reconstruct_either(image_dir, images, kpts, pair_matches, len(usable), work_dir,
+                               conf, overwrite, label, image_sizes)
+
+
+def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
+                        kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
+                        num_usable_pairs: int, work_dir: Path, conf: ReconConf,
+                        overwrite: bool, label: str,
+                        image_sizes: Mapping[str, tuple[int, int]] | None) -> SceneSfM:
+    """Mapper "auto": ``conf.fallback_mapper`` in ``work_dir/<mapper>``; unless its models
+    hold every image that has verified matches, the other mapper too, with the cameras the
+    first kept (they belong to the photos, not the mapper); the models holding more images
+    kept (mapper_choice.py)."""
     sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
-    per_image = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
+    evidenced = evidenced_images(pair_matches, conf.min_num_matches)
+    results: dict[str, tuple[list[Model], str]] = {}
+    held: dict[str, int] = {}
+    sharing = conf.camera_sharing
+    for mapper in (conf.fallback_mapper, *(m for m in MAPPERS if m != conf.fallback_mapper)):
+        if held and max(held.values()) == len(evidenced):
+            break  # nothing left for another mapper to hold
+        run_conf = replace(conf, mapper=mapper, camera_sharing=sharing)
+        models, sharing, cameras = _reconstruct_cameras(
+            image_dir, images, kpts, pair_matches, num_usable_pairs, work_dir / mapper,
+            run_conf, overwrite, label, sizes)
+        if held:
+            cameras = f"{cameras}, as the {conf.fallback_mapper} mapper chose"
+        results[mapper] = (models, cameras)
+        held[mapper] = len(held_images(
+            placements(models, images), kpts, pair_matches, sizes,
+            min_matches=conf.min_num_matches, max_distance_share=conf.held_max_distance_share,
+            min_explained=conf.held_min_explained))
+    winner, why = prefer_mapper(held, conf.fallback_mapper, len(evidenced))
+    log.info("cluster %s: the %s mapper's models kept (%s)", label, winner, why)
+    models, cameras = results[winner]
+    return SceneSfM(models, cameras, f"{winner} ({why})")
+
+
+def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
+                         kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
+                         num_usable_pairs: int, work_dir: Path, conf: ReconConf,
+                         overwrite: bool, label: str,
+                         image_sizes: Mapping[str, tuple[int, int]] | None
+                         ) -> tuple[list[Model], str, str]:
+    """One mapper's models with ``conf.camera_sharing`` (for "auto": both ways, in
+    ``work_dir/cameras-image`` and ``work_dir/cameras-size``, and the better kept), the
+    sharing they were mapped with ("image" or "size") and what to say about it."""
+    if conf.camera_sharing != "auto":
+        models = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
+                                   work_dir, conf, overwrite, label, image_sizes)
+        return models, conf.camera_sharing, _cameras_label(conf.camera_sharing)
+    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
+    per_image = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
                                   work_dir / "cameras-image",
                                   replace(conf, camera_sharing="image"), overwrite, label, sizes)
     if len(set(sizes.values())) == len(images):
-        return per_image, "per image (no two images of one size)"
-    shared = _reconstruct_once(image_dir, images, kpts, pair_matches, len(usable),
+        return per_image, "image", "per image (no two images of one size)"
+    shared = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
                                work_dir / "cameras-size", replace(conf, camera_sharing="size"),
                                overwrite, label, sizes)
     keep_shared, why = prefer_shared_cameras(shared, per_image,
                                              conf.shared_camera_max_error_ratio)
     log.info("cluster %s: %s cameras kept (%s)", label, "shared" if keep_shared else
              "per-image", why)
-    return (shared, f"shared ({why})") if keep_shared else (per_image, f"per image ({why})")
+    if keep_shared:
+        return shared, "size", f"shared ({why})"
+    return per_image, "image", f"per image ({why})"
 
 
 def _cameras_label(sharing: str) -> str:
@@ -989,3 +1075,10 @@ def poses_for_images(models: Sequence[Model], images: Sequence[str]
                 out[name] = (k, R_cw, t_cw)
                 break
     return out
+
+
+def placements(models: Sequence[Model], images: Sequence[str]) -> dict[str, Placement]:
+    """Image name -> (model index, K, R_cw, t_cw) for the images of ``images`` the models
+    register, each from the model :func:`poses_for_images` takes its pose from."""
+    return {name: (k, models[k].intrinsics[name], R_cw, t_cw)
+            for name, (k, R_cw, t_cw) in poses_for_images(models, images).items()}
