@@ -20,7 +20,7 @@ import pytest
 from src.demo_data import make_scene, render_view, sample_cameras
 from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
 from src.geometric.reconstruction import (Model, ReconConf, build_database, load_models,
-                                          poses_for_images, prefer_shared_cameras,
+                                          poses_for_images, prefer_shared_cameras, focal_drift,
                                           read_image_size, reconstruct, reconstruct_scene)
 from tests.synthetic_cluster import assert_poses_match, synthesize_cluster
 
@@ -179,17 +179,26 @@ def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
             assert db.num_rigs() == expected and db.num_images() == 4
 
 
-def _model(names, error, observations=100):
+def _model(names, error, observations=100, focals=None):
     eye, zero = np.eye(3), np.zeros(3)
+    focals = focals or [500.0] * len(names)
     return Model(poses={n: (eye, zero) for n in names}, num_points3D=0,
-                 points3D=np.zeros((0, 3)), intrinsics={}, mean_reprojection_error=error,
-                 num_observations=observations)
+                 points3D=np.zeros((0, 3)),
+                 intrinsics={n: np.diag([f, f, 1.0]) for n, f in zip(names, focals)},
+                 mean_reprojection_error=error, num_observations=observations)
 
 
 def test_prefer_shared_cameras_weighs_registrations_then_reprojection_error():
     abc = ["a", "b", "c"]
-    assert prefer_shared_cameras([_model(abc, 0.5)], [_model(abc, 0.45)], 1.15)[0]
-    keep, why = prefer_shared_cameras([_model(abc, 0.6)], [_model(abc, 0.45)], 1.15)
+    assert prefer_shared_cameras([_model(abc, 0.49)], [_model(abc, 0.45)], 1.15, 1.10)[0]
+    # 1.11x: plausible per-image focal lengths that fit better say the cameras differ ...
+    keep, why = prefer_shared_cameras([_model(abc, 0.5)], [_model(abc, 0.45)], 1.15, 1.10)
+    assert not keep and "more than 1.1x, per-image focal lengths plausible" in why
+    # ... drifting ones (one image 2.5x off its model's median) are no evidence: up to 1.15x
+    drifting = _model(abc, 0.45, focals=[500.0, 520.0, 1300.0])
+    keep, why = prefer_shared_cameras([_model(abc, 0.5)], [drifting], 1.15, 1.10)
+    assert keep and "1 per-image focal length(s) drift over 2x" in why
+    keep, why = prefer_shared_cameras([_model(abc, 0.6)], [drifting], 1.15, 1.10)
     assert not keep and "more than 1.15x" in why
     keep, why = prefer_shared_cameras([_model(abc[:2], 0.1)], [_model(abc, 0.45)], 1.15)
     assert not keep and "register 2 images" in why
@@ -197,11 +206,24 @@ def test_prefer_shared_cameras_weighs_registrations_then_reprojection_error():
     assert not prefer_shared_cameras([], [], 1.15)[0]
     # errors of several models are weighted by their observations: (0.4*300 + 1.0*100) / 400
     two = [_model(abc, 0.4, 300), _model(["d", "e", "f"], 1.0, 100)]
-    assert prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.55 / 1.15)], 1.15)[0]
-    assert not prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.54 / 1.15)],
-                                     1.15)[0]
+    assert prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.55 / 1.1)], 1.15,
+                                 1.10)[0]
+    assert not prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.54 / 1.1)],
+                                     1.15, 1.10)[0]
     with pytest.raises(ValueError, match="shared_camera_max_error_ratio"):
         ReconConf(shared_camera_max_error_ratio=0.5)
+    with pytest.raises(ValueError, match="shared_camera_free_error_ratio"):
+        ReconConf(shared_camera_free_error_ratio=1.2)  # above the 1.15 of max
+
+
+def test_focal_drift_counts_images_a_factor_off_their_models_median():
+    steady = _model(["a", "b", "c", "d"], 0.5, focals=[600.0, 620.0, 580.0, 640.0])
+    assert focal_drift([steady]) == 0
+    wild = _model(["e", "f", "g", "h", "i"], 0.5, focals=[600.0, 610.0, 620.0, 1e6, 250.0])
+    assert focal_drift([wild]) == 2 and focal_drift([steady, wild]) == 2
+    assert focal_drift([wild], factor=3.0) == 1
+    # each model has its own median: two steady models of different lenses do not drift
+    assert focal_drift([steady, _model(["x", "y"], 0.5, focals=[2000.0, 2100.0])]) == 0
     with pytest.raises(ValueError, match="camera_sharing"):
         ReconConf(camera_sharing="exif")
 

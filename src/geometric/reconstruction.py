@@ -64,7 +64,9 @@ from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_D
                                    HELD_MAX_DISTANCE_SHARE, HELD_MIN_EXPLAINED,
                                    MAPPER_CHOICES, MAPPERS, MIN_SCENE_SIZE,
                                    REREGISTER_BELOW_POINTS, REREGISTER_MIN_INLIERS,
-                                   SFM_THREADS, SHARED_CAMERA_MAX_ERROR_RATIO, check_choices)
+                                   SFM_THREADS, SHARED_CAMERA_FREE_ERROR_RATIO,
+                                   SHARED_CAMERA_MAX_ERROR_RATIO, FOCAL_DRIFT_FACTOR,
+                                   check_choices)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,7 @@ __all__ = [
     "reconstruct",
     "reconstruct_scene",
     "prefer_shared_cameras",
+    "focal_drift",
     "load_models",
     "mean_reprojection_error",
     "poses_for_images",
@@ -128,7 +131,10 @@ class ReconConf:
     # "image": a camera per image; "size": one camera per image size; "auto": both, the
     # shared cameras kept unless they fit worse (options.CAMERA_SHARING says why).
     camera_sharing: str = CAMERA_SHARING_DEFAULT
-    shared_camera_max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO  # "auto"'s test
+    # "auto"'s test: shared cameras kept up to the first error ratio, up to the second when
+    # the per-image focal lengths drift (prefer_shared_cameras)
+    shared_camera_free_error_ratio: float = SHARED_CAMERA_FREE_ERROR_RATIO
+    shared_camera_max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO
     focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
     min_model_size: int = MIN_SCENE_SIZE  # models registering fewer images are dropped
     max_models: int = 50  # most models the mapper may start (1 = a single model)
@@ -166,6 +172,10 @@ class ReconConf:
         if not (np.isfinite(ratio) and ratio >= 1):
             raise ValueError("ReconConf.shared_camera_max_error_ratio must be a number >= 1, "
                              f"got {ratio!r}")
+        free = self.shared_camera_free_error_ratio
+        if not (np.isfinite(free) and 1 <= free <= ratio):
+            raise ValueError("ReconConf.shared_camera_free_error_ratio must be a number from 1 "
+                             f"to shared_camera_max_error_ratio ({ratio!r}), got {free!r}")
         for name in ("held_min_explained", "held_max_distance_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -785,7 +795,8 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                                work_dir / "cameras-size", replace(conf, camera_sharing="size"),
                                overwrite, label, sizes)
     keep_shared, why = prefer_shared_cameras(shared, per_image,
-                                             conf.shared_camera_max_error_ratio)
+                                             conf.shared_camera_max_error_ratio,
+                                             conf.shared_camera_free_error_ratio)
     log.info("cluster %s: %s cameras kept (%s)", label, "shared" if keep_shared else
              "per-image", why)
     if keep_shared:
@@ -798,8 +809,9 @@ def _cameras_label(sharing: str) -> str:
 
 
 def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
-                          max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO
-                          ) -> tuple[bool, str]:
+                          max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO,
+                          free_error_ratio: float = SHARED_CAMERA_FREE_ERROR_RATIO,
+                          drift_factor: float = FOCAL_DRIFT_FACTOR) -> tuple[bool, str]:
     """Whether the models mapped with cameras shared by image size are to be kept over
     those mapped with a camera per image, and why.
 
@@ -807,7 +819,9 @@ def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
     as well (and keep the focal lengths from drifting apart on weak geometry); where the focal
     length varies from image to image they fit clearly worse. So the shared models are kept
     unless they register fewer images or their mean reprojection error (over all models,
-    weighted by observations) exceeds ``max_error_ratio`` times the per-image models'.
+    weighted by observations) exceeds ``free_error_ratio`` times the per-image models' --
+    or ``max_error_ratio`` times, when the per-image focal lengths drift (some image's more
+    than ``drift_factor`` from its model's median: the per-image fit is then no evidence).
     """
     registered_shared = len({n for m in shared for n in m.poses})
     registered_own = len({n for m in per_image for n in m.poses})
@@ -818,9 +832,27 @@ def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
         return bool(shared), "no model with a camera per image"
     error_shared, error_own = mean_reprojection_error(shared), mean_reprojection_error(per_image)
     why = f"{error_shared:.3f} px shared, {error_own:.3f} px per image"
-    if not error_shared <= max_error_ratio * error_own:
+    if error_shared <= free_error_ratio * error_own:
+        return True, why
+    drifting = focal_drift(per_image, drift_factor)
+    if drifting and error_shared <= max_error_ratio * error_own:
+        return True, (f"{why}, within {max_error_ratio:g}x as {drifting} per-image focal "
+                      f"length(s) drift over {drift_factor:g}x")
+    if drifting:
         return False, f"{why}: more than {max_error_ratio:g}x"
-    return True, why
+    return False, f"{why}: more than {free_error_ratio:g}x, per-image focal lengths plausible"
+
+
+def focal_drift(models: Sequence[Model], factor: float = FOCAL_DRIFT_FACTOR) -> int:
+    """How many registered images have a focal length more than ``factor`` times above or
+    below the median of their model's (cameras per image that drift on weak geometry)."""
+    count = 0
+    for model in models:
+        focals = np.array([np.sqrt(K[0, 0] * K[1, 1]) for K in model.intrinsics.values()])
+        if len(focals):
+            median = np.median(focals)
+            count += int(np.sum((focals > factor * median) | (focals < median / factor)))
+    return count
 
 
 def mean_reprojection_error(models: Sequence[Model]) -> float:
