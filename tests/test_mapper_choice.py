@@ -182,3 +182,18 @@ def test_the_pipeline_keeps_the_incremental_model_where_the_global_one_loses_ima
     assert "images held of 10: global 8, incremental 10" in switched["mapper"].iloc[0]
     assert (auto_scenes["mapper"].str.startswith("global")).sum() == len(auto_scenes) - 1
     assert auto_report.score > results["global"][0].score + 1
+
+
+def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, monkeypatch):
+    """pycolmap's global mapper raising on a scene: it holds nothing, and the scene gets the
+    incremental mapper's poses instead of none."""
+    import pycolmap
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated global mapper crash")
+
+    monkeypatch.setattr(pycolmap, "global_mapping", crash)
+    sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global",
+                                               camera_sharing="image"))
+    assert sfm.mapper == "incremental (images held of 8: global 0, incremental 8)"
+    assert len(sfm.models) == 1 and sfm.models[0].num_registered == 8
