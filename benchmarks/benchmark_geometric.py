@@ -33,7 +33,9 @@ Run from the repository root. The script PRINTS figures (it asserts nothing abou
    pycolmap on the same seed (its features and exhaustive matches once per folder, their
    seconds counted in every run). Prints min / median / max score per folder and pipeline,
    the worst per-seed margin and the median wall times; ``--set FIELD=VALUE`` tries another
-   configuration. Defaults are chosen on the minimum of this table, never on one run.
+   configuration (``--top-k`` / ``--exhaustive-below`` count as ``--set pair_top_k=`` /
+   ``pair_exhaustive_below=``). Defaults are chosen on the minimum of this table, never on
+   one run.
 
 The 1-minute load average is recorded before and after every run: the timings are only
 comparable on an otherwise idle machine. Tables are written (atomically) to
@@ -454,6 +456,24 @@ def parse_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
+def seeded_overrides(set_pairs: list[str], top_k: int | None = None,
+                     exhaustive_below: int | None = None) -> dict:
+    """The Config overrides of the seeded runs: ``--set FIELD=VALUE`` with ``--top-k`` and
+    ``--exhaustive-below`` as the pair fields they stand for (SystemExit when both name one
+    field)."""
+    overrides = parse_overrides(set_pairs)
+    for field, value, flag in (("pair_top_k", top_k, "--top-k"),
+                               ("pair_exhaustive_below", exhaustive_below,
+                                "--exhaustive-below")):
+        if value is None:
+            continue
+        if field in overrides:
+            raise SystemExit(f"{flag} {value} and --set {field}={overrides[field]} both set "
+                             f"{field}: give one")
+        overrides[field] = value
+    return overrides
+
+
 def seeded_conf(seed: int, overrides: dict) -> GeometricConf:
     """The project's default geometric configuration with this seed and ``overrides``, its
     datasets one after the other unless ``overrides`` say otherwise (SEQUENTIAL)."""
@@ -473,7 +493,7 @@ def seeds_benchmark(args, work_root: Path) -> pd.DataFrame:
     """Every data folder x every seed: the geometric pipeline with a fresh cache and, with
     ``--with-baseline``, plain pycolmap (features and matches once per folder, mapping per
     seed), one after the other in this process. One row per run."""
-    overrides = parse_overrides(args.set)
+    overrides = seeded_overrides(args.set, args.top_k, args.exhaustive_below)
     rows = []
     for data_dir in args.data_dir:
         baseline_work = Path(tempfile.mkdtemp(prefix="pycolmap_seeds_", dir=work_root))
@@ -591,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = geometric_conf(args.top_k, args.exhaustive_below)
     if args.seeds is not None:  # what the seeded runs use, --set included
-        conf = seeded_conf(args.seed_values[0], parse_overrides(args.set))
+        conf = seeded_conf(args.seed_values[0],
+                           seeded_overrides(args.set, args.top_k, args.exhaustive_below))
     print(f"geometric benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
           f"{platform.python_version()}, {os.cpu_count()} x {cpu_model()}, pycolmap "
           f"{pycolmap.__version__}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
