@@ -238,7 +238,9 @@ def fundamental_from_poses(K_a: np.ndarray, R_a_cw: np.ndarray, t_a_cw: np.ndarr
                            ) -> np.ndarray:
     """Fundamental matrix (3, 3) of two posed cameras, ``x_b^T F x_a = 0`` for the pixels
     x_a, x_b (homogeneous) of one 3D point. K (3, 3) intrinsics, pixels; R_cw, t_cw the
-    world-to-camera poses. F = K_b^-T [t]_x R K_a^-1 with (R, t) camera b from camera a."""
+    world-to-camera poses. F = K_b^-T [t]_x R K_a^-1 with (R, t) camera b from camera a.
+    Two cameras at one centre (t = 0) have no epipolar geometry: F is zero and
+    :func:`sampson_distances` gives inf for every pair of points."""
     R_a_cw, R_b_cw = np.asarray(R_a_cw, float), np.asarray(R_b_cw, float)
     R_ba = R_b_cw @ R_a_cw.T
     t_ba = np.asarray(t_b_cw, float) - R_ba @ np.asarray(t_a_cw, float)

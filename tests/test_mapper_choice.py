@@ -82,14 +82,18 @@ def test_a_lost_or_split_off_partner_explains_nothing(truth):
 
 def test_the_distance_share_is_of_the_larger_image_side(truth):
     placements = _true_placements(truth)
-    # 0.2 px of keypoint noise: nothing is explained within 1e-5 of 640 px...
+    # 0.2 px of keypoint noise: nothing is explained within 1e-5 of 640 px ...
     tight = held_images(placements, truth.keypoints, truth.matches, _sizes(truth),
                         **{**HELD, "max_distance_share": 1e-5})
     assert tight == set()
-    # ... everything within 1 % of it, and of a four-times-larger image side at 0.25 %.
-    big = {name: (4 * w, 4 * h) for name, (w, h) in _sizes(truth).items()}
-    assert held_images(placements, truth.keypoints, truth.matches, big,
-                       **{**HELD, "max_distance_share": 0.0025}) == set(truth.names)
+    # ... everything within 1 % of the larger side of a 640 x 10 (or 10 x 640) image, which
+    # the smaller side (0.1 px) would not allow.
+    for size in ((640, 10), (10, 640)):
+        sizes = {name: size for name in truth.names}
+        assert held_images(placements, truth.keypoints, truth.matches, sizes, **HELD) == set(
+            truth.names)
+    smaller = {name: (10, 10) for name in truth.names}
+    assert held_images(placements, truth.keypoints, truth.matches, smaller, **HELD) == set()
 
 
 def test_prefer_mapper_keeps_the_one_holding_more_and_the_fallback_on_ties():
@@ -111,6 +115,9 @@ def test_held_options_are_validated(bad):
         ReconConf(held_min_explained=bad)
     with pytest.raises(ValueError, match="held_max_distance_share"):
         ReconConf(held_max_distance_share=bad)
+
+
+def test_the_fallback_mapper_is_a_mapper():
     with pytest.raises(ValueError, match="fallback_mapper"):
         ReconConf(fallback_mapper="auto")
 
@@ -131,10 +138,11 @@ def test_auto_stops_at_the_first_mapper_when_it_holds_every_image(tmp_path, trut
     assert not (tmp_path / "work" / "incremental").exists()
 
 
-def test_auto_keeps_the_other_mapper_when_it_holds_more(tmp_path, truth, monkeypatch):
+@pytest.mark.parametrize("sharing", ["image", "auto"])
+def test_auto_keeps_the_other_mapper_when_it_holds_more(tmp_path, truth, monkeypatch, sharing):
     """The global mapper made to lose two images (its model cut down before it is judged):
     the incremental mapper then maps the scene too, holds all eight and is kept, with the
-    cameras the first mapper's run chose."""
+    cameras the first mapper's runs chose (one camera, the images being of one size)."""
     real_once = reconstruction._reconstruct_once
 
     def global_loses_two(*args, **kwargs):
@@ -148,11 +156,17 @@ def test_auto_keeps_the_other_mapper_when_it_holds_more(tmp_path, truth, monkeyp
 
     monkeypatch.setattr(reconstruction, "_reconstruct_once", global_loses_two)
     sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global",
-                                               camera_sharing="image"))
+                                               camera_sharing=sharing))
     assert sfm.mapper == "incremental (images held of 8: global 6, incremental 8)"
-    assert sfm.cameras == "per image, as the global mapper chose"
     assert sfm.models[0].num_registered == 8
-    assert (tmp_path / "work" / "incremental").is_dir()
+    if sharing == "image":
+        assert sfm.cameras == "per image"  # as configured: nobody chose
+        assert (tmp_path / "work" / "incremental" / "models").is_dir()
+    else:  # one mapping with the cameras the global mapper's pair of runs kept
+        assert sfm.cameras == "shared by size, as the global mapper chose"
+        assert sfm.models[0].shared_cameras
+        assert (tmp_path / "work" / "incremental" / "models").is_dir()
+        assert not (tmp_path / "work" / "incremental" / "cameras-image").exists()
 
 
 @pytest.mark.slow
@@ -184,7 +198,21 @@ def test_the_pipeline_keeps_the_incremental_model_where_the_global_one_loses_ima
     assert auto_report.score > results["global"][0].score + 1
 
 
-def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, monkeypatch):
+def test_auto_with_auto_cameras_maps_each_way_under_the_first_mapper(tmp_path, truth):
+    """The defaults (mapper and cameras "auto"): the global mapper maps with a camera per
+    image and with shared ones in its own folders, holds all eight images, and the
+    incremental mapper is not run."""
+    sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global"))
+    assert sfm.mapper == "global (holds 8 of 8 images, all that can be held)"
+    assert sfm.cameras.startswith("shared (") and sfm.models[0].shared_cameras
+    assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {
+        "cameras-image", "cameras-size"}
+    assert not (tmp_path / "work" / "incremental").exists()
+
+
+@pytest.mark.parametrize("sharing", ["image", "auto"])
+def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, monkeypatch,
+                                                             sharing):
     """pycolmap's global mapper raising on a scene: it holds nothing, and the scene gets the
     incremental mapper's poses instead of none."""
     import pycolmap
@@ -194,6 +222,10 @@ def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, m
 
     monkeypatch.setattr(pycolmap, "global_mapping", crash)
     sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global",
-                                               camera_sharing="image"))
+                                               camera_sharing=sharing))
     assert sfm.mapper == "incremental (images held of 8: global 0, incremental 8)"
     assert len(sfm.models) == 1 and sfm.models[0].num_registered == 8
+    if sharing == "auto":  # the failed mapper chose no cameras: both ways weighed again
+        assert "as the global mapper chose" not in sfm.cameras
+        assert {p.name for p in (tmp_path / "work" / "incremental").iterdir()} == {
+            "cameras-image", "cameras-size"}

@@ -672,7 +672,8 @@ class SceneSfM(NamedTuple):
     """What SfM made of one cluster: its models (largest first, as :func:`reconstruct` gives
     them), which cameras they were mapped with and why (e.g. ``"shared (0.68 px shared,
     0.69 px per image)"``), and which mapper made them and why (e.g. ``"global (images held
-    of 27: global 26, incremental 17)"``); both strings empty when nothing was mapped."""
+    of 27: global 26, incremental 17)"``); both strings empty when no mapping was tried
+    (fewer than 2 images, or no pair with enough verified matches)."""
 
     models: list[Model]
     cameras: str
@@ -755,12 +756,15 @@ def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
     for mapper in (conf.fallback_mapper, *(m for m in MAPPERS if m != conf.fallback_mapper)):
         if held and max(held.values()) == len(evidenced):
             break  # nothing left for another mapper to hold
+        inherited = bool(held) and sharing != conf.camera_sharing
         run_conf = replace(conf, mapper=mapper, camera_sharing=sharing)
-        models, sharing, cameras = _reconstruct_cameras(
+        models, kept_sharing, cameras = _reconstruct_cameras(
             image_dir, images, kpts, pair_matches, num_usable_pairs, work_dir / mapper,
             run_conf, overwrite, label, sizes)
-        if held:
+        if inherited:
             cameras = f"{cameras}, as the {conf.fallback_mapper} mapper chose"
+        # a first mapper that found nothing chose no cameras: the next one weighs both again
+        sharing = kept_sharing if models else conf.camera_sharing
         results[mapper] = (models, cameras)
         held[mapper] = len(held_images(
             placements(models, images), kpts, pair_matches, sizes,
