@@ -15,19 +15,8 @@ from src.geometric.matching import (MatchConf, load_pair, load_verified_matches,
                           match_descriptors, verify_matches)
 from src.data_io import write_image_rgb
 
+from src.geometry import fundamental_from_poses
 from tests.demo_views import HEIGHT, WIDTH, render_scene_views
-
-
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-def true_fundamental(K_a, R_a, t_a, K_b, R_b, t_b) -> np.ndarray:
-    """F with x_b^T F x_a = 0 from world-to-camera poses: relative pose R = R_b R_a^T,
-    t = t_b - R t_a, E = [t]x R, F = K_b^-T E K_a^-1."""
-    R = R_b @ R_a.T
-    t = t_b - R @ t_a
-    return np.linalg.inv(K_b).T @ skew(t) @ R @ np.linalg.inv(K_a)
 
 
 def epipolar_distance(F: np.ndarray, x_a: np.ndarray, x_b: np.ndarray) -> np.ndarray:
@@ -224,7 +213,7 @@ def test_same_scene_pair_verifies_with_the_true_epipolar_geometry(scenes, featur
                              image_sizes=(fa.image_size, fb.image_size))
     assert mask.shape == (len(matches),) and mask.dtype == bool
     assert mask.sum() >= 100 and mask.mean() > 0.8
-    F_true = true_fundamental(*scenes["a0.png"][1:], *scenes["a1.png"][1:])
+    F_true = fundamental_from_poses(*scenes["a0.png"][1:], *scenes["a1.png"][1:])
     inliers = matches[mask]
     x_a, x_b = fa.keypoints[inliers[:, 0]], fb.keypoints[inliers[:, 1]]
     assert epipolar_distance(F_true, x_a, x_b).mean() < 1.0

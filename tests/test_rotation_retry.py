@@ -10,6 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 import src.geometric.features as lf
+from src.geometry import fundamental_from_poses
 from src.geometric.matching import (LightGlueMatcher, MatchConf, _settle_turns, load_matched_features,
                                     load_pair, load_turns, match_and_verify)
 
@@ -127,15 +128,6 @@ def write_views(folder, views, turned: int):
     return names
 
 
-def fundamental_from_poses(K, R_a, t_a, R_b, t_b) -> np.ndarray:
-    """[x_b, 1] F [x_a, 1]^T = 0 for world-to-camera poses x = R X + t."""
-    R = R_b @ R_a.T
-    t = t_b - R @ t_a
-    t_cross = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
-    K_inv = np.linalg.inv(K)
-    return K_inv.T @ t_cross @ R @ K_inv
-
-
 def epipolar_distances(F, points_a, points_b) -> np.ndarray:
     """Distance (pixels) of each point of b from the epipolar line of its match in a."""
     lines = np.c_[points_a, np.ones(len(points_a))] @ F.T
@@ -177,7 +169,7 @@ def test_a_sideways_view_is_matched_after_turning_it_back(views, tmp_path, caplo
     height = views[1][0].shape[0]
     points_b = np.c_[points_sideways[:, 1], height - 1 - points_sideways[:, 0]]
     (_, K, R_a, t_a), (_, _, R_b, t_b) = views[0], views[1]
-    distances = epipolar_distances(fundamental_from_poses(K, R_a, t_a, R_b, t_b),
+    distances = epipolar_distances(fundamental_from_poses(K, R_a, t_a, K, R_b, t_b),
                                    points_a, points_b)
     assert np.median(distances) < 1.0 and np.mean(distances < 3.0) > 0.95
 
