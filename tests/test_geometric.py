@@ -280,9 +280,10 @@ def test_sfm_gets_exactly_the_pairs_this_run_selected(data_dir, tmp_path, monkey
 
 # --------------------------------------------------------------------------- dataset workers
 def test_workers_follow_the_cores_the_datasets_and_cuda(monkeypatch):
-    from src.geometric import pipeline
+    from src.geometric import concurrency, pipeline
 
-    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
+                        raising=False)
     assert pipeline.available_cores() == 4
     assert pipeline.dataset_workers(GeometricConf(), 9) == 4  # auto: one per core
     assert pipeline.dataset_workers(GeometricConf(), 2) == 2  # never more than the datasets

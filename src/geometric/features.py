@@ -36,6 +36,7 @@ import json
 import logging
 import numbers
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ import h5py
 import numpy as np
 
 from src.data_io import DataError, read_image_rgb
+from src.geometric.concurrency import ordered_map, process_threads
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, open_cache, resumable_h5)
 from src.geometric.options import (ALIKED_MODELS, FEATURE_NAMES, LEARNED_FEATURE_NAMES,
@@ -542,22 +544,46 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
         log.info("features of all %d images already in %s", len(images), cache_path)
         return cache_path
 
-    extractor = _build_extractor(conf)
+    extractor = _thread_extractors(conf)
+
+    def detect(name: str) -> tuple[Features, str | None]:
+        path = image_dir / name
+        try:
+            return _detect_turned(extractor(), read_image_rgb(path), turn), None
+        except (OSError, DataError, cv2.error) as exc:
+            log.warning("%s: cannot read the image (%s); storing no features", path, exc)
+            return Features.empty(conf.descriptor_dim), str(exc)
+
     with resumable_h5(cache_path, config, overwrite) as h5:
         todo = _missing_images(h5, images)
         turned = f" turned by {turn} degrees" if turn else ""
         log.info("extracting %s features of %d images%s into %s (%d already there)",
                  conf.name, len(todo), turned, cache_path, len(images) - len(todo))
-        for name in progress(todo, f"features {image_dir.name}{turned}", "image"):
-            path = image_dir / name
-            try:
-                features, error = _detect_turned(extractor, read_image_rgb(path), turn), None
-            except (OSError, DataError, cv2.error) as exc:
-                log.warning("%s: cannot read the image (%s); storing no features", path, exc)
-                features, error = Features.empty(conf.descriptor_dim), str(exc)
-            _write_features(h5, name, features, error)
-            h5.flush()  # a kill loses at most the image being written
+        # SIFT: images side by side (OpenCV releases Python's lock; each image's features
+        # are the same either way). Learned networks already spread one image over the cores.
+        threads = process_threads() if conf.name == "sift" else 1
+        with contextlib.closing(ordered_map(detect, todo, threads)) as found:
+            for name, (features, error) in zip(
+                    progress(todo, f"features {image_dir.name}{turned}", "image"), found):
+                _write_features(h5, name, features, error)
+                h5.flush()  # a kill loses at most the images not yet written
     return cache_path
+
+
+def _thread_extractors(conf: FeatureConf) -> Callable[[], Callable[[np.ndarray], Features]]:
+    """A getter of the extractor of ``conf`` for the calling thread: the shared one
+    (:func:`_build_extractor`, a network loaded once) for learned features, which are
+    extracted on one thread, and an OpenCV SIFT object of the thread's own for SIFT."""
+    if conf.name != "sift":
+        shared = _build_extractor(conf)
+        return lambda: shared
+    own = threading.local()
+
+    def extractor() -> Callable[[np.ndarray], Features]:
+        if not hasattr(own, "extractor"):
+            own.extractor = _SiftExtractor(conf)
+        return own.extractor
+    return extractor
 
 
 def cached_images(cache_path: str | os.PathLike) -> set[str]:

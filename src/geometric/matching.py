@@ -51,6 +51,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from src.geometric.concurrency import ordered_map, process_threads
 from src.geometric.features import (QUARTER_TURNS, FeatureConf, FeatureReader, Features,
                                     cached_images, extract_dataset, load_all_features,
                                     open_features, turned_features_path)
@@ -468,6 +469,14 @@ def _match_pair(match, features_a: Features, turn_a: int, features_b: Features, 
     return matches, mask, F
 
 
+def _pairs_side_by_side(conf: MatchConf) -> bool:
+    """Whether pairs may be matched in threads (concurrency.ordered_map): nearest neighbours
+    and OpenCV's RANSAC, each pair's result the same either way. LightGlue already spreads
+    one pair over the cores (or runs on the GPU); pycolmap's verifier stays on one thread
+    (pycolmap is not thread-safe that way, see concurrency.py)."""
+    return conf.matcher != "lightglue" and conf.verifier == "opencv-magsac"
+
+
 def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFrame:
     """The stage's table: one row per pair, in order, with match and inlier counts."""
     rows = []
@@ -544,13 +553,17 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
             match = lambda fa, fb: match_descriptors(fa.descriptors, fb.descriptors, conf)  # noqa: E731
         # named after the cache's folder, the dataset's in the pipeline: datasets matched
         # side by side (GeometricConf.workers) log their progress into one run log
-        for image_a, image_b in progress(todo, f"matching {cache_path.parent.name}", "pair"):
-            matches, mask, F = _match_pair(match, features[image_a], 0, features[image_b], 0,
-                                           conf, max_image_side)
-            # the upright count stays with the pair when a turned match replaces it
-            upright = {"upright_inliers": mask.sum()} if conf.turns_images else {}
-            _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
-            h5.flush()  # a kill loses at most the pair being written
+        threads = process_threads() if _pairs_side_by_side(conf) else 1
+        read = ((features[a], features[b]) for a, b in todo)
+        matched = ordered_map(lambda pair: _match_pair(match, pair[0], 0, pair[1], 0, conf,
+                                                       max_image_side), read, threads)
+        with contextlib.closing(matched):
+            for (image_a, image_b), (matches, mask, F) in zip(
+                    progress(todo, f"matching {cache_path.parent.name}", "pair"), matched):
+                # the upright count stays with the pair when a turned match replaces it
+                upright = {"upright_inliers": mask.sum()} if conf.turns_images else {}
+                _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
+                h5.flush()  # a kill loses at most the pairs not yet written
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,
                                FeatureConf(**feature_fields, device=conf.device),

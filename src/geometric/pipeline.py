@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
+from src.geometric.concurrency import available_cores, set_process_threads
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
                                       needs_escalation, weakly_tied)
@@ -498,15 +498,6 @@ def _uses_cuda(conf: GeometricConf) -> bool:
     return "cuda" in _torch_devices(conf)
 
 
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which a container or taskset
-    narrows; os.cpu_count() where the OS has no such mask)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def dataset_workers(conf: GeometricConf, datasets: int) -> int:
     """Processes for ``datasets`` datasets: ``conf.workers``, or for 0 one per available
     core, and one where a torch stage (learned features, LightGlue, DINOv2) runs on CUDA
@@ -604,6 +595,7 @@ def _start_worker(records, level: int, threads: int, uses_torch: bool,
     root.setLevel(level)
     log_lines_only()
     cv2.setNumThreads(threads)
+    set_process_threads(threads)  # what this process's stages may run side by side
     threadpool_limits(threads)  # BLAS and OpenMP, for the rest of the process
     if uses_torch:
         import torch

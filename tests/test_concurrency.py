@@ -1,0 +1,167 @@
+"""Calls run side by side within a dataset (src.geometric.concurrency): the helpers keep
+order and limits, and the stages that use them (SIFT extraction, nearest-neighbour matching
+with OpenCV's RANSAC) store exactly what they store one call at a time."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+
+import cv2
+
+import h5py
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from src.geometric import concurrency, features, matching
+from src.geometric.concurrency import (library_threads, ordered_map, process_threads,
+                                       set_process_threads)
+from src.geometric.features import FeatureConf, extract_dataset
+from src.geometric.matching import MatchConf, match_and_verify
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """Sets this process's thread share for one test (restored afterwards)."""
+    monkeypatch.setattr(concurrency, "_process_threads", None)
+    return set_process_threads
+
+
+# --------------------------------------------------------------------------- helpers
+def test_process_threads_is_the_worker_share_else_the_available_cores(threads, monkeypatch):
+    monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1, 2},
+                        raising=False)
+    assert process_threads() == 3
+    threads(1)
+    assert process_threads() == 1
+    threads(None)
+    assert process_threads() == 3
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="process threads"):
+            set_process_threads(bad)
+
+
+def test_ordered_map_keeps_the_order_when_later_items_finish_first():
+    first_may_finish = threading.Event()
+
+    def work(k):
+        if k == 0:
+            assert first_may_finish.wait(30)  # item 0 ends only after item 1 has
+        else:
+            first_may_finish.set()
+        return k * 10
+
+    assert list(ordered_map(work, range(5), threads=2)) == [0, 10, 20, 30, 40]
+
+
+def test_ordered_map_reads_a_bounded_number_of_items_ahead():
+    pulled = []
+
+    def items():
+        for k in range(100):
+            pulled.append(k)
+            yield k
+
+    results = ordered_map(lambda k: k, items(), threads=2)
+    assert next(results) == 0
+    assert len(pulled) <= 2 * 2 + 1  # not the 100 items
+    results.close()
+    # one thread: each item is computed only when asked for, as a plain loop would
+    computed = []
+    lazy = ordered_map(lambda k: computed.append(k) or k, range(10), threads=1)
+    assert computed == [] and next(lazy) == 0 and computed == [0]
+
+
+def test_ordered_map_raises_an_items_failure_at_its_place():
+    def work(k):
+        if k == 2:
+            raise ValueError("item 2")
+        return k
+
+    got = []
+    with pytest.raises(ValueError, match="item 2"):
+        for value in ordered_map(work, range(6), threads=2):
+            got.append(value)
+    assert got == [0, 1]
+
+
+# --------------------------------------------------------------------------- stages
+def _read_all(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    with h5py.File(path, "r") as h5:
+        return {name: {key: h5[name][key][()] for key in h5[name]} for name in h5}
+
+
+def test_sift_extraction_side_by_side_stores_what_one_thread_stores(threads, tmp_path,
+                                                                    monkeypatch):
+    image_dir = FIXTURES / "entry5"
+    images = sorted(p.name for p in image_dir.glob("*.jpg")) + ["missing.jpg"]
+    conf = FeatureConf(name="sift", max_keypoints=512, max_image_side=640)
+    used = []
+    real_map = features.ordered_map
+    monkeypatch.setattr(features, "ordered_map",
+                        lambda fn, items, n: used.append(n) or real_map(fn, items, n))
+    stored = {}
+    for n in (1, 2):
+        threads(n)
+        stored[n] = _read_all(extract_dataset(image_dir, images, conf, tmp_path / f"f{n}.h5"))
+    assert used == [1, 2]
+    assert stored[1].keys() == stored[2].keys() and len(stored[1]) == len(images)
+    for name, arrays in stored[1].items():
+        for key, values in arrays.items():
+            np.testing.assert_array_equal(stored[2][name][key], values, err_msg=f"{name} {key}")
+    assert len(stored[2][features.h5_key("missing.jpg")]["keypoints"]) == 0
+
+
+def test_library_threads_limits_opencv_and_blas_within_the_block_only():
+    before_cv = cv2.getNumThreads()
+    before_blas = [pool["num_threads"] for pool in threadpool_info()]
+    with library_threads(1):
+        assert cv2.getNumThreads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert cv2.getNumThreads() == before_cv
+    assert [pool["num_threads"] for pool in threadpool_info()] == before_blas
+
+
+def _read_tree(path: Path) -> dict[str, object]:
+    """Every dataset and attribute of an HDF5 file, by path."""
+    found = {}
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset):
+            found[name] = item[()]
+        for key, value in item.attrs.items():
+            found[f"{name}@{key}"] = value
+    with h5py.File(path, "r") as h5:
+        h5.visititems(visit)
+    return found
+
+
+@pytest.mark.parametrize("verifier", ["opencv-magsac", "pycolmap"])
+def test_matching_side_by_side_stores_what_one_thread_stores(threads, tmp_path, monkeypatch,
+                                                            verifier):
+    image_dir = FIXTURES / "entry5"
+    images = sorted(p.name for p in image_dir.glob("*.jpg"))
+    features_path = extract_dataset(image_dir, images, FeatureConf(max_keypoints=1024,
+                                                                   max_image_side=640),
+                                    tmp_path / "features.h5")
+    pairs = list(itertools.combinations(images, 2))
+    conf = MatchConf(seed=3, verifier=verifier)
+    used = []
+    real_map = matching.ordered_map
+    monkeypatch.setattr(matching, "ordered_map",
+                        lambda fn, items, n: used.append(n) or real_map(fn, items, n))
+    stored = {}
+    for n in (1, 2):
+        threads(n)
+        counts = match_and_verify(features_path, pairs, conf, tmp_path / f"m{n}.h5")
+        assert (counts["inliers"] >= conf.min_inliers).sum() >= 4  # real matches to compare
+        stored[n] = _read_tree(tmp_path / f"m{n}.h5")
+    # pycolmap's verifier is never run in threads (concurrency.py says why)
+    assert used == ([1, 2] if verifier == "opencv-magsac" else [1, 1])
+    assert stored[1].keys() == stored[2].keys()
+    for key, value in stored[1].items():
+        np.testing.assert_array_equal(stored[2][key], value, err_msg=key)
