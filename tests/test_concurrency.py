@@ -1,10 +1,15 @@
 """Calls run side by side within a dataset (src.geometric.concurrency): the helpers keep
-order and limits, and the stages that use them (SIFT extraction, nearest-neighbour matching
-with OpenCV's RANSAC) store exactly what they store one call at a time."""
+order and limits, the stages that use them (SIFT extraction, nearest-neighbour matching with
+OpenCV's RANSAC) store exactly what they store one call at a time, and the SfM mapping sent to
+a helper process gives the models mapped here."""
 
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -15,11 +20,13 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from src.geometric import concurrency, features, matching
-from src.geometric.concurrency import (library_threads, ordered_map, process_threads,
+from src.geometric import concurrency, features, matching, reconstruction
+from src.geometric.concurrency import (in_helper, library_threads, ordered_map, process_threads,
                                        set_process_threads)
 from src.geometric.features import FeatureConf, extract_dataset
 from src.geometric.matching import MatchConf, match_and_verify
+from src.geometric.reconstruction import ReconConf, reconstruct_scene
+from tests.synthetic_cluster import synthesize_cluster
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -165,3 +172,104 @@ def test_matching_side_by_side_stores_what_one_thread_stores(threads, tmp_path, 
     assert stored[1].keys() == stored[2].keys()
     for key, value in stored[1].items():
         np.testing.assert_array_equal(stored[2][key], value, err_msg=key)
+
+
+# --------------------------------------------------------------------------- helper process
+def _logs_and_returns(value):
+    logging.getLogger("tests.helper").info("working on %s in %d", value, os.getpid())
+    logging.getLogger("tests.helper").debug("details nobody asked for")
+    return value * 2
+
+
+def _logs_and_fails():
+    logging.getLogger("tests.helper").warning("about to fail")
+    raise ValueError("bad value in the helper")
+
+
+def _dies_unless_in(pid):
+    if os.getpid() != pid:
+        os._exit(3)  # the helper dies mid-call
+    return "ran here"
+
+
+def test_a_call_in_the_helper_returns_its_result_and_its_log_lines_here(caplog):
+    caplog.set_level(logging.INFO)
+    result = in_helper(_logs_and_returns, 21)
+    assert result() == 42
+    lines = [r.getMessage() for r in caplog.records if r.name == "tests.helper"]
+    assert len(lines) == 1 and lines[0].startswith("working on 21 in ")
+    assert int(lines[0].split()[-1]) != os.getpid()  # it ran in another process
+    with pytest.raises(ValueError, match="bad value in the helper"):
+        in_helper(_logs_and_fails)()
+    assert "about to fail" in caplog.text
+
+
+def test_a_helper_that_dies_leaves_the_call_to_this_process(caplog):
+    assert in_helper(_dies_unless_in, os.getpid())() == "ran here"
+    assert "the helper process failed" in caplog.text
+    assert in_helper(_logs_and_returns, 1)() == 2  # a new helper serves the next call
+
+
+@pytest.mark.parametrize("mapper", ["global", "incremental"])
+def test_camera_choices_mapped_in_the_helper_give_the_models_mapped_here(tmp_path, monkeypatch,
+                                                                        caplog, mapper):
+    """A zoom lens, so the per-image cameras (mapped in the helper) are the ones kept."""
+    truth = synthesize_cluster(seed=3, focal_spread=0.2)
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    conf = ReconConf(mapper=mapper, camera_sharing="auto")
+    here = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                             tmp_path / "here", conf, image_sizes=sizes)
+    sent = []
+    monkeypatch.setattr(reconstruction, "helper_wanted", lambda: True)
+    monkeypatch.setattr(reconstruction, "in_helper",
+                        lambda fn, *args: sent.append(args[5].name) or in_helper(fn, *args))
+    caplog.set_level(logging.INFO)
+    helped = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                               tmp_path / "helped", conf, image_sizes=sizes)
+    assert sent == ["cameras-image"]
+    assert f"{mapper} mapper, cameras per image" in caplog.text  # the helper's log line
+    assert helped.cameras == here.cameras and here.cameras.startswith("per image")
+    assert [m.poses.keys() for m in helped.models] == [m.poses.keys() for m in here.models]
+    for model, other in zip(here.models, helped.models):
+        for name, (R_cw, t_cw) in model.poses.items():
+            np.testing.assert_array_equal(other.poses[name][0], R_cw)
+            np.testing.assert_array_equal(other.poses[name][1], t_cw)
+            np.testing.assert_array_equal(other.intrinsics[name], model.intrinsics[name])
+        np.testing.assert_array_equal(other.points3D, model.points3D)
+
+
+_WORKER_WITH_HELPER = """
+import multiprocessing, os, sys
+from concurrent.futures import ProcessPoolExecutor
+sys.path.insert(0, {root!r})
+from tests.test_concurrency import _worker_using_the_helper
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        worker, helper, value = pool.submit(_worker_using_the_helper, 20).result()
+    assert len({{os.getpid(), worker, helper}}) == 3, (os.getpid(), worker, helper)
+    print("done", value)
+"""
+
+
+def _worker_using_the_helper(value):
+    """In a spawned worker (as the pipeline's dataset workers are): a call in the helper."""
+    helper_pid, doubled = in_helper(_pid_and_double, value)()
+    return os.getpid(), helper_pid, doubled
+
+
+def _pid_and_double(value):
+    return os.getpid(), 2 * value
+
+
+def test_a_worker_process_that_used_the_helper_exits(tmp_path):
+    """A dataset worker leaves through multiprocessing's wait for its children: its helper
+    must have been told to stop by then, or the run never ends."""
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER_WITH_HELPER.format(root=str(Path(__file__).parents[1])))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done 40"

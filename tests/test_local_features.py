@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 import cv2
 import h5py
@@ -42,16 +43,22 @@ def image_dir(tmp_path, images):
 
 
 class CallCounter:
-    """Wraps the SIFT extractor's __call__, counting calls; optionally fails on call n."""
+    """Wraps the SIFT extractor's __call__, counting calls; optionally fails on call n, or on
+    the image equal to ``fail_on_image`` (images are extracted side by side in threads, so
+    which image a call number falls on is not fixed)."""
 
-    def __init__(self, monkeypatch, fail_on_call: int | None = None):
+    def __init__(self, monkeypatch, fail_on_call: int | None = None,
+                 fail_on_image: np.ndarray | None = None):
         self.calls = 0
         original = lf._SiftExtractor.__call__
         counter = self
+        lock = threading.Lock()
 
         def counted(extractor, image):
-            counter.calls += 1
-            if fail_on_call is not None and counter.calls == fail_on_call:
+            with lock:
+                counter.calls += 1
+                failing = counter.calls == fail_on_call
+            if failing or (fail_on_image is not None and np.array_equal(image, fail_on_image)):
                 raise RuntimeError("simulated crash")
             return original(extractor, image)
 
@@ -266,14 +273,14 @@ def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(image_dir, i
     cache = tmp_path / "features.h5"
     names = list(images)
     with monkeypatch.context() as patch:
-        CallCounter(patch, fail_on_call=3)
+        CallCounter(patch, fail_on_image=images[names[2]])
         with pytest.raises(RuntimeError, match="simulated crash"):
             lf.extract_dataset(image_dir, names, conf, cache)
     assert not cache.exists()  # nothing published...
     assert partial_path(cache).exists()  # ...but the work so far is kept
     counter = CallCounter(monkeypatch)
     lf.extract_dataset(image_dir, names, conf, cache)
-    assert counter.calls == len(names) - 2  # the two images done before the crash are kept
+    assert counter.calls == len(names) - 2  # the two images before the crash are kept
     assert set(lf.load_all_features(cache)) == set(names)
     assert not partial_path(cache).exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import h5py
 import numpy as np
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from src.geometric import matching
-from src.geometric.features import FeatureConf, extract_dataset, load_all_features
+from src.geometric.features import FeatureConf, extract_dataset, load_all_features, load_features
 from src.geometric.matching import (MatchConf, load_pair, load_verified_matches, match_and_verify,
                           match_descriptors, verify_matches)
 from src.data_io import write_image_rgb
@@ -58,16 +59,25 @@ PAIRS = [("a0.png", "a1.png"), ("a0.png", "b0.png"), ("a1.png", "blank.png"),
 
 
 class MatchCounter:
-    """Wraps matching.match_descriptors, counting calls; optionally fails on call n."""
+    """Wraps matching.match_descriptors, counting calls; optionally fails on call n, or on
+    the pair whose descriptors equal ``fail_on_pair`` (pairs are matched side by side in
+    threads, so which pair a call number falls on is not fixed)."""
 
-    def __init__(self, monkeypatch, fail_on_call: int | None = None):
+    def __init__(self, monkeypatch, fail_on_call: int | None = None,
+                 fail_on_pair: tuple[np.ndarray, np.ndarray] | None = None):
         self.calls = 0
         original = matching.match_descriptors
         counter = self
+        lock = threading.Lock()
 
         def counted(desc_a, desc_b, conf):
-            counter.calls += 1
-            if fail_on_call is not None and counter.calls == fail_on_call:
+            with lock:
+                counter.calls += 1
+                failing = counter.calls == fail_on_call
+            if fail_on_pair is not None:
+                failing |= (np.array_equal(desc_a, fail_on_pair[0])
+                            and np.array_equal(desc_b, fail_on_pair[1]))
+            if failing:
                 raise RuntimeError("simulated crash")
             return original(desc_a, desc_b, conf)
 
@@ -301,14 +311,15 @@ def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(features_pat
                                                                      monkeypatch):
     conf = MatchConf()
     cache = tmp_path / "matches.h5"
+    third_a, third_b = (load_features(features_path, name).descriptors for name in PAIRS[2])
     with monkeypatch.context() as patch:
-        MatchCounter(patch, fail_on_call=3)
+        MatchCounter(patch, fail_on_pair=(third_a, third_b))
         with pytest.raises(RuntimeError, match="simulated crash"):
             match_and_verify(features_path, PAIRS, conf, cache)
     assert not cache.exists()
     counter = MatchCounter(monkeypatch)
     table = match_and_verify(features_path, PAIRS, conf, cache)
-    assert counter.calls == len(PAIRS) - 2
+    assert counter.calls == len(PAIRS) - 2  # the two pairs before the crash are kept
     assert list(zip(table.image_a, table.image_b)) == PAIRS
     assert set(load_verified_matches(cache)) == set(PAIRS)
 

@@ -6,9 +6,10 @@ spread over the cores only in parts, and the reductions and RANSAC after them ru
 Independent calls of such stages (the images of a dataset, the pairs to match) run here in
 threads, each library on its share of the cores: OpenCV and numpy release Python's lock while
 they work, and each call does exactly what it would do alone, so the results are the same to
-the bit whichever finishes first (tested). pycolmap is not run this way: two of its solvers at
-once in one process made its bundled LAPACK report failed factorisations (CHOLMOD "not
-positive definite"), never seen one at a time.
+the bit whichever finishes first (tested). pycolmap is not run in threads: two of its solvers at once in one process made its bundled
+LAPACK report failed factorisations (CHOLMOD "not positive definite"), never seen one at a
+time. An independent SfM run goes instead to a helper process (:func:`in_helper`), whose
+result is what the same call returns here.
 
 A worker process is given its share of the cores (``set_process_threads``, pipeline's
 worker set-up); elsewhere a process may use every core it is allowed on.
@@ -17,9 +18,15 @@ worker set-up); elsewhere a process may use every core it is allowed on.
 from __future__ import annotations
 
 import contextlib
+import logging
+import multiprocessing
+import multiprocessing.util
 import os
+import threading
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -98,5 +105,112 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int | None = 
                 future.cancel()
 
 
-__all__ = ["available_cores", "library_threads", "ordered_map", "process_threads",
-           "set_process_threads"]
+# =========================================================================== helper process
+_helper: ProcessPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _helper_pool() -> ProcessPoolExecutor:
+    """This process's helper, started on first use (spawned: pycolmap and OpenCV keep thread
+    pools a fork would copy half-alive) and shut down when the process exits."""
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_start_helper)
+            # Shut down before multiprocessing waits for this process's children at exit (a
+            # dataset worker leaves through that wait, not through atexit, and would wait for
+            # ever on a helper never told to stop), and before the executor's queues close
+            # (their finalisers, priority 10) the pipe that the stop message goes through.
+            multiprocessing.util.Finalize(None, _helper.shutdown,
+                                          kwargs=dict(wait=True, cancel_futures=True),
+                                          exitpriority=100)
+        return _helper
+
+
+def _start_helper() -> None:
+    """The helper runs one call at a time beside this process, one thread for each library,
+    and logs nothing itself: its calls' records are handled by the caller (a script that
+    configures logging on import would otherwise print them twice)."""
+    import cv2
+    from threadpoolctl import threadpool_limits
+
+    cv2.setNumThreads(1)
+    threadpool_limits(1)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.addHandler(logging.NullHandler())
+
+
+class _Captured(logging.Handler):
+    """Keeps the records a call logs in the helper, to be handled again in the caller."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args, record.exc_info = record.getMessage(), None, None
+        self.records.append(record)
+
+
+def _logged_call(level: int, fn: Callable[..., R], args: tuple
+                 ) -> tuple[R | None, list, BaseException | None]:
+    """In the helper: (``fn(*args)``, the records it logged at ``level`` or above, the
+    exception it raised or None)."""
+    root = logging.getLogger()
+    captured = _Captured()
+    root.addHandler(captured)
+    previous = root.level
+    root.setLevel(level)
+    try:
+        return fn(*args), captured.records, None
+    except Exception as error:  # raised again in the caller, after its log lines
+        return None, captured.records, error
+    finally:
+        root.removeHandler(captured)
+        root.setLevel(previous)
+
+
+def helper_wanted() -> bool:
+    """Whether this process has a core to spare for a helper process."""
+    return process_threads() >= 2
+
+
+def in_helper(fn: Callable[..., R], *args) -> Callable[[], R]:
+    """Start ``fn(*args)`` in the helper process (``fn`` importable, ``args`` picklable);
+    returns a call that waits for its result, logging here what it logged there, and raising
+    what it raised. When the helper cannot run (it could not start, or died), the call is
+    made here instead, with a warning."""
+    level = logging.getLogger().getEffectiveLevel()
+    try:
+        future = _helper_pool().submit(_logged_call, level, fn, args)
+    except (BrokenProcessPool, OSError, RuntimeError) as error:
+        return _here_instead(error, fn, args)
+
+    def result() -> R:
+        try:
+            value, records, error = future.result()
+        except BrokenProcessPool as broken:
+            return _here_instead(broken, fn, args)()
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        if error is not None:
+            raise error
+        return value
+    return result
+
+
+def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> Callable[[], R]:
+    global _helper
+    logging.getLogger(__name__).warning(
+        "the helper process failed (%s: %s); %s runs in this process", type(error).__name__,
+        error, getattr(fn, "__name__", fn))
+    with _helper_lock:
+        _helper = None  # a later call starts a new one
+    return lambda: fn(*args)
+
+
+__all__ = ["available_cores", "helper_wanted", "in_helper", "library_threads", "ordered_map",
+           "process_threads", "set_process_threads"]

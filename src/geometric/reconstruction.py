@@ -42,6 +42,7 @@ a half-written cache behind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -58,6 +59,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
+from src.geometric.concurrency import helper_wanted, in_helper
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
 from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
@@ -790,14 +792,21 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                                    work_dir, conf, overwrite, label, image_sizes)
         return models, conf.camera_sharing, _cameras_label(conf.camera_sharing)
     sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
-    per_image = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                                  work_dir / "cameras-image",
-                                  replace(conf, camera_sharing="image"), overwrite, label, sizes)
+
+    def args(sharing: str) -> tuple:
+        return (image_dir, images, kpts, pair_matches, num_usable_pairs,
+                work_dir / f"cameras-{sharing}", replace(conf, camera_sharing=sharing),
+                overwrite, label, sizes)
+
     if len(set(sizes.values())) == len(images):
-        return per_image, "image", "per image (no two images of one size)"
-    shared = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                               work_dir / "cameras-size", replace(conf, camera_sharing="size"),
-                               overwrite, label, sizes)
+        return (_reconstruct_once(*args("image")), "image",
+                "per image (no two images of one size)")
+    # Two independent one-thread mappings: the per-image one in a helper process where this
+    # one has a core to spare (concurrency.in_helper; the same models either way).
+    per_image_models = (in_helper(_reconstruct_once, *args("image")) if helper_wanted()
+                        else functools.partial(_reconstruct_once, *args("image")))
+    shared = _reconstruct_once(*args("size"))
+    per_image = per_image_models()
     keep_shared, why = prefer_shared_cameras(shared, per_image,
                                              conf.shared_camera_max_error_ratio,
                                              conf.shared_camera_free_error_ratio)
