@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -21,8 +22,9 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from src.geometric import concurrency, features, matching, reconstruction
-from src.geometric.concurrency import (in_helper, library_threads, ordered_map, process_threads,
-                                       set_process_threads)
+from src.geometric.concurrency import (dataset_finished, in_helper, library_threads,
+                                       ordered_map, process_threads, set_process_threads,
+                                       share_cores)
 from src.geometric.features import FeatureConf, extract_dataset
 from src.geometric.matching import MatchConf, match_and_verify
 from src.geometric.reconstruction import ReconConf, reconstruct_scene
@@ -35,6 +37,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def threads(monkeypatch):
     """Sets this process's thread share for one test (restored afterwards)."""
     monkeypatch.setattr(concurrency, "_process_threads", None)
+    monkeypatch.setattr(concurrency, "_shared", None)
     return set_process_threads
 
 
@@ -50,6 +53,19 @@ def test_process_threads_is_the_worker_share_else_the_available_cores(threads, m
     for bad in (0, -2, 1.5, True, "2"):
         with pytest.raises(ValueError, match="process threads"):
             set_process_threads(bad)
+
+
+def test_a_dataset_worker_takes_more_threads_as_the_last_datasets_run(threads):
+    unfinished = multiprocessing.Value("i", 5)  # five datasets, two workers on four cores
+    share_cores(unfinished, 2, 4)
+    assert process_threads() == 2
+    for left, expected in [(4, 2), (3, 2), (2, 2), (1, 4), (0, 4)]:
+        dataset_finished()
+        assert unfinished.value == left and process_threads() == expected
+    share_cores(multiprocessing.Value("i", 9), 3, 2)  # more workers than cores: one each
+    assert process_threads() == 1
+    threads(3)  # a fixed share wins
+    assert process_threads() == 3
 
 
 def test_ordered_map_keeps_the_order_when_later_items_finish_first():

@@ -11,8 +11,8 @@ LAPACK report failed factorisations (CHOLMOD "not positive definite"), never see
 time. An independent SfM run goes instead to a helper process (:func:`in_helper`), whose
 result is what the same call returns here.
 
-A worker process is given its share of the cores (``set_process_threads``, pipeline's
-worker set-up); elsewhere a process may use every core it is allowed on.
+A dataset worker process shares the cores with the workers still busy (``share_cores``,
+pipeline's worker set-up); elsewhere a process may use every core it is allowed on.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def available_cores() -> int:
 
 
 def set_process_threads(threads: int | None) -> None:
-    """This process's share of the cores (a dataset worker's), or None for all it may use."""
+    """A fixed number of threads for this process, or None for its share (process_threads)."""
     global _process_threads
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                 or threads < 1):
@@ -54,8 +54,38 @@ def set_process_threads(threads: int | None) -> None:
 
 
 def process_threads() -> int:
-    """Threads this process may keep busy: its worker share, else every available core."""
-    return _process_threads or available_cores()
+    """Threads this process may keep busy: its share as set (set_process_threads), else as a
+    dataset worker its share of the cores among the workers still busy (share_cores), else
+    every available core."""
+    if _process_threads:
+        return _process_threads
+    if _shared is not None:
+        unfinished, workers, cores = _shared
+        return max(1, cores // max(1, min(workers, unfinished.value)))
+    return available_cores()
+
+
+# A dataset worker's view of its run: (the run's datasets not finished yet, a counter shared by
+# the workers; the number of workers; the cores they share).
+_shared: tuple | None = None
+
+
+def share_cores(unfinished, workers: int, cores: int) -> None:
+    """In a dataset worker: share ``cores`` with the other ``workers`` while ``unfinished``
+    (a shared multiprocessing.Value) counts more datasets than workers; as the last datasets
+    run, fewer workers are busy and each takes more threads for what it does side by side.
+    A run's last, largest dataset otherwise ran on one core beside idle ones (realdev with two
+    workers: 31.6 s against 22.9 s one dataset after the other). The results do not depend
+    on the threads (concurrency's tests)."""
+    global _shared
+    _shared = (unfinished, workers, cores)
+
+
+def dataset_finished() -> None:
+    """In a dataset worker: one dataset of the run is done (see share_cores)."""
+    if _shared is not None:
+        with _shared[0].get_lock():
+            _shared[0].value -= 1
 
 
 @contextlib.contextmanager
@@ -212,5 +242,6 @@ def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> Ca
     return lambda: fn(*args)
 
 
-__all__ = ["available_cores", "helper_wanted", "in_helper", "library_threads", "ordered_map",
-           "process_threads", "set_process_threads"]
+__all__ = ["available_cores", "dataset_finished", "helper_wanted", "in_helper",
+           "library_threads", "ordered_map", "process_threads", "set_process_threads",
+           "share_cores"]

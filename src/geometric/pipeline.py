@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
-from src.geometric.concurrency import available_cores, set_process_threads
+from src.geometric.concurrency import available_cores, dataset_finished, share_cores
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
                                       needs_escalation, weakly_tied)
@@ -543,9 +543,13 @@ def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
     listener.start()
     outcomes: list = [None] * total
     try:
+        # the datasets not finished yet: as the last ones run, each busy worker takes more
+        # threads for its side-by-side work (concurrency.share_cores)
+        unfinished = context.Value("i", total)
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                  initargs=(records, logging.getLogger().getEffectiveLevel(),
-                                           threads, uses_torch, gpu_share)) as pool:
+                                           threads, uses_torch, gpu_share,
+                                           (unfinished, workers, available_cores()))) as pool:
             started = time.perf_counter()
             futures = {pool.submit(_timed_job, *job): k for k, job in enumerate(jobs)}
             try:
@@ -576,12 +580,15 @@ def _named_failure(dataset: str, fn, *args):
 def _timed_job(*job) -> tuple[tuple, float]:
     """In a worker: :func:`reconstruct_dataset` of one job and its wall seconds."""
     started = time.perf_counter()
-    outcome = reconstruct_dataset(*job)
+    try:
+        outcome = reconstruct_dataset(*job)
+    finally:
+        dataset_finished()
     return outcome, time.perf_counter() - started
 
 
 def _start_worker(records, level: int, threads: int, uses_torch: bool,
-                  gpu_share: float | None) -> None:
+                  gpu_share: float | None, sharing: tuple) -> None:
     """A worker's set-up: logging into the parent's queue, its share of the threads (and
     of the GPU's memory), and log lines for progress (bars of several processes would
     overwrite each other on one terminal)."""
@@ -595,7 +602,7 @@ def _start_worker(records, level: int, threads: int, uses_torch: bool,
     root.setLevel(level)
     log_lines_only()
     cv2.setNumThreads(threads)
-    set_process_threads(threads)  # what this process's stages may run side by side
+    share_cores(*sharing)  # what this process's stages may run side by side
     threadpool_limits(threads)  # BLAS and OpenMP, for the rest of the process
     if uses_torch:
         import torch
