@@ -32,11 +32,14 @@ class SyntheticCluster:
 def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 600,
                        width: int = 640, height: int = 480, focal: float = 600.0,
                        noise_px: float = 0.2, focal_spread: float = 0.0,
-                       name_prefix: str = "synthetic") -> SyntheticCluster:
+                       name_prefix: str = "synthetic", radial_k1: float = 0.0
+                       ) -> SyntheticCluster:
     """Cameras on an arc 4 units from a point cloud in [-1, 1]^3, each looking near its
     centre; keypoints are the visible projections plus Gaussian noise of ``noise_px``. With
     ``focal_spread`` each camera's focal length is ``focal`` times a uniform factor in
-    1 +- focal_spread (a zoom lens), else all share ``focal``."""
+    1 +- focal_spread (a zoom lens), else all share ``focal``. ``radial_k1``: a lens
+    distortion as COLMAP's SIMPLE_RADIAL model has it (normalised coordinates x become
+    x (1 + k1 |x|^2); negative: a wide-angle lens's barrel)."""
     rng = np.random.default_rng(seed)
     points = rng.uniform(-1.0, 1.0, size=(num_points, 3))
     # COLMAP's principal point prior is the image centre in its own pixels (corners at
@@ -58,6 +61,10 @@ def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 60
         uv = cam @ np.diag([f, f, 1.0]).T
         uv[:, :2] += K[:2, 2] * uv[:, 2:]
         uv = uv[:, :2] / uv[:, 2:]
+        if radial_k1:
+            normalized = (uv - K[:2, 2]) / f
+            radial = 1.0 + radial_k1 * np.sum(normalized ** 2, axis=1, keepdims=True)
+            uv = K[:2, 2] + f * normalized * radial
         visible = np.flatnonzero((cam[:, 2] > 0) & (uv[:, 0] > -0.5) & (uv[:, 0] < width - 0.5)
                                  & (uv[:, 1] > -0.5) & (uv[:, 1] < height - 0.5))
         ids = rng.permutation(visible)  # keypoint order unrelated to point ids

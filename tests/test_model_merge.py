@@ -105,6 +105,7 @@ def test_two_halves_mapped_apart_join_into_the_true_scene(halves):
     merged = models[0]
     assert merged.num_points3D == first.num_points3D + second.num_points3D
     assert set(merged.observations) == set(truth.names)
+    assert merged.cameras == {**second.cameras, **first.cameras}  # the larger model's stand
     # The joined images' observations index the joined points: they reproject onto their
     # keypoints.
     for name in truth.names[6:]:

@@ -19,9 +19,10 @@ import pytest
 
 from src.demo_data import make_scene, render_view, sample_cameras
 from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
-from src.geometric.reconstruction import (Model, ReconConf, build_database, load_models,
-                                          poses_for_images, prefer_shared_cameras, focal_drift,
-                                          read_image_size, reconstruct, reconstruct_scene)
+from src.geometric.reconstruction import (Model, ReconConf, build_database, focal_drift,
+                                          load_models, pinhole_keypoints, poses_for_images,
+                                          prefer_shared_cameras, read_image_size, reconstruct,
+                                          reconstruct_scene)
 from tests.synthetic_cluster import assert_poses_match, synthesize_cluster
 
 WIDTH, HEIGHT = 320, 240
@@ -476,6 +477,35 @@ def test_bad_inputs_raise_clear_errors(cluster, tmp_path):
     scaled = {**cluster.keypoints, names[0]: cluster.keypoints[names[0]] * 4}
     with pytest.raises(ValueError, match="outside"):
         build_database(tmp_path / "x.db", cluster.image_dir, names, scaled, good)
+
+
+def test_pinhole_keypoints_take_out_each_images_lens_distortion():
+    """Checked against the distortion written out: SIMPLE_RADIAL moves normalised
+    coordinates x to x (1 + k1 |x|^2), RADIAL to x (1 + k1 |x|^2 + k2 |x|^4)."""
+    rng = np.random.default_rng(0)
+    pinhole = rng.uniform([0, 0], [640, 480], size=(50, 2))
+    K = np.array([[600.0, 0, 319.5], [0, 600.0, 239.5], [0, 0, 1]])
+    normalized = (pinhole - K[:2, 2]) / 600.0
+    r2 = np.sum(normalized ** 2, axis=1, keepdims=True)
+    seen = {"radial": K[:2, 2] + 600.0 * normalized * (1 - 0.2 * r2),
+            "radial2": K[:2, 2] + 600.0 * normalized * (1 + 0.1 * r2 - 0.05 * r2 ** 2),
+            "pinhole": pinhole, "left_out": pinhole + 3.0}
+    eye, zero = np.eye(3), np.zeros(3)
+    cameras = {"radial": ("SIMPLE_RADIAL", 640, 480, (600.0, 320.0, 240.0, -0.2)),
+               "radial2": ("RADIAL", 640, 480, (600.0, 320.0, 240.0, 0.1, -0.05)),
+               "pinhole": ("PINHOLE", 640, 480, (600.0, 600.0, 320.0, 240.0))}
+    model = Model(poses={n: (eye, zero) for n in cameras}, num_points3D=0,
+                  points3D=np.zeros((0, 3)), intrinsics={n: K for n in cameras},
+                  cameras=cameras)
+    corrected = pinhole_keypoints([model], seen)
+    np.testing.assert_allclose(corrected["radial"], pinhole, atol=1e-6)
+    np.testing.assert_allclose(corrected["radial2"], pinhole, atol=1e-6)
+    assert corrected["pinhole"] is seen["pinhole"]  # nothing to take out
+    assert corrected["left_out"] is seen["left_out"]  # no model registers it
+    # a model without camera parameters (one built by hand) leaves its images alone
+    bare = Model(poses={"radial": (eye, zero)}, num_points3D=0, points3D=np.zeros((0, 3)),
+                 intrinsics={"radial": K})
+    assert pinhole_keypoints([bare], seen)["radial"] is seen["radial"]
 
 
 def test_read_image_size_and_poses_for_images(cluster):

@@ -20,11 +20,13 @@ the features' usual mapper (options.AUTO_MAPPER) on ties.
 Everything here is pure: the models come in as placements, image name ->
 (model index, K, R_cw, t_cw).
 
-Two limits, by design or for now. The models are judged as the mapper gives them, before
-model_merge joins the ones that agree, so a mapper that splits a scene is judged split.
-Lens distortion is not modelled (K only, COLMAP's radial term left out): on the photos
-measured here (k1 within +-0.02) it moves a corner keypoint by under 1 % of the image side,
-inside the tolerance; strongly distorted lenses would see fewer of their matches explained.
+The models are judged as the mapper gives them, before model_merge joins the ones that
+agree, so a mapper that splits a scene is judged split. The keypoints come in with each
+model's lens distortion taken out (reconstruction.pinhole_keypoints), so the epipolar
+geometry of K and the poses applies to them: on the photos measured here (COLMAP's k1 within
++-0.02) that moves a corner keypoint by under 1 % of the image side, inside the tolerance;
+on a wide-angle lens (k1 -0.25, synthetic) left in it puts the matches near the corners
+several pixels off (tests/test_mapper_choice.py).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def held_images(placements: Mapping[str, Placement], keypoints: Mapping[str, np.
     matches.
 
     placements: the images the models registered (see the module doc); keypoints: (N, 2)
-    pixels per image; matches: (K, 2) verified inlier indices per pair (a, b), pairs with
-    fewer than ``min_matches`` ignored; image_sizes: (width, height) per image. A match of a
+    pixels per image, as a pinhole camera of the placement's K would see them; matches:
+    (K, 2) verified inlier indices per pair (a, b), pairs with fewer than ``min_matches``
+    ignored; image_sizes: (width, height) per image. A match of a
     pair whose two images lie in one model is explained when its Sampson distance to the
     pair's epipolar geometry is at most ``max_distance_share`` x the larger side of the two
     images; matches to an image that is not placed, or placed in another model, are not.

@@ -174,12 +174,15 @@ def _merged(target: Model, source: Model) -> Model:
     poses = dict(target.poses)
     intrinsics = dict(target.intrinsics)
     observations = dict(target.observations)
+    cameras = dict(target.cameras)
     offset = target.num_points3D
     for name in source.poses:
         if name in poses:
             continue  # the larger model's pose stands
         poses[name] = source.poses[name]
         intrinsics[name] = source.intrinsics[name]
+        if name in source.cameras:
+            cameras[name] = source.cameras[name]
         obs = source.observations.get(name)
         if obs is not None:
             observations[name] = np.where(obs >= 0, obs + offset, -1).astype(obs.dtype)
@@ -187,6 +190,7 @@ def _merged(target: Model, source: Model) -> Model:
                    points3D=np.concatenate([target.points3D, source.points3D]),
                    num_points3D=target.num_points3D + source.num_points3D,
                    intrinsics=dict(sorted(intrinsics.items())), observations=observations,
+                   cameras=dict(sorted(cameras.items())),
                    mean_reprojection_error=mean_reprojection_error([target, source]),
                    num_observations=target.num_observations + source.num_observations,
                    shared_cameras=target.shared_cameras or source.shared_cameras)

@@ -86,6 +86,7 @@ __all__ = [
     "load_models",
     "mean_reprojection_error",
     "poses_for_images",
+    "pinhole_keypoints",
     "placements",
     "weakly_supported_images",
 ]
@@ -294,6 +295,8 @@ class Model:
     shared_cameras: whether some registered images share a camera (intrinsics).
     observations: image name -> (N,) int64, for each of the image's keypoints the index
         (into ``points3D``) of the 3D point it observes, -1 for none.
+    cameras: image name -> (COLMAP camera model, width, height, parameters in COLMAP's
+        pixel convention), lens distortion included (:func:`pinhole_keypoints`).
     """
 
     poses: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -304,6 +307,7 @@ class Model:
     num_observations: int = 0
     shared_cameras: bool = False
     observations: dict[str, np.ndarray] = field(default_factory=dict)
+    cameras: dict[str, tuple[str, int, int, tuple[float, ...]]] = field(default_factory=dict)
 
     @property
     def num_registered(self) -> int:
@@ -312,15 +316,18 @@ class Model:
 
 
 def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
-    poses, intrinsics = {}, {}
+    poses, intrinsics, cameras = {}, {}, {}
     for image_id in rec.reg_image_ids():
         image = rec.image(image_id)
         cam_from_world = image.cam_from_world()
         poses[image.name] = (np.array(cam_from_world.rotation.matrix(), dtype=np.float64),
                              np.array(cam_from_world.translation, dtype=np.float64).reshape(3))
-        K = np.array(image.camera.calibration_matrix(), dtype=np.float64)
+        camera = image.camera
+        K = np.array(camera.calibration_matrix(), dtype=np.float64)
         K[:2, 2] -= OPENCV_TO_COLMAP_PIXEL
         intrinsics[image.name] = K
+        cameras[image.name] = (camera.model.name, int(camera.width), int(camera.height),
+                               tuple(float(v) for v in camera.params))
     point_ids = sorted(rec.points3D.keys())
     points = [rec.points3D[point_id].xyz for point_id in point_ids]
     points3D = np.array(points, dtype=np.float64).reshape(-1, 3)  # in point-id order
@@ -335,11 +342,12 @@ def _model_from_reconstruction(rec: pycolmap.Reconstruction) -> Model:
         observations[image.name] = observed
     num_observations = int(rec.compute_num_observations())
     error = float(rec.compute_mean_reprojection_error()) if num_observations else float("nan")
-    cameras = {rec.image(image_id).camera_id for image_id in rec.reg_image_ids()}
+    camera_ids = {rec.image(image_id).camera_id for image_id in rec.reg_image_ids()}
     return Model(poses=dict(sorted(poses.items())), num_points3D=len(points3D),
                  points3D=points3D, intrinsics=dict(sorted(intrinsics.items())),
                  mean_reprojection_error=error, num_observations=num_observations,
-                 shared_cameras=len(cameras) < len(poses), observations=observations)
+                 shared_cameras=len(camera_ids) < len(poses), observations=observations,
+                 cameras=dict(sorted(cameras.items())))
 
 
 # =========================================================================== inputs
@@ -769,7 +777,7 @@ def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
         sharing = kept_sharing if models else conf.camera_sharing
         results[mapper] = (models, cameras)
         held[mapper] = len(held_images(
-            placements(models, images), kpts, pair_matches, sizes,
+            placements(models, images), pinhole_keypoints(models, kpts), pair_matches, sizes,
             min_matches=conf.min_num_matches, max_distance_share=conf.held_max_distance_share,
             min_explained=conf.held_min_explained))
     winner, why = prefer_mapper(held, conf.fallback_mapper, len(evidenced))
@@ -1127,3 +1135,28 @@ def placements(models: Sequence[Model], images: Sequence[str]) -> dict[str, Plac
     register, each from the model :func:`poses_for_images` takes its pose from."""
     return {name: (k, models[k].intrinsics[name], R_cw, t_cw)
             for name, (k, R_cw, t_cw) in poses_for_images(models, images).items()}
+
+
+def pinhole_keypoints(models: Sequence[Model], keypoints: Mapping[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+    """Each image's keypoints (OpenCV pixels) with the lens distortion of the model that
+    places it (:func:`poses_for_images`) taken out: where a pinhole camera of the image's K
+    would have seen them, so that the epipolar geometry of K and the poses applies to them
+    (mapper_choice.held_images). Images no model registers, or registered without camera
+    parameters, keep their keypoints as given; a point the camera model cannot undistort
+    comes back as nan (it explains nothing)."""
+    corrected = dict(keypoints)
+    for name, (k, _, _) in poses_for_images(models, list(keypoints)).items():
+        if name not in models[k].cameras:
+            continue
+        camera_model, width, height, params = models[k].cameras[name]
+        points = np.asarray(keypoints[name], np.float64).reshape(-1, 2)
+        if camera_model in ("SIMPLE_PINHOLE", "PINHOLE") or not len(points):
+            continue  # nothing to take out
+        camera = pycolmap.Camera(model=camera_model, width=width, height=height,
+                                 params=list(params))
+        normalized = np.asarray(camera.cam_from_img(points + OPENCV_TO_COLMAP_PIXEL),
+                                np.float64).reshape(-1, 2)
+        K = models[k].intrinsics[name]
+        corrected[name] = normalized @ K[:2, :2].T + K[:2, 2]
+    return corrected
