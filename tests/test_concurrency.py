@@ -18,13 +18,13 @@ import cv2
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 from threadpoolctl import threadpool_info
 
 from src.geometric import concurrency, features, matching, reconstruction
 from src.geometric.concurrency import (dataset_finished, in_helper, library_threads,
-                                       ordered_map, process_threads, set_process_threads,
-                                       share_cores)
+                                       ordered_map, process_threads, share_cores)
 from src.geometric.features import FeatureConf, extract_dataset
 from src.geometric.matching import MatchConf, match_and_verify
 from src.geometric.reconstruction import ReconConf, reconstruct_scene
@@ -35,24 +35,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.fixture
 def threads(monkeypatch):
-    """Sets this process's thread share for one test (restored afterwards)."""
+    """Sets a fixed thread count for this process for one test (restored afterwards)."""
     monkeypatch.setattr(concurrency, "_process_threads", None)
     monkeypatch.setattr(concurrency, "_shared", None)
-    return set_process_threads
+    return lambda n: monkeypatch.setattr(concurrency, "_process_threads", n)
 
 
 # --------------------------------------------------------------------------- helpers
-def test_process_threads_is_the_worker_share_else_the_available_cores(threads, monkeypatch):
+def test_process_threads_are_the_available_cores_outside_a_worker(threads, monkeypatch):
     monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1, 2},
                         raising=False)
     assert process_threads() == 3
-    threads(1)
-    assert process_threads() == 1
-    threads(None)
-    assert process_threads() == 3
-    for bad in (0, -2, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="process threads"):
-            set_process_threads(bad)
 
 
 def test_a_dataset_worker_takes_more_threads_as_the_last_datasets_run(threads):
@@ -289,3 +282,54 @@ def test_a_worker_process_that_used_the_helper_exits(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done 40"
+
+
+def test_a_helpers_failure_carries_its_traceback_and_its_cpu_is_counted(caplog):
+    before = concurrency.helper_cpu_seconds()
+    with pytest.raises(ValueError) as failure:
+        in_helper(_logs_and_fails)()
+    notes = "".join(getattr(failure.value, "__notes__", []))
+    assert "in the helper process" in notes and "_logs_and_fails" in notes
+    assert in_helper(sum, range(3_000_000))() == 3_000_000 * 2_999_999 // 2  # tens of ms
+    assert concurrency.helper_cpu_seconds() > before
+    # replayed records pass the caller's own level checks
+    caplog.set_level(logging.INFO)
+    logging.getLogger("tests.helper").setLevel(logging.WARNING)
+    try:
+        in_helper(_logs_and_returns, 4)()
+    finally:
+        logging.getLogger("tests.helper").setLevel(logging.NOTSET)
+    assert "working on 4" not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypatch):
+    """A generated dataset (two scenes, outliers) through run_geometric with SfM's per-image
+    camera mappings in the helper, and all in this process: the same predictions to the bit
+    and the same scenes table but for its seconds."""
+    from src.demo_data import DemoSpec, generate_demo_dataset
+    from src.geometric.pipeline import GeometricConf, run_geometric
+    from src.submission import list_test_images
+
+    spec = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
+                    test_datasets=1, test_seen_scenes=1, test_unseen_scenes=1,
+                    test_views_per_scene=10, outliers_per_dataset=2, seed=14)
+    data = generate_demo_dataset(tmp_path / "data", spec)
+    images = list_test_images(data)
+    sent = []
+    monkeypatch.setattr(reconstruction, "in_helper",
+                        lambda fn, *args: sent.append(args[5]) or in_helper(fn, *args))
+    runs = {}
+    for helped in (False, True):
+        monkeypatch.setattr(reconstruction, "helper_wanted", lambda: helped)
+        runs[helped] = run_geometric(images, data / "test", GeometricConf(workers=1),
+                                     tmp_path / f"cache{helped}")
+    assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
+    (alone, _, scenes_alone), (helped, _, scenes_helped) = runs[False], runs[True]
+    for a, b in zip(alone, helped):
+        assert (a.dataset, a.image, a.scene) == (b.dataset, b.image, b.scene)
+        np.testing.assert_array_equal(a.R_cw, b.R_cw)
+        np.testing.assert_array_equal(a.t_cw, b.t_cw)
+    assert sum(p.scene != "outliers" for p in alone) >= 15
+    pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
+                                  scenes_helped.drop(columns="seconds"))

@@ -23,6 +23,8 @@ import multiprocessing
 import multiprocessing.util
 import os
 import threading
+import time
+import traceback
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +34,11 @@ from typing import Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# A fixed number of threads for this process (tests set it), else its share (process_threads).
 _process_threads: int | None = None
+# A dataset worker's view of its run (share_cores): (the run's datasets not finished yet, a
+# counter shared by the workers; the number of workers; the cores they share).
+_shared: tuple | None = None
 
 
 def available_cores() -> int:
@@ -44,30 +50,15 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def set_process_threads(threads: int | None) -> None:
-    """A fixed number of threads for this process, or None for its share (process_threads)."""
-    global _process_threads
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
-                                or threads < 1):
-        raise ValueError(f"process threads must be an integer >= 1 or None, got {threads!r}")
-    _process_threads = threads
-
-
 def process_threads() -> int:
-    """Threads this process may keep busy: its share as set (set_process_threads), else as a
-    dataset worker its share of the cores among the workers still busy (share_cores), else
-    every available core."""
+    """Threads this process may keep busy: as a dataset worker its share of the cores among
+    the workers still busy (share_cores), else every available core."""
     if _process_threads:
         return _process_threads
     if _shared is not None:
         unfinished, workers, cores = _shared
         return max(1, cores // max(1, min(workers, unfinished.value)))
     return available_cores()
-
-
-# A dataset worker's view of its run: (the run's datasets not finished yet, a counter shared by
-# the workers; the number of workers; the cores they share).
-_shared: tuple | None = None
 
 
 def share_cores(unfinished, workers: int, cores: int) -> None:
@@ -90,9 +81,9 @@ def dataset_finished() -> None:
 
 @contextlib.contextmanager
 def library_threads(threads: int) -> Iterator[None]:
-    """OpenCV's and BLAS's (and OpenMP's) thread pools limited to ``threads`` within the
-    block, restored after. Calls run side by side each spreading over every core oversubscribe
-    them: two pairs matched at once with BLAS on one thread each took 1.75 s where one pair at
+    """OpenCV's and BLAS's thread pools limited to ``threads`` within the block, restored
+    after (process-wide settings: one pipeline run per process is assumed). Calls run side by
+    side each spreading over every core oversubscribe them: two pairs matched at once with BLAS on one thread each took 1.75 s where one pair at
     a time with BLAS on both cores took 2.58 s (200 realdev2 pairs, 2048 keypoints), and SIFT
     likewise (30 images: 3.5 s against 5.2 s). Results are the same to the bit (tested)."""
     import cv2
@@ -162,8 +153,12 @@ def _start_helper() -> None:
     """The helper runs one call at a time beside this process, one thread for each library,
     and logs nothing itself: its calls' records are handled by the caller (a script that
     configures logging on import would otherwise print them twice)."""
+    import importlib
+
     import cv2
     from threadpoolctl import threadpool_limits
+
+    importlib.import_module("pycolmap")  # loads its OpenMP, so that the limit reaches it
 
     cv2.setNumThreads(1)
     threadpool_limits(1)
@@ -181,26 +176,42 @@ class _Captured(logging.Handler):
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        record.msg, record.args, record.exc_info = record.getMessage(), None, None
+        try:  # as logging.handlers.QueueHandler.prepare: the text, traceback included
+            message = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        record.msg, record.args, record.exc_info, record.exc_text = message, None, None, None
         self.records.append(record)
 
 
 def _logged_call(level: int, fn: Callable[..., R], args: tuple
-                 ) -> tuple[R | None, list, BaseException | None]:
+                 ) -> tuple[R | None, list, BaseException | None, float]:
     """In the helper: (``fn(*args)``, the records it logged at ``level`` or above, the
-    exception it raised or None)."""
+    exception it raised or None, the CPU seconds it took)."""
     root = logging.getLogger()
     captured = _Captured()
     root.addHandler(captured)
     previous = root.level
     root.setLevel(level)
+    started = time.process_time()
     try:
-        return fn(*args), captured.records, None
+        return fn(*args), captured.records, None, time.process_time() - started
     except Exception as error:  # raised again in the caller, after its log lines
-        return None, captured.records, error
+        error.add_note("in the helper process:\n" + "".join(traceback.format_exception(error)))
+        return None, captured.records, error, time.process_time() - started
     finally:
         root.removeHandler(captured)
         root.setLevel(previous)
+
+
+_helper_cpu = 0.0  # CPU seconds of the calls this process had the helper make
+
+
+def helper_cpu_seconds() -> float:
+    """CPU seconds the helper process spent on this process's calls so far (a benchmark's
+    process time leaves them out)."""
+    return _helper_cpu
 
 
 def helper_wanted() -> bool:
@@ -220,12 +231,16 @@ def in_helper(fn: Callable[..., R], *args) -> Callable[[], R]:
         return _here_instead(error, fn, args)
 
     def result() -> R:
+        global _helper_cpu
         try:
-            value, records, error = future.result()
+            value, records, error, cpu_seconds = future.result()
         except BrokenProcessPool as broken:
             return _here_instead(broken, fn, args)()
+        _helper_cpu += cpu_seconds
         for record in records:
-            logging.getLogger(record.name).handle(record)
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
         if error is not None:
             raise error
         return value
@@ -242,6 +257,5 @@ def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> Ca
     return lambda: fn(*args)
 
 
-__all__ = ["available_cores", "dataset_finished", "helper_wanted", "in_helper",
-           "library_threads", "ordered_map", "process_threads", "set_process_threads",
-           "share_cores"]
+__all__ = ["available_cores", "dataset_finished", "helper_cpu_seconds", "helper_wanted",
+           "in_helper", "library_threads", "ordered_map", "process_threads", "share_cores"]

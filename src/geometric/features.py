@@ -553,6 +553,9 @@ def extract_dataset(image_dir: str | os.PathLike, images: list[str], conf: Featu
         except (OSError, DataError, cv2.error) as exc:
             log.warning("%s: cannot read the image (%s); storing no features", path, exc)
             return Features.empty(conf.descriptor_dim), str(exc)
+        except Exception as exc:  # images run ahead of the progress lines: name this one
+            exc.add_note(f"(while extracting the features of {path})")
+            raise
 
     with resumable_h5(cache_path, config, overwrite) as h5:
         todo = _missing_images(h5, images)

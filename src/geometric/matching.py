@@ -173,7 +173,8 @@ _scratch = threading.local()
 def _scratch_matrix(rows: int, cols: int) -> np.ndarray:
     """A (rows, cols) float32 work array, reused by this thread from pair to pair: a fresh
     one per pair (256 MB for 8192 x 8192 keypoints) costs more in page faults than the
-    product that fills it."""
+    product that fills it. Pairs matched side by side (concurrency.ordered_map) hold one per
+    thread until their pool ends with the stage."""
     flat = getattr(_scratch, "flat", None)
     if flat is None or flat.size < rows * cols:
         flat = _scratch.flat = np.empty(rows * cols, np.float32)
@@ -554,9 +555,16 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
         # named after the cache's folder, the dataset's in the pipeline: datasets matched
         # side by side (GeometricConf.workers) log their progress into one run log
         threads = process_threads() if _pairs_side_by_side(conf) else 1
-        read = ((features[a], features[b]) for a, b in todo)
-        matched = ordered_map(lambda pair: _match_pair(match, pair[0], 0, pair[1], 0, conf,
-                                                       max_image_side), read, threads)
+        def matched_pair(item: tuple[tuple[str, str], Features, Features]):
+            (image_a, image_b), features_a, features_b = item
+            try:
+                return _match_pair(match, features_a, 0, features_b, 0, conf, max_image_side)
+            except Exception as exc:  # pairs run ahead of the progress lines: name this one
+                exc.add_note(f"(while matching {image_a} with {image_b})")
+                raise
+
+        read = (((a, b), features[a], features[b]) for a, b in todo)
+        matched = ordered_map(matched_pair, read, threads)
         with contextlib.closing(matched):
             for (image_a, image_b), (matches, mask, F) in zip(
                     progress(todo, f"matching {cache_path.parent.name}", "pair"), matched):

@@ -810,10 +810,18 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
         return (_reconstruct_once(*args("image")), "image",
                 "per image (no two images of one size)")
     # Two independent one-thread mappings: the per-image one in a helper process where this
-    # one has a core to spare (concurrency.in_helper; the same models either way).
-    per_image_models = (in_helper(_reconstruct_once, *args("image")) if helper_wanted()
+    # one has a core to spare (concurrency.in_helper; the same models either way). A mapper
+    # on several threads already has the cores.
+    beside = helper_wanted() and conf.num_threads == 1
+    per_image_models = (in_helper(_reconstruct_once, *args("image")) if beside
                         else functools.partial(_reconstruct_once, *args("image")))
-    shared = _reconstruct_once(*args("size"))
+    try:
+        shared = _reconstruct_once(*args("size"))
+    except BaseException:
+        if beside:  # the helper's mapping ends (its log lines kept) before this call does
+            with contextlib.suppress(Exception):
+                per_image_models()
+        raise
     per_image = per_image_models()
     keep_shared, why = prefer_shared_cameras(shared, per_image,
                                              conf.shared_camera_max_error_ratio,
