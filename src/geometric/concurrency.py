@@ -83,9 +83,10 @@ def dataset_finished() -> None:
 def library_threads(threads: int) -> Iterator[None]:
     """OpenCV's and BLAS's thread pools limited to ``threads`` within the block, restored
     after (process-wide settings: one pipeline run per process is assumed). Calls run side by
-    side each spreading over every core oversubscribe them: two pairs matched at once with BLAS on one thread each took 1.75 s where one pair at
-    a time with BLAS on both cores took 2.58 s (200 realdev2 pairs, 2048 keypoints), and SIFT
-    likewise (30 images: 3.5 s against 5.2 s). Results are the same to the bit (tested)."""
+    side, each spreading over every core, oversubscribe them: two pairs matched at once with
+    BLAS on one thread each took 1.75 s where one pair at a time with BLAS on both cores took
+    2.58 s (200 realdev2 pairs, 2048 keypoints), and SIFT likewise (30 images: 3.5 s against
+    5.2 s). Results are the same to the bit (tested)."""
     import cv2
     from threadpoolctl import threadpool_limits
 
