@@ -333,3 +333,46 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
     assert sum(p.scene != "outliers" for p in alone) >= 15
     pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
                                   scenes_helped.drop(columns="seconds"))
+
+
+_WORKER_KILLED = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from src.geometric.concurrency import in_helper
+
+if __name__ == "__main__":
+    print(in_helper(os.getpid)(), flush=True)
+    time.sleep(600)  # killed by the test
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a process that ended but was not reaped yet is a zombie: gone for our purpose
+    status = Path(f"/proc/{pid}/status")
+    return not (status.is_file() and "zombie" in status.read_text())
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to see a process's state")
+def test_the_helper_ends_when_its_process_is_killed(tmp_path):
+    """A dataset worker killed (for memory, say) never shuts its helper down: the helper
+    notices its parent is gone and ends."""
+    import signal
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER_KILLED.format(root=str(Path(__file__).parents[1])))
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        helper = int(worker.stdout.readline())
+        assert helper != worker.pid and _alive(helper)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while _alive(helper) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(helper)

@@ -167,6 +167,20 @@ def _start_helper() -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(logging.NullHandler())
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+HELPER_PARENT_CHECK_S = 2.0  # how often the helper looks whether its parent is still there
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In the helper: end it when the process that started it is gone (a dataset worker
+    killed, e.g. for memory, never shuts its helper down, which would wait for work for
+    ever)."""
+    while True:
+        time.sleep(HELPER_PARENT_CHECK_S)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 class _Captured(logging.Handler):
