@@ -106,42 +106,6 @@ def test_ordered_map_raises_an_items_failure_at_its_place():
 
 
 # --------------------------------------------------------------------------- stages
-def _read_all(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    with h5py.File(path, "r") as h5:
-        return {name: {key: h5[name][key][()] for key in h5[name]} for name in h5}
-
-
-def test_sift_extraction_side_by_side_stores_what_one_thread_stores(threads, tmp_path,
-                                                                    monkeypatch):
-    image_dir = FIXTURES / "entry5"
-    images = sorted(p.name for p in image_dir.glob("*.jpg")) + ["missing.jpg"]
-    conf = FeatureConf(name="sift", max_keypoints=512, max_image_side=640)
-    used = []
-    real_map = features.ordered_map
-    monkeypatch.setattr(features, "ordered_map",
-                        lambda fn, items, n: used.append(n) or real_map(fn, items, n))
-    stored = {}
-    for n in (1, 2):
-        threads(n)
-        stored[n] = _read_all(extract_dataset(image_dir, images, conf, tmp_path / f"f{n}.h5"))
-    assert used == [1, 2]
-    assert stored[1].keys() == stored[2].keys() and len(stored[1]) == len(images)
-    for name, arrays in stored[1].items():
-        for key, values in arrays.items():
-            np.testing.assert_array_equal(stored[2][name][key], values, err_msg=f"{name} {key}")
-    assert len(stored[2][features.h5_key("missing.jpg")]["keypoints"]) == 0
-
-
-def test_library_threads_limits_opencv_and_blas_within_the_block_only():
-    before_cv = cv2.getNumThreads()
-    before_blas = [pool["num_threads"] for pool in threadpool_info()]
-    with library_threads(1):
-        assert cv2.getNumThreads() == 1
-        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
-    assert cv2.getNumThreads() == before_cv
-    assert [pool["num_threads"] for pool in threadpool_info()] == before_blas
-
-
 def _read_tree(path: Path) -> dict[str, object]:
     """Every dataset and attribute of an HDF5 file, by path."""
     found = {}
@@ -156,6 +120,43 @@ def _read_tree(path: Path) -> dict[str, object]:
     return found
 
 
+def _thread_counts(monkeypatch, module) -> list[int]:
+    """The thread counts ``module`` passes to ordered_map, as it calls it."""
+    used = []
+    real_map = module.ordered_map
+    monkeypatch.setattr(module, "ordered_map",
+                        lambda fn, items, n: used.append(n) or real_map(fn, items, n))
+    return used
+
+
+def test_sift_extraction_side_by_side_stores_what_one_thread_stores(threads, tmp_path,
+                                                                    monkeypatch):
+    image_dir = FIXTURES / "entry5"
+    images = sorted(p.name for p in image_dir.glob("*.jpg")) + ["missing.jpg"]
+    conf = FeatureConf(name="sift", max_keypoints=512, max_image_side=640)
+    used = _thread_counts(monkeypatch, features)
+    stored = {}
+    for n in (1, 2):
+        threads(n)
+        stored[n] = _read_tree(extract_dataset(image_dir, images, conf, tmp_path / f"f{n}.h5"))
+    assert used == [1, 2]
+    assert stored[1].keys() == stored[2].keys()
+    assert sum(key.endswith("/keypoints") for key in stored[1]) == len(images)
+    for key, value in stored[1].items():
+        np.testing.assert_array_equal(stored[2][key], value, err_msg=key)
+    assert len(stored[2][f"{features.h5_key('missing.jpg')}/keypoints"]) == 0
+
+
+def test_library_threads_limits_opencv_and_blas_within_the_block_only():
+    before_cv = cv2.getNumThreads()
+    before_blas = [pool["num_threads"] for pool in threadpool_info()]
+    with library_threads(1):
+        assert cv2.getNumThreads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info())
+    assert cv2.getNumThreads() == before_cv
+    assert [pool["num_threads"] for pool in threadpool_info()] == before_blas
+
+
 @pytest.mark.parametrize("verifier", ["opencv-magsac", "pycolmap"])
 def test_matching_side_by_side_stores_what_one_thread_stores(threads, tmp_path, monkeypatch,
                                                             verifier):
@@ -166,10 +167,7 @@ def test_matching_side_by_side_stores_what_one_thread_stores(threads, tmp_path, 
                                     tmp_path / "features.h5")
     pairs = list(itertools.combinations(images, 2))
     conf = MatchConf(seed=3, verifier=verifier)
-    used = []
-    real_map = matching.ordered_map
-    monkeypatch.setattr(matching, "ordered_map",
-                        lambda fn, items, n: used.append(n) or real_map(fn, items, n))
+    used = _thread_counts(monkeypatch, matching)
     stored = {}
     for n in (1, 2):
         threads(n)
