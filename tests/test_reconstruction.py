@@ -22,7 +22,7 @@ from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
 from src.geometric.reconstruction import (Model, ReconConf, build_database, focal_drift,
                                           load_models, pinhole_keypoints, poses_for_images,
                                           prefer_shared_cameras, read_image_size, reconstruct,
-                                          reconstruct_scene, two_view_geometries)
+                                          reconstruct_scene)
 from tests.synthetic_cluster import assert_poses_match, synthesize_cluster
 
 WIDTH, HEIGHT = 320, 240
@@ -178,77 +178,6 @@ def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
         with pycolmap.Database.open(db_path) as db:
             assert db.num_cameras() == expected
             assert db.num_rigs() == expected and db.num_images() == 4
-
-
-def _stored_geometries(db_path: Path) -> dict[tuple[str, str], tuple]:
-    """(a, b) -> (configuration, F, E, H, inlier rows as bytes; None where unset) of
-    every pair in a database."""
-    with pycolmap.Database.open(db_path) as db:
-        names = {im.image_id: im.name for im in db.read_all_images()}
-        pair_ids, geometries = db.read_two_view_geometries()
-        out = {}
-        for pair_id, g in zip(pair_ids, geometries):
-            id_a, id_b = pycolmap.pair_id_to_image_pair(pair_id)
-            out[(names[id_a], names[id_b])] = (
-                g.config, *(None if x is None else np.asarray(x).tobytes()
-                            for x in (g.F, g.E, g.H, g.inlier_matches)))
-    return out
-
-
-def test_two_view_geometries_are_computed_once_for_every_camera_sharing(tmp_path):
-    """The geometries given to build_database are those it would compute (with cameras
-    shared or not, an image of another size included), and pairs side by side in threads
-    give the geometries of one pair at a time, to the bit."""
-    from src.geometric import concurrency
-
-    truth = synthesize_cluster(seed=5, num_images=6)
-    sizes = {name: truth.image_size for name in truth.names}
-    sizes[truth.names[-1]] = (700, 500)  # another camera: keypoints still inside it
-    # one pair given in the reversed order: keyed by the image order, as COLMAP stores it
-    (a, b), m = next(iter(truth.matches.items()))
-    matches = {**{k: v for k, v in truth.matches.items() if k != (a, b)}, (b, a): m[:, ::-1]}
-    conf = ReconConf(seed=3)
-    threaded = two_view_geometries(truth.names, truth.keypoints, matches, conf, sizes)
-    assert (a, b) in threaded and (b, a) not in threaded
-    concurrency._process_threads = 1
-    try:
-        alone = two_view_geometries(truth.names, truth.keypoints, matches, conf, sizes)
-    finally:
-        concurrency._process_threads = None
-    stored = {}
-    for sharing in ("image", "size"):
-        for given in (None, threaded, alone):
-            db_path = tmp_path / f"{sharing}-{0 if given is None else id(given)}.db"
-            build_database(db_path, tmp_path, truth.names, truth.keypoints, matches,
-                           replace(conf, camera_sharing=sharing), sizes, geometries=given)
-            stored[db_path.name] = _stored_geometries(db_path)
-    first, *others = stored.values()
-    assert len(first) == len(matches)
-    assert all(other == first for other in others)
-
-
-def test_a_scene_mapped_several_ways_estimates_its_pair_geometries_once(tmp_path,
-                                                                        monkeypatch):
-    """Mapper "auto" with camera sharing "auto" (two mappings by the global mapper, one by
-    the incremental mapper with the cameras those chose) writes every database from one
-    computation of the scene's pair geometries."""
-    from src.geometric import reconstruction
-
-    calls = []
-    real = reconstruction._colmap_geometries
-    monkeypatch.setattr(reconstruction, "_colmap_geometries",
-                        lambda *args: calls.append(1) or real(*args))
-    monkeypatch.setattr(reconstruction, "prefer_mapper",
-                        lambda held, fallback, n: (fallback, "test"))
-    truth = synthesize_cluster(seed=6, num_images=6)
-    sizes = {name: truth.image_size for name in truth.names}
-    # the global mapper made to hold nothing, so that the incremental one maps too
-    monkeypatch.setattr(reconstruction, "held_images", lambda *args, **kwargs: [])
-    sfm = reconstruct_scene(tmp_path, truth.names, truth.keypoints, truth.matches,
-                            tmp_path / "work", ReconConf(mapper="auto"), image_sizes=sizes)
-    assert sfm.models
-    databases = sorted(tmp_path.glob("work/**/database.db"))
-    assert len(databases) == 3 and len(calls) == 1
 
 
 def _model(names, error, observations=100, focals=None):

@@ -6,12 +6,10 @@ spread over the cores only in parts, and the reductions and RANSAC after them ru
 Independent calls of such stages (the images of a dataset, the pairs to match) run here in
 threads, each library on its share of the cores: OpenCV and numpy release Python's lock while
 they work, and each call does exactly what it would do alone, so the results are the same to
-the bit whichever finishes first (tested). pycolmap's mappers are not run in threads: two of
-its solvers at once in one process made its bundled LAPACK report failed factorisations
-(CHOLMOD "not positive definite"), never seen one at a time. An independent SfM run goes
-instead to a helper process (:func:`in_helper`), whose result is what the same call returns
-here. Its two-view estimator, a RANSAC seeded on each call, does run in threads
-(reconstruction.two_view_geometries).
+the bit whichever finishes first (tested). pycolmap is not run in threads: two of its solvers
+at once in one process made its bundled LAPACK report failed factorisations (CHOLMOD "not
+positive definite"), never seen one at a time. An independent SfM run goes instead to a
+helper process (:func:`in_helper`), whose result is what the same call returns here.
 
 A dataset worker process shares the cores with the workers still busy (``share_cores``,
 pipeline's worker set-up); elsewhere a process may use every core it is allowed on.

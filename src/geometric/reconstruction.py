@@ -59,7 +59,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.concurrency import helper_wanted, in_helper, ordered_map
+from src.geometric.concurrency import helper_wanted, in_helper
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
 from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
@@ -449,9 +449,7 @@ def _fundamental_colmap(pts_a: np.ndarray, pts_b: np.ndarray) -> np.ndarray | No
 def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
                    images: Sequence[str], keypoints: Mapping[str, np.ndarray],
                    matches: Mapping[PairKey, np.ndarray], conf: ReconConf = ReconConf(),
-                   image_sizes: Mapping[str, tuple[int, int]] | None = None,
-                   geometries: Mapping[PairKey, pycolmap.TwoViewGeometry] | None = None
-                   ) -> None:
+                   image_sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
     """Write a COLMAP database for one cluster at ``db_path`` (replacing any old one).
 
     images: the cluster's image names (files in ``image_dir``); image ids follow this order.
@@ -467,9 +465,6 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
     the image and its keypoints (shifted by +0.5 px to COLMAP's convention); per pair the
     matches and their two-view geometry (``conf.pair_geometry``: COLMAP's own estimate from
     them, or all of them as inliers with an 8-point F).
-    geometries: COLMAP's geometries of the pairs as :func:`two_view_geometries` gives them
-        for these inputs, when several databases of the cluster need them; computed here
-        when None.
     The file is built under a temporary name and renamed into place when complete.
     """
     images = list(images)
@@ -478,18 +473,14 @@ def build_database(db_path: str | os.PathLike, image_dir: str | os.PathLike,
     kpts = _check_keypoints(images, keypoints)
     pair_matches = _check_matches(images, kpts, matches)
     sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
-    if geometries is None and conf.pair_geometry == "colmap":
-        geometries = _colmap_geometries(images, kpts, pair_matches, sizes, conf)
     with atomic_path(db_path) as tmp:
         tmp.unlink()  # an empty file is not a database; let COLMAP create it
         with pycolmap.Database.open(tmp) as db:
             rigs: dict[tuple[int, int], tuple[int, int]] = {}  # size -> (camera, rig) ids
-            ids = {name: _write_image(db, name, sizes[name], kpts[name], conf, rigs)
-                   for name in images}
-            if list(ids.values()) != sorted(ids.values()):  # _oriented's assumption
-                raise RuntimeError(f"COLMAP gave {db_path}'s images ids out of their order")
+            cameras = {name: _write_image(db, name, sizes[name], kpts[name], conf, rigs)
+                       for name in images}
             for (a, b), m in pair_matches.items():
-                _write_verified_pair(db, ids, kpts, (a, b), m, geometries)
+                _write_verified_pair(db, cameras, kpts, (a, b), m, conf)
 
 
 def _checked_image_sizes(image_dir: Path, images: Sequence[str],
@@ -516,12 +507,16 @@ def _checked_image_sizes(image_dir: Path, images: Sequence[str],
 
 def _write_image(db: pycolmap.Database, name: str, size: tuple[int, int],
                  keypoints: np.ndarray, conf: ReconConf,
-                 rigs: dict[tuple[int, int], tuple[int, int]]) -> int:
+                 rigs: dict[tuple[int, int], tuple[int, int]]) -> tuple[int, pycolmap.Camera]:
     """One image with its frame and keypoints (OpenCV pixels, shifted to COLMAP's), and
     its own camera and single-camera rig, or with ``conf.camera_sharing == "size"`` those
     already written for its size (``rigs``: size -> (camera id, rig id), updated); returns
-    its image id."""
-    camera = _initial_camera(size, conf)
+    its image id and camera."""
+    width, height = size
+    camera = pycolmap.Camera.create_from_model_name(
+        pycolmap.INVALID_CAMERA_ID, conf.camera_model,
+        conf.focal_prior_factor * max(width, height), width, height)
+    camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
     if conf.camera_sharing == "size" and size in rigs:
         camera_id, rig_id = rigs[size]
         camera.camera_id = camera_id
@@ -538,83 +533,26 @@ def _write_image(db: pycolmap.Database, name: str, size: tuple[int, int],
     frame.add_data_id(pycolmap.data_t(sensor, image_id))
     db.write_frame(frame)
     db.write_keypoints(image_id, (keypoints + OPENCV_TO_COLMAP_PIXEL).astype(np.float32))
-    return image_id
+    return image_id, camera
 
 
-def _initial_camera(size: tuple[int, int], conf: ReconConf) -> pycolmap.Camera:
-    """The camera an image of ``size`` (width, height) starts from, shared or not:
-    ``conf.camera_model`` with the guessed focal length, principal point at the centre."""
-    width, height = size
-    camera = pycolmap.Camera.create_from_model_name(
-        pycolmap.INVALID_CAMERA_ID, conf.camera_model,
-        conf.focal_prior_factor * max(width, height), width, height)
-    camera.has_prior_focal_length = False  # a guess, not EXIF: let COLMAP refine
-    return camera
-
-
-def _write_verified_pair(db: pycolmap.Database, ids: Mapping[str, int],
+def _write_verified_pair(db: pycolmap.Database,
+                         cameras: Mapping[str, tuple[int, pycolmap.Camera]],
                          kpts: Mapping[str, np.ndarray], pair: PairKey, m: np.ndarray,
-                         geometries: Mapping[PairKey, pycolmap.TwoViewGeometry] | None
-                         ) -> None:
-    """A pair's matches and its two-view geometry: ``geometries``' (COLMAP's, oriented by
-    :func:`_oriented`), or with None all of them as inliers and an 8-point F."""
-    (a, b), m = _oriented(ids, pair, m)
-    db.write_matches(ids[a], ids[b], m)
-    if geometries is not None:
-        geometry = geometries[(a, b)]
-    else:
-        geometry = _fundamental_geometry(kpts[a][m[:, 0]] + OPENCV_TO_COLMAP_PIXEL,
-                                         kpts[b][m[:, 1]] + OPENCV_TO_COLMAP_PIXEL, m)
-    db.write_two_view_geometry(ids[a], ids[b], geometry)
-
-
-def _oriented(order: Mapping[str, int], pair: PairKey, m: np.ndarray
-              ) -> tuple[PairKey, np.ndarray]:
-    """The pair and its matches (uint32) with the image first in ``order`` first: COLMAP
-    stores every pair with image id1 < id2, and ids follow the cluster's image order."""
+                         conf: ReconConf) -> None:
+    """A pair's matches and its two-view geometry (``conf.pair_geometry``)."""
     a, b = pair
-    if order[a] > order[b]:
+    if cameras[a][0] > cameras[b][0]:  # store every pair with id1 < id2
         a, b, m = b, a, m[:, ::-1]
-    return (a, b), np.ascontiguousarray(m, dtype=np.uint32)
-
-
-def two_view_geometries(images: Sequence[str], keypoints: Mapping[str, np.ndarray],
-                        matches: Mapping[PairKey, np.ndarray], conf: ReconConf = ReconConf(),
-                        image_sizes: Mapping[str, tuple[int, int]] | None = None,
-                        image_dir: str | os.PathLike = "."
-                        ) -> dict[PairKey, pycolmap.TwoViewGeometry]:
-    """COLMAP's two-view geometry of each verified pair (``conf.pair_geometry "colmap"``),
-    keyed by the pair with the image earlier in ``images`` first, its inliers as rows of
-    the matches so oriented: what :func:`build_database` writes, whichever camera sharing
-    (every image starts from the camera :func:`_initial_camera` gives its size). A cluster
-    mapped several times (both camera sharings, both mappers) computes them once.
-    Arguments as in :func:`build_database`."""
-    images = list(images)
-    kpts = _check_keypoints(images, keypoints)
-    pair_matches = _check_matches(images, kpts, matches)
-    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
-    return _colmap_geometries(images, kpts, pair_matches, sizes, conf)
-
-
-def _colmap_geometries(images: list[str], kpts: Mapping[str, np.ndarray],
-                       pair_matches: Mapping[PairKey, np.ndarray],
-                       sizes: Mapping[str, tuple[int, int]], conf: ReconConf
-                       ) -> dict[PairKey, pycolmap.TwoViewGeometry]:
-    """:func:`two_view_geometries` of checked inputs. The pairs go side by side in threads:
-    pycolmap's estimator releases Python's lock, holds no state between calls and is seeded
-    on each, so the geometries are those of one pair at a time (tested)."""
-    order = {name: k for k, name in enumerate(images)}
-    cameras = {size: _initial_camera(size, conf) for size in set(sizes.values())}
-
-    def estimate(item: tuple[PairKey, np.ndarray]) -> pycolmap.TwoViewGeometry:
-        (a, b), m = _oriented(order, *item)
-        return _colmap_geometry(cameras[sizes[a]], kpts[a][m[:, 0]] + OPENCV_TO_COLMAP_PIXEL,
-                                cameras[sizes[b]], kpts[b][m[:, 1]] + OPENCV_TO_COLMAP_PIXEL,
-                                m, conf)
-
-    items = list(pair_matches.items())
-    oriented_keys = [_oriented(order, key, m)[0] for key, m in items]
-    return dict(zip(oriented_keys, ordered_map(estimate, items)))
+    m = np.ascontiguousarray(m, dtype=np.uint32)
+    db.write_matches(cameras[a][0], cameras[b][0], m)
+    points_a = kpts[a][m[:, 0]].astype(np.float64) + OPENCV_TO_COLMAP_PIXEL
+    points_b = kpts[b][m[:, 1]].astype(np.float64) + OPENCV_TO_COLMAP_PIXEL
+    if conf.pair_geometry == "colmap":
+        geometry = _colmap_geometry(cameras[a][1], points_a, cameras[b][1], points_b, m, conf)
+    else:
+        geometry = _fundamental_geometry(points_a, points_b, m)
+    db.write_two_view_geometry(cameras[a][0], cameras[b][0], geometry)
 
 
 def _fundamental_geometry(points_a: np.ndarray, points_b: np.ndarray, m: np.ndarray
@@ -802,48 +740,25 @@ def reconstruct_scene(image_dir: str | os.PathLike, images: Sequence[str],
                     "given); no reconstruction, its %d images stay unregistered", label,
                     conf.min_num_matches, len(pair_matches), len(images))
         return SceneSfM([], "", "")
-    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
-    geometries = _SceneGeometries(images, kpts, pair_matches, sizes)
     if conf.mapper != "auto":
         models, _, cameras = _reconstruct_cameras(image_dir, images, kpts, pair_matches,
                                                   len(usable), work_dir, conf, overwrite,
-                                                  label, sizes, geometries)
+                                                  label, image_sizes)
         return SceneSfM(models, cameras, conf.mapper)
     return _reconstruct_either(image_dir, images, kpts, pair_matches, len(usable), work_dir,
-                               conf, overwrite, label, sizes, geometries)
-
-
-class _SceneGeometries:
-    """The two-view geometries of one scene's pairs (:func:`two_view_geometries`), computed
-    on first use and kept for its other mapping runs, per set of the options they depend on.
-    A copy sent to the helper process carries those computed so far."""
-
-    def __init__(self, images: list[str], kpts: dict[str, np.ndarray],
-                 pair_matches: dict[PairKey, np.ndarray],
-                 sizes: dict[str, tuple[int, int]]) -> None:
-        self.inputs = (images, kpts, pair_matches, sizes)
-        self.computed: dict[tuple, dict[PairKey, pycolmap.TwoViewGeometry]] = {}
-
-    def __call__(self, conf: ReconConf) -> dict[PairKey, pycolmap.TwoViewGeometry] | None:
-        """The geometries ``conf`` writes (None for ``pair_geometry "fundamental"``)."""
-        if conf.pair_geometry != "colmap":
-            return None
-        key = (conf.camera_model, conf.focal_prior_factor, conf.min_num_matches,
-               conf.pair_max_error_px, conf.seed)
-        if key not in self.computed:
-            self.computed[key] = _colmap_geometries(*self.inputs, conf)
-        return self.computed[key]
+                               conf, overwrite, label, image_sizes)
 
 
 def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
                         kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
                         num_usable_pairs: int, work_dir: Path, conf: ReconConf,
-                        overwrite: bool, label: str, sizes: dict[str, tuple[int, int]],
-                        geometries: _SceneGeometries) -> SceneSfM:
+                        overwrite: bool, label: str,
+                        image_sizes: Mapping[str, tuple[int, int]] | None) -> SceneSfM:
     """Mapper "auto": ``conf.fallback_mapper`` in ``work_dir/<mapper>``; unless its models
     hold every image that has verified matches, the other mapper too, with the cameras the
     first kept (they belong to the photos, not the mapper); the models holding more images
     kept (mapper_choice.py)."""
+    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
     evidenced = evidenced_images(pair_matches, conf.min_num_matches)
     results: dict[str, tuple[list[Model], str]] = {}
     held: dict[str, int] = {}
@@ -855,7 +770,7 @@ def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
         run_conf = replace(conf, mapper=mapper, camera_sharing=sharing)
         models, kept_sharing, cameras = _reconstruct_cameras(
             image_dir, images, kpts, pair_matches, num_usable_pairs, work_dir / mapper,
-            run_conf, overwrite, label, sizes, geometries)
+            run_conf, overwrite, label, sizes)
         if inherited:
             cameras = f"{cameras}, as the {conf.fallback_mapper} mapper chose"
         # a first mapper that found nothing chose no cameras: the next one weighs both again
@@ -874,20 +789,22 @@ def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
 def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                          kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
                          num_usable_pairs: int, work_dir: Path, conf: ReconConf,
-                         overwrite: bool, label: str, sizes: dict[str, tuple[int, int]],
-                         geometries: _SceneGeometries) -> tuple[list[Model], str, str]:
+                         overwrite: bool, label: str,
+                         image_sizes: Mapping[str, tuple[int, int]] | None
+                         ) -> tuple[list[Model], str, str]:
     """One mapper's models with ``conf.camera_sharing`` (for "auto": both ways, in
     ``work_dir/cameras-image`` and ``work_dir/cameras-size``, and the better kept), the
     sharing they were mapped with ("image" or "size") and what to say about it."""
     if conf.camera_sharing != "auto":
         models = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                                   work_dir, conf, overwrite, label, sizes, geometries)
+                                   work_dir, conf, overwrite, label, image_sizes)
         return models, conf.camera_sharing, _cameras_label(conf.camera_sharing)
+    sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
 
     def args(sharing: str) -> tuple:
         return (image_dir, images, kpts, pair_matches, num_usable_pairs,
                 work_dir / f"cameras-{sharing}", replace(conf, camera_sharing=sharing),
-                overwrite, label, sizes, geometries)
+                overwrite, label, sizes)
 
     if len(set(sizes.values())) == len(images):
         return (_reconstruct_once(*args("image")), "image",
@@ -896,8 +813,6 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
     # one has a core to spare (concurrency.in_helper; the same models either way). A mapper
     # on several threads already has the cores.
     beside = helper_wanted() and conf.num_threads == 1
-    if beside and not all(_is_cached(*args(sharing)) for sharing in ("image", "size")):
-        geometries(conf)  # here, on every core, before the helper takes a copy
     per_image_models = (in_helper(_reconstruct_once, *args("image")) if beside
                         else functools.partial(_reconstruct_once, *args("image")))
     try:
@@ -981,8 +896,8 @@ def mean_reprojection_error(models: Sequence[Model]) -> float:
 def _reconstruct_once(image_dir: str | os.PathLike, images: list[str],
                       kpts: dict[str, np.ndarray], pair_matches: dict[PairKey, np.ndarray],
                       num_usable_pairs: int, work_dir: Path, conf: ReconConf, overwrite: bool,
-                      label: str, sizes: dict[str, tuple[int, int]],
-                      geometries: _SceneGeometries) -> list[Model]:
+                      label: str, image_sizes: Mapping[str, tuple[int, int]] | None
+                      ) -> list[Model]:
     """One mapping run (cached) with ``conf``, whose camera sharing is not "auto"."""
     models_dir = work_dir / MODELS_DIR
     fingerprint = _fingerprint(images, kpts, pair_matches, conf)
@@ -990,22 +905,13 @@ def _reconstruct_once(image_dir: str | os.PathLike, images: list[str],
     if cached is not None:
         return cached
     mapped = _run_mapper(image_dir, images, kpts, pair_matches, work_dir, conf, label,
-                         sizes, geometries(conf))
+                         image_sizes)
     if mapped is None:
         return []
     found, seconds = mapped
     models = _keep_and_cache(found, models_dir, fingerprint, conf, len(images), seconds)
     _log_outcome(label, models, len(images), num_usable_pairs, seconds, conf, work_dir)
     return models
-
-
-def _is_cached(image_dir: str | os.PathLike, images: list[str], kpts: dict[str, np.ndarray],
-               pair_matches: dict[PairKey, np.ndarray], num_usable_pairs: int,
-               work_dir: Path, conf: ReconConf, overwrite: bool, *_) -> bool:
-    """Whether :func:`_reconstruct_once` with these arguments would find its models cached
-    (unless the cached files turn out unreadable)."""
-    return not overwrite and _cached_fingerprint(work_dir / MODELS_DIR) == _fingerprint(
-        images, kpts, pair_matches, conf)
 
 
 def _cached_models(models_dir: Path, fingerprint: str, conf: ReconConf, label: str
@@ -1030,15 +936,13 @@ def _cached_models(models_dir: Path, fingerprint: str, conf: ReconConf, label: s
 
 def _run_mapper(image_dir: str | os.PathLike, images: list[str], kpts: dict[str, np.ndarray],
                 pair_matches: dict[PairKey, np.ndarray], work_dir: Path, conf: ReconConf,
-                label: str, image_sizes: Mapping[str, tuple[int, int]] | None,
-                geometries: Mapping[PairKey, pycolmap.TwoViewGeometry] | None = None
+                label: str, image_sizes: Mapping[str, tuple[int, int]] | None
                 ) -> tuple[list[pycolmap.Reconstruction], float] | None:
     """Write the database and run pycolmap's mapper (``conf.mapper``) on it: (the
     reconstructions it found, seconds it took); None, with a warning, when pycolmap raises."""
     db_path = work_dir / DATABASE_FILE
     _remove_leftovers(work_dir)
-    build_database(db_path, image_dir, images, kpts, pair_matches, conf, image_sizes,
-                   geometries)
+    build_database(db_path, image_dir, images, kpts, pair_matches, conf, image_sizes)
     mapping_dir = Path(tempfile.mkdtemp(prefix=_MAPPING_TMP_PREFIX, dir=work_dir))
     started = time.perf_counter()
     try:
