@@ -374,3 +374,72 @@ def test_the_helper_ends_when_its_process_is_killed(tmp_path):
     while _alive(helper) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(helper)
+
+
+# --------------------------------------------------------------------------- spawning
+@pytest.fixture
+def main_module(monkeypatch):
+    """This process's __main__ given the spec and file of another kind of program."""
+    monkeypatch.setattr(concurrency, "_spawn_warned", False)
+    main = sys.modules["__main__"]
+
+    def as_program(spec_name, path):
+        spec = None if spec_name is None else type("Spec", (), {"name": spec_name})()
+        monkeypatch.setattr(main, "__spec__", spec, raising=False)
+        if path is None:
+            monkeypatch.delattr(main, "__file__", raising=False)
+        else:
+            monkeypatch.setattr(main, "__file__", path, raising=False)
+    return as_program
+
+
+def test_processes_are_spawned_only_where_they_can_import_the_program(main_module, tmp_path,
+                                                                      threads, caplog):
+    from src.geometric.pipeline import GeometricConf, dataset_workers
+
+    script = tmp_path / "run.py"
+    script.write_text("")
+    threads(2)
+    for spec_name, path in (("mypackage.run", "<stdin>"), (None, None), (None, str(script))):
+        main_module(spec_name, path)  # python -m, an interactive session, a script file
+        assert concurrency.spawn_possible() and concurrency.helper_wanted()
+        assert dataset_workers(GeometricConf(workers=2), 3) == 2
+    main_module(None, "<stdin>")  # python - <<EOF
+    with caplog.at_level(logging.WARNING):
+        assert not concurrency.spawn_possible() and not concurrency.helper_wanted()
+        assert dataset_workers(GeometricConf(workers=2), 3) == 1
+    assert caplog.text.count("(<stdin>) is not a file that a new process could import") == 1
+
+
+_FROM_STDIN = """
+import sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from src.geometric.pipeline import GeometricConf, run_geometric
+from src.submission import list_test_images
+
+data = Path({data!r})
+predictions, _, _ = run_geometric(list_test_images(data), data / "test",
+                                  GeometricConf(workers=2), Path({cache!r}))
+print("done", len(predictions))
+"""
+
+
+@pytest.mark.slow
+def test_a_script_read_from_standard_input_runs_in_one_process(tmp_path):
+    """Spawned processes import the program's file, which ``python - <<EOF`` does not have:
+    its datasets run one after the other here, with a warning and no dead processes."""
+    from src.demo_data import DemoSpec, generate_demo_dataset
+
+    spec = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
+                    test_datasets=2, test_seen_scenes=1, test_unseen_scenes=0,
+                    test_views_per_scene=6, outliers_per_dataset=1, seed=15)
+    data = generate_demo_dataset(tmp_path / "data", spec)
+    script = _FROM_STDIN.format(root=str(Path(__file__).parents[1]), data=str(data),
+                                cache=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done 14"
+    assert "Traceback" not in done.stderr
+    assert "is not a file that a new process could import" in done.stderr

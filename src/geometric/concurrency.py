@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import sys
 import threading
 import time
 import traceback
@@ -230,8 +231,38 @@ def helper_cpu_seconds() -> float:
 
 
 def helper_wanted() -> bool:
-    """Whether this process has a core to spare for a helper process."""
-    return process_threads() >= 2
+    """Whether this process has a core to spare for a helper process, and can start one."""
+    return process_threads() >= 2 and spawn_possible()
+
+
+_spawn_warned = False
+
+
+def spawn_possible() -> bool:
+    """Whether a spawned process (the helper, a dataset worker) can start from this
+    program. It imports the program's main module again, by name when it was run with
+    ``-m``, else from its file: a program read from standard input (``python - <<EOF``,
+    whose file is "<stdin>") or a script deleted since it started has none, and every
+    process would die on starting. An interactive session, ``python -c`` and a notebook
+    have no file to import and start as they are. Said once, as a warning, when not."""
+    global _spawn_warned
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
+        return True
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return True
+    start_dir = multiprocessing.process.ORIGINAL_DIR or os.getcwd()
+    if os.path.isfile(os.path.join(start_dir, path)):
+        return True
+    if not _spawn_warned:
+        _spawn_warned = True
+        logging.getLogger(__name__).warning(
+            "this program's main module (%s) is not a file that a new process could import "
+            "(a script read from standard input?); everything runs in this process, one "
+            "dataset after the other. Save the script to a file to use the other cores.",
+            path)
+    return False
 
 
 def in_helper(fn: Callable[..., R], *args) -> Callable[[], R]:
@@ -273,4 +304,5 @@ def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> Ca
 
 
 __all__ = ["available_cores", "dataset_finished", "helper_cpu_seconds", "helper_wanted",
-           "in_helper", "library_threads", "ordered_map", "process_threads", "share_cores"]
+           "in_helper", "library_threads", "ordered_map", "process_threads", "share_cores",
+           "spawn_possible"]

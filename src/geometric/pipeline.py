@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
-from src.geometric.concurrency import available_cores, dataset_finished, share_cores
+from src.geometric.concurrency import (available_cores, dataset_finished, share_cores,
+                                       spawn_possible)
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
                                       needs_escalation, weakly_tied)
@@ -503,11 +504,13 @@ def dataset_workers(conf: GeometricConf, datasets: int) -> int:
     core, and one where a torch stage (learned features, LightGlue, DINOv2) runs on CUDA
     (its single GPU would be shared by processes each holding the networks and a CUDA
     context, while the GPU stages already take milliseconds); never more than the
-    datasets, at least one."""
+    datasets, at least one; one when this program cannot start processes
+    (concurrency.spawn_possible)."""
     workers = conf.workers
     if workers == 0:
         workers = 1 if _uses_cuda(conf) else available_cores()
-    return max(1, min(workers, datasets))
+    workers = max(1, min(workers, datasets))
+    return workers if workers == 1 or spawn_possible() else 1
 
 
 def _run_jobs(jobs: list[tuple], workers: int) -> list[tuple]:
