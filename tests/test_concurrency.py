@@ -383,8 +383,8 @@ def main_module(monkeypatch):
     monkeypatch.setattr(concurrency, "_spawn_warned", False)
     main = sys.modules["__main__"]
 
-    def as_program(spec_name, path):
-        spec = None if spec_name is None else type("Spec", (), {"name": spec_name})()
+    def as_program(spec_name, path, has_spec=False):
+        spec = type("Spec", (), {"name": spec_name})() if spec_name or has_spec else None
         monkeypatch.setattr(main, "__spec__", spec, raising=False)
         if path is None:
             monkeypatch.delattr(main, "__file__", raising=False)
@@ -394,21 +394,28 @@ def main_module(monkeypatch):
 
 
 def test_processes_are_spawned_only_where_they_can_import_the_program(main_module, tmp_path,
-                                                                      threads, caplog):
+                                                                      threads, caplog,
+                                                                      monkeypatch):
     from src.geometric.pipeline import GeometricConf, dataset_workers
 
     script = tmp_path / "run.py"
     script.write_text("")
     threads(2)
-    for spec_name, path in (("mypackage.run", "<stdin>"), (None, None), (None, str(script))):
-        main_module(spec_name, path)  # python -m, an interactive session, a script file
+    monkeypatch.setattr(multiprocessing.process, "ORIGINAL_DIR", str(tmp_path))
+    # python -m, an interactive session, a script file, one given relative to the folder
+    # multiprocessing started in
+    for spec_name, path in (("mypackage.run", "<stdin>"), (None, None), (None, str(script)),
+                            (None, "run.py")):
+        main_module(spec_name, path)
         assert concurrency.spawn_possible() and concurrency.helper_wanted()
         assert dataset_workers(GeometricConf(workers=2), 3) == 2
-    main_module(None, "<stdin>")  # python - <<EOF
+    # python - <<EOF (its spec has no name), a script deleted since
     with caplog.at_level(logging.WARNING):
-        assert not concurrency.spawn_possible() and not concurrency.helper_wanted()
-        assert dataset_workers(GeometricConf(workers=2), 3) == 1
-    assert caplog.text.count("(<stdin>) is not a file that a new process could import") == 1
+        for path in ("<stdin>", str(tmp_path / "deleted.py")):
+            main_module(None, path, has_spec=True)
+            assert not concurrency.spawn_possible() and not concurrency.helper_wanted()
+            assert dataset_workers(GeometricConf(workers=2), 3) == 1
+    assert caplog.text.count("is not a file that a new process could import") == 1
 
 
 _FROM_STDIN = """
@@ -442,4 +449,5 @@ def test_a_script_read_from_standard_input_runs_in_one_process(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "done 14"
     assert "Traceback" not in done.stderr
-    assert "is not a file that a new process could import" in done.stderr
+    assert "the helper process failed" not in done.stderr  # never tried, not fallen back
+    assert done.stderr.count("is not a file that a new process could import") == 1

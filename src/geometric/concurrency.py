@@ -235,7 +235,7 @@ def helper_wanted() -> bool:
     return process_threads() >= 2 and spawn_possible()
 
 
-_spawn_warned = False
+_spawn_warned = False  # said once (two threads racing would say it twice: harmless)
 
 
 def spawn_possible() -> bool:
@@ -243,25 +243,29 @@ def spawn_possible() -> bool:
     program. It imports the program's main module again, by name when it was run with
     ``-m``, else from its file: a program read from standard input (``python - <<EOF``,
     whose file is "<stdin>") or a script deleted since it started has none, and every
-    process would die on starting. An interactive session, ``python -c`` and a notebook
-    have no file to import and start as they are. Said once, as a warning, when not."""
+    process would die on starting. An interactive session, ``python -c``, a notebook and a
+    frozen program import nothing and start as they are. Said once, as a warning, when
+    not."""
     global _spawn_warned
     main = sys.modules.get("__main__")
-    if getattr(getattr(main, "__spec__", None), "name", None) is not None:
-        return True
     path = getattr(main, "__file__", None)
-    if path is None:
+    if getattr(getattr(main, "__spec__", None), "name", None) is not None or path is None \
+            or getattr(sys, "frozen", False):
         return True
-    start_dir = multiprocessing.process.ORIGINAL_DIR or os.getcwd()
-    if os.path.isfile(os.path.join(start_dir, path)):
-        return True
+    try:  # a relative path is looked for where multiprocessing was first imported
+        start_dir = "" if os.path.isabs(path) else (multiprocessing.process.ORIGINAL_DIR
+                                                     or os.getcwd())
+        if os.path.isfile(os.path.join(start_dir, path)):
+            return True
+    except OSError:  # the working folder is gone: nor could a new process find the file
+        pass
     if not _spawn_warned:
         _spawn_warned = True
         logging.getLogger(__name__).warning(
             "this program's main module (%s) is not a file that a new process could import "
-            "(a script read from standard input?); everything runs in this process, one "
-            "dataset after the other. Save the script to a file to use the other cores.",
-            path)
+            "(a script read from standard input?); no worker or helper processes, "
+            "everything runs in this process. Save the script to a file to use the other "
+            "cores.", path)
     return False
 
 
