@@ -319,21 +319,25 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
             np.testing.assert_allclose(again.poses[name][0], R_cw, atol=1e-12)
             np.testing.assert_allclose(again.poses[name][1], t_cw, atol=1e-12)
         np.testing.assert_allclose(again.points3D, model.points3D, atol=1e-12)
-    # camera_sharing "auto" maps twice, each way cached in its own folder
-    kept = work_dir / ("cameras-size" if models[0].shared_cameras else "cameras-image")
+    # camera_sharing "auto" maps twice, each way cached in its own folder, and kept
+    # per-image cameras once more as separate cameras
+    shared = models[0].shared_cameras
+    kept = work_dir / ("cameras-size" if shared else "cameras-image-separate")
     assert [m.num_registered for m in load_models(kept / "models")] == \
         [m.num_registered for m in models]
+    mappings = 2 if shared else 3
 
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(), overwrite=True)
-    assert len(calls) == 2
+    assert len(calls) == mappings
     # Options that change the result are part of the cache key; verbosity is not.
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(colmap_verbose=True))
-    assert len(calls) == 2
+    assert len(calls) == mappings
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(min_num_matches=20, camera_sharing="image"))
-    assert len(calls) == 3
+    assert len(calls) == mappings + 1
+    assert ReconConf(pair_cameras="one").cache_key() != ReconConf().cache_key()
     assert ReconConf(colmap_verbose=True).cache_key() == ReconConf().cache_key()
     assert ReconConf(seed=1).cache_key() != ReconConf().cache_key()
     lean = ReconConf(ba_ignore_redundant_points=False)
