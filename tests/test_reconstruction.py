@@ -167,6 +167,22 @@ def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
                        max_focal_error=0.01)
 
 
+def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tmp_path):
+    """Images all of different sizes leave nothing to weigh: one mapping, its pairs seen by
+    COLMAP's estimator as two cameras (pair_cameras "auto"), and the poses right."""
+    truth = synthesize_cluster(seed=3, num_images=6)
+    sizes = {name: (640 + k, 480 + k) for k, name in enumerate(truth.names)}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "work", ReconConf(mapper="global"), image_sizes=sizes)
+    assert sfm.cameras == "per image (no two images of one size)"
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["cameras-image-separate"]
+    assert len(sfm.models) == 1 and sfm.models[0].num_registered == 6
+    assert_poses_match(truth, sfm.models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
+                       max_focal_error=0.02)
+
+
 def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
     truth = synthesize_cluster(num_images=4)
     sizes = {name: truth.image_size for name in truth.names}

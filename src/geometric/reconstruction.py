@@ -824,9 +824,13 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                 replace(conf, camera_sharing=sharing, pair_cameras=weighed), overwrite, label,
                 sizes)
 
-    if len(set(sizes.values())) == len(images):
-        return (_reconstruct_once(*args("image")), "image",
-                "per image (no two images of one size)")
+    if len(set(sizes.values())) == len(images):  # nothing to weigh: per-image cameras kept
+        kept = "separate" if conf.pair_cameras == "auto" else conf.pair_cameras
+        own = replace(conf, camera_sharing="image", pair_cameras=kept)
+        folder = work_dir / ("cameras-image-separate" if kept == "separate" else "cameras-image")
+        return (_reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
+                                  folder, own, overwrite, label, sizes),
+                "image", "per image (no two images of one size)")
     # Two independent one-thread mappings: the per-image one in a helper process where this
     # one has a core to spare (concurrency.in_helper; the same models either way). A mapper
     # on several threads already has the cores.
