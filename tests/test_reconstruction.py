@@ -183,6 +183,34 @@ def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tm
                        max_focal_error=0.02)
 
 
+def test_a_zoom_keeps_per_image_cameras_mapped_again_unless_that_mapping_fails(tmp_path,
+                                                                               monkeypatch):
+    """Per-image cameras that win are mapped once more as separate cameras and those models
+    kept; when that mapping finds nothing, the weighed per-image models stay."""
+    from src.geometric import reconstruction
+
+    truth = synthesize_cluster(seed=3, focal_spread=0.2)
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    conf = ReconConf(mapper="global")
+    sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "work", conf, image_sizes=sizes)
+    assert sfm.cameras.endswith("mapped again as separate cameras"), sfm.cameras
+    assert (tmp_path / "work" / "cameras-image-separate" / "models").is_dir()
+    assert_poses_match(truth, sfm.models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
+                       max_focal_error=0.01)
+
+    real_once = reconstruction._reconstruct_once
+    monkeypatch.setattr(reconstruction, "_reconstruct_once",
+                        lambda *args: [] if args[6].pair_cameras == "separate"
+                        else real_once(*args))
+    failed = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                               tmp_path / "again", conf, image_sizes=sizes)
+    assert failed.cameras.endswith("they register fewer images, not kept"), failed.cameras
+    assert failed.models and failed.models[0].num_registered == len(truth.names)
+
+
 def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
     truth = synthesize_cluster(num_images=4)
     sizes = {name: truth.image_size for name in truth.names}

@@ -858,7 +858,15 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
     models = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
                                work_dir / "cameras-image-separate", separate, overwrite, label,
                                sizes)
+    if _registered(models) < _registered(per_image):  # a failed mapping loses nothing
+        return per_image, "image", (f"per image ({why}); mapped again as separate cameras "
+                                    f"they register fewer images, not kept")
     return models, "image", f"per image ({why}), mapped again as separate cameras"
+
+
+def _registered(models: Sequence[Model]) -> int:
+    """Images registered in any of ``models``."""
+    return len({name for model in models for name in model.poses})
 
 
 def _cameras_label(conf: ReconConf) -> str:
