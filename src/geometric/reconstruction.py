@@ -824,13 +824,17 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                 replace(conf, camera_sharing=sharing, pair_cameras=weighed), overwrite, label,
                 sizes)
 
-    if len(set(sizes.values())) == len(images):  # nothing to weigh: per-image cameras kept
+    def kept_per_image() -> list[Model]:
+        """The models of per-image cameras once kept: under "auto" seen as separate cameras."""
         kept = "separate" if conf.pair_cameras == "auto" else conf.pair_cameras
-        own = replace(conf, camera_sharing="image", pair_cameras=kept)
-        folder = work_dir / ("cameras-image-separate" if kept == "separate" else "cameras-image")
-        return (_reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                                  folder, own, overwrite, label, sizes),
-                "image", "per image (no two images of one size)")
+        folder = "cameras-image-separate" if kept == "separate" else "cameras-image"
+        return _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
+                                 work_dir / folder,
+                                 replace(conf, camera_sharing="image", pair_cameras=kept),
+                                 overwrite, label, sizes)
+
+    if len(set(sizes.values())) == len(images):  # nothing to weigh: per-image cameras kept
+        return kept_per_image(), "image", "per image (no two images of one size)"
     # Two independent one-thread mappings: the per-image one in a helper process where this
     # one has a core to spare (concurrency.in_helper; the same models either way). A mapper
     # on several threads already has the cores.
@@ -854,10 +858,7 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
         return shared, "size", f"shared ({why})"
     if conf.pair_cameras != "auto":
         return per_image, "image", f"per image ({why})"
-    separate = replace(conf, camera_sharing="image", pair_cameras="separate")
-    models = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                               work_dir / "cameras-image-separate", separate, overwrite, label,
-                               sizes)
+    models = kept_per_image()
     if _registered(models) < _registered(per_image):  # a failed mapping loses nothing
         return per_image, "image", (f"per image ({why}); mapped again as separate cameras "
                                     f"they register fewer images, not kept")
@@ -890,8 +891,7 @@ def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
     or ``max_error_ratio`` times, when the per-image focal lengths drift (some image's more
     than ``drift_factor`` from its model's median: the per-image fit is then no evidence).
     """
-    registered_shared = len({n for m in shared for n in m.poses})
-    registered_own = len({n for m in per_image for n in m.poses})
+    registered_shared, registered_own = _registered(shared), _registered(per_image)
     if registered_shared < registered_own:
         return False, (f"shared cameras register {registered_shared} images, a camera per "
                        f"image {registered_own}")
@@ -1149,7 +1149,7 @@ def _log_outcome(label: str, models: list[Model], num_images: int, num_usable_pa
                     " %d usable pair(s), %s); its images stay unregistered", label,
                     conf.min_model_size, num_images, num_usable_pairs, work_dir)
         return
-    registered = len({n for m in models for n in m.poses})
+    registered = _registered(models)
     log.info("cluster %s: %s mapper, cameras %s, %d model(s) (%s images), %d/%d images "
              "registered, %.1f s", label, conf.mapper, _cameras_label(conf),
              len(models),
