@@ -1,9 +1,9 @@
 """Shared test set-up.
 
-SfM's per-image camera mapping goes to a helper process where this one has a core to spare
-(src.geometric.concurrency.in_helper). A test that replaces a function (monkeypatch) replaces
-it in this process only, so the helper is left out here; tests/test_concurrency.py turns it
-back on and shows it gives the models mapped here.
+SfM's scenes, and a scene's per-image camera mapping, go to a helper process where this one
+has a core to spare (src.geometric.concurrency.in_helper, side_by_side). A test that replaces
+a function (monkeypatch) replaces it in this process only, so the helper is left out here;
+tests/test_concurrency.py turns it back on and shows it gives the models mapped here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _sfm_in_this_process(monkeypatch):
-    from src.geometric import reconstruction
+    from src.geometric import pipeline, reconstruction
 
     monkeypatch.setattr(reconstruction, "helper_wanted", lambda: False)
+    monkeypatch.setattr(pipeline, "helper_wanted", lambda: False)

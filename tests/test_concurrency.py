@@ -300,12 +300,69 @@ def test_a_helpers_failure_carries_its_traceback_and_its_cpu_is_counted(caplog):
     assert "working on 4" not in caplog.text
 
 
+def _pid_and_helper_wanted(value):
+    return os.getpid(), concurrency.helper_wanted(), value
+
+
+def test_side_by_side_shares_jobs_with_the_helper_and_keeps_their_order(threads):
+    threads(2)
+    assert concurrency.helper_wanted()
+    jobs = [(k,) for k in range(5)]
+    results = concurrency.side_by_side(_pid_and_helper_wanted, jobs, [1, 5, 2, 4, 3])
+    assert [value for _, _, value in results] == list(range(5))
+    pids = {pid for pid, _, _ in results}
+    assert os.getpid() in pids and len(pids) == 2  # some ran here, some in the helper
+    assert results[1][0] != os.getpid()  # the costliest went to the helper first
+    # neither the calls made here (the helper is busy) nor the helper's own start a helper
+    assert not any(wanted for _, wanted, _ in results)
+    assert concurrency.helper_wanted()  # free again afterwards
+    # one job, or none, runs here
+    assert concurrency.side_by_side(_pid_and_helper_wanted, [(7,)], [1]) == [
+        (os.getpid(), True, 7)]
+    assert concurrency.side_by_side(_pid_and_helper_wanted, [], []) == []
+    with pytest.raises(ValueError, match="2 jobs but 1 costs"):
+        concurrency.side_by_side(_pid_and_helper_wanted, [(1,), (2,)], [1])
+
+
+def _has_module(name):
+    return name in sys.modules
+
+
+def test_a_prepared_helper_has_imported_the_module_before_the_first_call():
+    concurrency.prepare_helper("wave")
+    concurrency.prepare_helper("no_such_module_anywhere")  # a failed import harms nothing
+    assert in_helper(_has_module, "wave")()
+    assert not in_helper(_has_module, "no_such_module_anywhere")()
+
+
+def _fails_on(value, bad, pid):
+    if value == bad:
+        where = "here" if os.getpid() == pid else "in the helper"
+        raise ValueError(f"job {value} failed {where}")
+    logging.getLogger("tests.helper").warning("job %d done", value)
+    return value
+
+
+def test_side_by_side_raises_a_jobs_error_after_the_helper_ends(threads, caplog):
+    threads(2)
+    pid = os.getpid()
+    # costs 2 and 1: job 0 goes to the helper, job 1 runs here
+    with pytest.raises(ValueError, match="job 1 failed here"):
+        concurrency.side_by_side(_fails_on, [(0, 1, pid), (1, 1, pid)], [2, 1])
+    assert "job 0 done" in caplog.text  # the helper's call was collected, its lines kept
+    with pytest.raises(ValueError, match="job 0 failed in the helper"):
+        concurrency.side_by_side(_fails_on, [(0, 0, pid), (1, 0, pid)], [2, 1])
+    assert concurrency.helper_wanted()
+
+
 @pytest.mark.slow
-def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypatch):
-    """A generated dataset (two scenes, outliers) through run_geometric with SfM's per-image
-    camera mappings in the helper, and all in this process: the same predictions to the bit
-    and the same scenes table but for its seconds."""
+def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypatch, threads):
+    """A generated dataset (two scenes, outliers) through run_geometric all in this
+    process, with SfM's per-image camera mappings in the helper, and with the scenes
+    shared between this process and the helper: the same predictions to the bit and the
+    same scenes table but for its seconds."""
     from src.demo_data import DemoSpec, generate_demo_dataset
+    from src.geometric import pipeline
     from src.geometric.pipeline import GeometricConf, run_geometric
     from src.submission import list_test_images
 
@@ -314,23 +371,35 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
                     test_views_per_scene=10, outliers_per_dataset=2, seed=14)
     data = generate_demo_dataset(tmp_path / "data", spec)
     images = list_test_images(data)
-    sent = []
+    threads(2)
+    sent, shared = [], []
     monkeypatch.setattr(reconstruction, "in_helper",
                         lambda fn, *args: sent.append(args[5]) or in_helper(fn, *args))
+    monkeypatch.setattr(pipeline, "side_by_side",
+                        lambda fn, jobs, costs: shared.append(len(jobs)) or
+                        concurrency.side_by_side(fn, jobs, costs))
     runs = {}
-    for helped in (False, True):
-        monkeypatch.setattr(reconstruction, "helper_wanted", lambda: helped)
-        runs[helped] = run_geometric(images, data / "test", GeometricConf(workers=1),
-                                     tmp_path / f"cache{helped}")
-    assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
-    (alone, _, scenes_alone), (helped, _, scenes_helped) = runs[False], runs[True]
-    for a, b in zip(alone, helped):
-        assert (a.dataset, a.image, a.scene) == (b.dataset, b.image, b.scene)
-        np.testing.assert_array_equal(a.R_cw, b.R_cw)
-        np.testing.assert_array_equal(a.t_cw, b.t_cw)
+    for way, (scenes_beside, mappings_beside) in {"alone": (False, False),
+                                                  "mappings": (False, True),
+                                                  "scenes": (True, True)}.items():
+        monkeypatch.setattr(pipeline, "helper_wanted", lambda: scenes_beside)
+        monkeypatch.setattr(reconstruction, "helper_wanted",
+                            lambda: mappings_beside and concurrency.helper_wanted())
+        runs[way] = run_geometric(images, data / "test", GeometricConf(workers=1),
+                                  tmp_path / f"cache-{way}")
+        if way == "mappings":
+            assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
+    alone, _, scenes_alone = runs["alone"]
+    assert len(scenes_alone) >= 2 and shared == [len(scenes_alone)]  # scenes side by side
+    for way in ("mappings", "scenes"):
+        helped, _, scenes_helped = runs[way]
+        for a, b in zip(alone, helped):
+            assert (a.dataset, a.image, a.scene) == (b.dataset, b.image, b.scene)
+            np.testing.assert_array_equal(a.R_cw, b.R_cw)
+            np.testing.assert_array_equal(a.t_cw, b.t_cw)
+        pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
+                                      scenes_helped.drop(columns="seconds"))
     assert sum(p.scene != "outliers" for p in alone) >= 15
-    pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
-                                  scenes_helped.drop(columns="seconds"))
 
 
 _WORKER_KILLED = """

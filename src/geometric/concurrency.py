@@ -9,7 +9,9 @@ they work, and each call does exactly what it would do alone, so the results are
 the bit whichever finishes first (tested). pycolmap is not run in threads: two of its solvers
 at once in one process made its bundled LAPACK report failed factorisations (CHOLMOD "not
 positive definite"), never seen one at a time. An independent SfM run goes instead to a
-helper process (:func:`in_helper`), whose result is what the same call returns here.
+helper process (:func:`in_helper`), whose result is what the same call returns here, and
+the scenes of a dataset are shared between this process and the helper
+(:func:`side_by_side`).
 
 A dataset worker process shares the cores with the workers still busy (``share_cores``,
 pipeline's worker set-up); elsewhere a process may use every core it is allowed on.
@@ -18,6 +20,7 @@ pipeline's worker set-up); elsewhere a process may use every core it is allowed 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.util
@@ -30,7 +33,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -155,8 +158,6 @@ def _start_helper() -> None:
     """The helper runs one call at a time beside this process, one thread for each library,
     and logs nothing itself: its calls' records are handled by the caller (a script that
     configures logging on import would otherwise print them twice)."""
-    import importlib
-
     import cv2
     from threadpoolctl import threadpool_limits
 
@@ -164,6 +165,8 @@ def _start_helper() -> None:
 
     cv2.setNumThreads(1)
     threadpool_limits(1)
+    global _process_threads
+    _process_threads = 1  # its calls see one core: none of them starts a helper of its own
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -230,9 +233,13 @@ def helper_cpu_seconds() -> float:
     return _helper_cpu
 
 
+_helper_reserved = 0  # side_by_side calls running here while the helper runs another
+
+
 def helper_wanted() -> bool:
-    """Whether this process has a core to spare for a helper process, and can start one."""
-    return process_threads() >= 2 and spawn_possible()
+    """Whether this process has a core to spare for a helper process, and can start one
+    (not while :func:`side_by_side` keeps the helper busy with a call of its own)."""
+    return not _helper_reserved and process_threads() >= 2 and spawn_possible()
 
 
 _spawn_warned = False  # said once (two threads racing would say it twice: harmless)
@@ -269,7 +276,37 @@ def spawn_possible() -> bool:
     return False
 
 
-def in_helper(fn: Callable[..., R], *args) -> Callable[[], R]:
+class HelperCall:
+    """A call started by :func:`in_helper`: calling it waits for the result."""
+
+    def __init__(self, fn: Callable[..., R], args: tuple, future: Future | None) -> None:
+        self._fn, self._args, self._future = fn, args, future
+
+    def done(self) -> bool:
+        """Whether calling it would return (or raise) without waiting for the helper."""
+        return self._future is None or self._future.done()
+
+    def __call__(self):
+        """The call's result, logging here what it logged there and raising what it raised
+        (made here, with a warning, when the helper died on it)."""
+        global _helper_cpu
+        if self._future is None:
+            return self._fn(*self._args)
+        try:
+            value, records, error, cpu_seconds = self._future.result()
+        except BrokenProcessPool as broken:
+            return _here_instead(broken, self._fn, self._args)()
+        _helper_cpu += cpu_seconds
+        for record in records:
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        if error is not None:
+            raise error
+        return value
+
+
+def in_helper(fn: Callable[..., R], *args) -> HelperCall:
     """Start ``fn(*args)`` in the helper process (``fn`` importable, ``args`` picklable);
     returns a call that waits for its result, logging here what it logged there, and raising
     what it raised. When the helper cannot run (it could not start, or died), the call is
@@ -279,34 +316,73 @@ def in_helper(fn: Callable[..., R], *args) -> Callable[[], R]:
         future = _helper_pool().submit(_logged_call, level, fn, args)
     except (BrokenProcessPool, OSError, RuntimeError) as error:
         return _here_instead(error, fn, args)
-
-    def result() -> R:
-        global _helper_cpu
-        try:
-            value, records, error, cpu_seconds = future.result()
-        except BrokenProcessPool as broken:
-            return _here_instead(broken, fn, args)()
-        _helper_cpu += cpu_seconds
-        for record in records:
-            logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
-        if error is not None:
-            raise error
-        return value
-    return result
+    return HelperCall(fn, args, future)
 
 
-def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> Callable[[], R]:
+def prepare_helper(module: str) -> None:
+    """Start the helper now and have it import ``module`` (that of the calls to come), so
+    that the first of them does not wait for both: ~0.2 s to start and up to ~0.6 s to
+    import the pipeline, spent while this process works on. Nothing is waited for; a
+    helper that cannot start is noticed by the first call (:func:`in_helper`)."""
+    try:
+        _helper_pool().submit(_import, module)
+    except (BrokenProcessPool, OSError, RuntimeError):
+        pass
+
+
+def _import(module: str) -> None:
+    importlib.import_module(module)
+
+
+def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> HelperCall:
     global _helper
     logging.getLogger(__name__).warning(
         "the helper process failed (%s: %s); %s runs in this process", type(error).__name__,
         error, getattr(fn, "__name__", fn))
     with _helper_lock:
         _helper = None  # a later call starts a new one
-    return lambda: fn(*args)
+    return HelperCall(fn, args, None)
 
 
-__all__ = ["available_cores", "dataset_finished", "helper_cpu_seconds", "helper_wanted",
-           "in_helper", "library_threads", "ordered_map", "process_threads", "share_cores",
-           "spawn_possible"]
+def side_by_side(fn: Callable[..., R], jobs: Sequence[tuple], costs: Sequence[float]
+                 ) -> list[R]:
+    """``fn(*job)`` of each job, in job order, computed here and in the helper side by side
+    (``fn`` importable, the jobs picklable): the costliest first, each to whichever of the
+    two is free when this process finishes one (the longest-first rule: the last to finish
+    ends soon after the other). Calls made here see no helper (:func:`helper_wanted`), which
+    is busy with one of them. The results are what a plain loop returns, the helper's log
+    lines handled here when its call is collected. Raises the first exception met, after
+    the helper's call in flight has ended."""
+    global _helper_reserved
+    if len(jobs) != len(costs):
+        raise ValueError(f"{len(jobs)} jobs but {len(costs)} costs")
+    queue = deque(sorted(range(len(jobs)), key=lambda k: -costs[k]))
+    results: list = [None] * len(jobs)
+    pending: tuple[int, HelperCall] | None = None
+    try:
+        while queue:
+            if pending is None and len(queue) >= 2:
+                k = queue.popleft()
+                pending = (k, in_helper(fn, *jobs[k]))
+            k = queue.popleft()
+            _helper_reserved += pending is not None
+            try:
+                results[k] = fn(*jobs[k])
+            finally:
+                _helper_reserved -= pending is not None
+            if pending is not None and pending[1].done():
+                results[pending[0]] = pending[1]()
+                pending = None
+        if pending is not None:
+            results[pending[0]] = pending[1]()
+            pending = None
+    finally:
+        if pending is not None:  # the helper's call ends (its log lines kept) before this
+            with contextlib.suppress(Exception):
+                pending[1]()
+    return results
+
+
+__all__ = ["HelperCall", "available_cores", "dataset_finished", "helper_cpu_seconds",
+           "helper_wanted", "in_helper", "library_threads", "ordered_map", "prepare_helper",
+           "process_threads", "share_cores", "side_by_side", "spawn_possible"]

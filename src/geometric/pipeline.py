@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from config import ConfigError
-from src.geometric.concurrency import (available_cores, dataset_finished, share_cores,
+from src.geometric.concurrency import (available_cores, dataset_finished, helper_wanted,
+                                       prepare_helper, share_cores, side_by_side,
                                        spawn_possible)
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
@@ -241,6 +242,8 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     excluded = excluded or set()
     kept = [im for im in images if im not in excluded]
     stopwatch = _Stopwatch()
+    if conf.reconstruction.num_threads == 1 and helper_wanted():
+        prepare_helper(__name__)  # ready for the scenes (_map_scenes) when they come
 
     features_path = stopwatch("features", extract_dataset, image_dir, kept, conf.features,
                               cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
@@ -324,21 +327,26 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
                         ) -> tuple[dict[str, PosePrediction], list[dict]]:
     """SfM of each match-graph scene, in cluster order; a prediction per image of a scene,
     and a row per scene. A scene's models become clusters numbered on from the previous
-    scene's."""
+    scene's. The scenes are mapped first (side by side, see :func:`_map_scenes`), then
+    each one's models are joined and, where it came out badly, it is redone."""
     result: dict[str, PosePrediction] = {}
     rows = []
     next_cluster = 0
-    for scene in sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=cluster_index):
+    names = sorted(set(scenes.values()) - {OUTLIER_SCENE}, key=cluster_index)
+    jobs = []
+    for scene in names:
         members = [im for im in kept if scenes[im] == scene]
         member_set = set(members)
         matches = {pair: m for pair, m in inlier_matches.items()
                    if pair[0] in member_set and pair[1] in member_set}
         keypoints = {im: features[im].keypoints for im in members}
-        sizes = image_sizes(features, members)
         work_dir = cache_dir / "sfm" / f"{conf.reconstruction.cache_key()}-{scene}"
+        jobs.append((image_dir, members, keypoints, matches, work_dir, conf.reconstruction,
+                     overwrite, None, image_sizes(features, members)))
+    mapped = stopwatch("reconstruction", _map_scenes, jobs, conf.reconstruction)
+    for scene, job, (sfm, seconds) in zip(names, jobs, mapped):
+        _, members, _, matches, work_dir = job[:5]
         started = time.perf_counter()
-        sfm = stopwatch("reconstruction", reconstruct_scene, image_dir, members, keypoints,
-                        matches, work_dir, conf.reconstruction, overwrite, image_sizes=sizes)
         models, merges = stopwatch("merging", merge_models, sfm.models, matches, conf.merge)
         if merges:
             log.info("%s/%s: %s", dataset, scene, describe_merges(merges))
@@ -348,7 +356,7 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
             overwrite, stopwatch)
         models = sfm.models
         merged = describe_merges(merges)
-        seconds = time.perf_counter() - started
+        seconds += time.perf_counter() - started
         predictions, first_cluster = _scene_predictions(dataset, members, models, next_cluster,
                                                         conf.unregistered)
         result.update(predictions)
@@ -360,6 +368,26 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
                         scene, len(members),
                         "kept with nan poses" if conf.unregistered == "nan" else "outliers")
     return result, rows
+
+
+def _map_scenes(jobs: list[tuple], conf: ReconConf) -> list[tuple[SceneSfM, float]]:
+    """:func:`reconstruction.reconstruct_scene` of each job's arguments and the seconds it
+    took, in job order. Scenes are independent: where this process has a core to spare
+    and the mapper runs on one thread, they are shared with the helper process, the
+    largest first (concurrency.side_by_side; the same models either way, tested). Each
+    scene's camera choice then maps its two candidates one after the other, in one process:
+    the demo's 10-image scenes mapped in 0.1 s each while their camera choice, the kept
+    cameras' second mapping and the other mapper waited on one another."""
+    if len(jobs) >= 2 and conf.num_threads == 1 and helper_wanted():
+        return side_by_side(_timed_scene, jobs, [len(job[1]) for job in jobs])
+    return [_timed_scene(*job) for job in jobs]
+
+
+def _timed_scene(*job) -> tuple[SceneSfM, float]:
+    """:func:`reconstruction.reconstruct_scene` of one job and its wall seconds."""
+    started = time.perf_counter()
+    sfm = reconstruct_scene(*job)
+    return sfm, time.perf_counter() - started
 
 
 def _escalate_if_needed(dataset: str, scene: str, image_dir: Path, members: list[str],
