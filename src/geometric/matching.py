@@ -42,6 +42,7 @@ import logging
 import numbers
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -454,6 +455,9 @@ def verify_matches(kp_a: np.ndarray, kp_b: np.ndarray, matches: np.ndarray,
 # =========================================================================== the stage
 # The pair's attribute written last (its F): a group without it is an unfinished entry.
 _COMPLETE_MARK = "F"
+# Matches are flushed to the work file at most this often: a kill loses the pairs of the
+# last second at most. A flush after every pair took 0.1 ms of 2 ms per demo pair.
+FLUSH_EVERY_S = 1.0
 
 
 def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int | None
@@ -505,13 +509,20 @@ def _pairs_side_by_side(conf: MatchConf) -> bool:
     return conf.matcher != "lightglue" and conf.verifier == "opencv-magsac"
 
 
-def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFrame:
-    """The stage's table: one row per pair, in order, with match and inlier counts."""
-    rows = []
-    with open_cache(cache_path) as h5:
-        for image_a, image_b in pairs:
-            group = h5[_pair_group_path((image_a, image_b))]
-            rows.append((image_a, image_b, group["matches"].shape[0], group["inliers"].shape[0]))
+def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]],
+                  known: dict[tuple[str, str], tuple[int, int]] | None = None) -> pd.DataFrame:
+    """The stage's table: one row per pair, in order, with match and inlier counts; those of
+    pairs in ``known`` (just written) as given, the others read from the cache (reading all
+    253 pairs of a demo dataset back took 0.06 s)."""
+    known = known or {}
+    counts = dict(known)
+    unknown = [pair for pair in dict.fromkeys(pairs) if pair not in known]
+    if unknown:
+        with open_cache(cache_path) as h5:
+            for pair in unknown:
+                group = h5[_pair_group_path(pair)]
+                counts[pair] = (group["matches"].shape[0], group["inliers"].shape[0])
+    rows = [(image_a, image_b, *counts[(image_a, image_b)]) for image_a, image_b in pairs]
     frame = pd.DataFrame(rows, columns=MATCH_COLUMNS)
     return frame.astype({"matches": np.int64, "inliers": np.int64})
 
@@ -592,20 +603,26 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
 
         read = (((a, b), features[a], features[b]) for a, b in todo)
         matched = ordered_map(matched_pair, read, threads)
+        written: dict[tuple[str, str], tuple[int, int]] = {}
+        flushed = time.monotonic()
         with contextlib.closing(matched):
             for (image_a, image_b), (matches, mask, F) in zip(
                     progress(todo, f"matching {cache_path.parent.name}", "pair"), matched):
                 # the upright count stays with the pair when a turned match replaces it
                 upright = {"upright_inliers": mask.sum()} if conf.turns_images else {}
                 _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
-                h5.flush()  # a kill loses at most the pairs not yet written
+                written[(image_a, image_b)] = (len(matches), int(mask.sum()))
+                if time.monotonic() - flushed >= FLUSH_EVERY_S:
+                    h5.flush()  # a kill loses at most the last second's pairs
+                    flushed = time.monotonic()
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,
                                FeatureConf(**feature_fields, device=conf.device),
                                features_path, Path(image_dir), overwrite,
                                f"matching {cache_path.parent.name}")
             retry.run(unique_pairs)
-    return _counts_frame(cache_path, pairs)
+            written = {}  # the retry may have replaced any pair
+    return _counts_frame(cache_path, pairs, written)
 
 
 # =========================================================================== rotation retry
