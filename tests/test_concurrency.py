@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -300,28 +301,49 @@ def test_a_helpers_failure_carries_its_traceback_and_its_cpu_is_counted(caplog):
     assert "working on 4" not in caplog.text
 
 
-def _pid_and_helper_wanted(value):
-    return os.getpid(), concurrency.helper_wanted(), value
+_local_calls = {"now": 0, "most": 0}
+_local_lock = threading.Lock()
 
 
-def test_side_by_side_shares_jobs_with_the_helper_and_keeps_their_order(threads):
-    threads(2)
-    assert concurrency.helper_wanted()
-    jobs = [(k,) for k in range(5)]
-    results = concurrency.side_by_side(_pid_and_helper_wanted, jobs, [1, 5, 2, 4, 3])
-    assert [value for _, _, value in results] == list(range(5))
-    pids = {pid for pid, _, _ in results}
-    assert os.getpid() in pids and len(pids) == 2  # some ran here, some in the helper
-    assert results[1][0] != os.getpid()  # the costliest went to the helper first
-    # neither the calls made here (the helper is busy) nor the helper's own start a helper
-    assert not any(wanted for _, wanted, _ in results)
-    assert concurrency.helper_wanted()  # free again afterwards
-    # one job, or none, runs here
-    assert concurrency.side_by_side(_pid_and_helper_wanted, [(7,)], [1]) == [
-        (os.getpid(), True, 7)]
-    assert concurrency.side_by_side(_pid_and_helper_wanted, [], []) == []
-    with pytest.raises(ValueError, match="2 jobs but 1 costs"):
-        concurrency.side_by_side(_pid_and_helper_wanted, [(1,), (2,)], [1])
+def _pid_after_a_while(value, seconds=0.05):
+    """Its process and value, after ``seconds``; counts how many run at once here."""
+    with _local_lock:
+        _local_calls["now"] += 1
+        _local_calls["most"] = max(_local_calls["most"], _local_calls["now"])
+    try:
+        import time
+        time.sleep(seconds)
+        return os.getpid(), value
+    finally:
+        with _local_lock:
+            _local_calls["now"] -= 1
+
+
+def _fails_with(value):
+    raise ValueError(f"call {value} failed in {os.getpid()}")
+
+
+def test_sfm_slots_run_calls_here_and_in_the_helper_one_here_at_a_time():
+    assert concurrency.in_sfm_slot(_pid_after_a_while, 0) is None  # no slots open
+    _local_calls["most"] = 0
+    with concurrency.sfm_slots() as slots:
+        with pytest.raises(RuntimeError, match="already open"):
+            with concurrency.sfm_slots():
+                pass
+        # several threads submit at once, as the pipeline's scenes do
+        with ThreadPoolExecutor(4) as scenes:
+            futures = list(scenes.map(lambda k: concurrency.in_sfm_slot(_pid_after_a_while, k),
+                                      range(12)))
+        results = [future.result() for future in futures]
+        failed = slots.submit(_fails_with, 3)
+        with pytest.raises(ValueError, match="call 3 failed"):
+            failed.result()
+        assert slots.submit(_pid_after_a_while, 20, 0).result()[1] == 20  # still serving
+    assert [value for _, value in results] == list(range(12))
+    pids = {pid for pid, _ in results}
+    assert os.getpid() in pids and len(pids) == 2  # here and in the helper
+    assert _local_calls["most"] == 1  # pycolmap is never run in two threads here
+    assert concurrency.in_sfm_slot(_pid_after_a_while, 0) is None  # closed again
 
 
 def _has_module(name):
@@ -335,32 +357,12 @@ def test_a_prepared_helper_has_imported_the_module_before_the_first_call():
     assert not in_helper(_has_module, "no_such_module_anywhere")()
 
 
-def _fails_on(value, bad, pid):
-    if value == bad:
-        where = "here" if os.getpid() == pid else "in the helper"
-        raise ValueError(f"job {value} failed {where}")
-    logging.getLogger("tests.helper").warning("job %d done", value)
-    return value
-
-
-def test_side_by_side_raises_a_jobs_error_after_the_helper_ends(threads, caplog):
-    threads(2)
-    pid = os.getpid()
-    # costs 2 and 1: job 0 goes to the helper, job 1 runs here
-    with pytest.raises(ValueError, match="job 1 failed here"):
-        concurrency.side_by_side(_fails_on, [(0, 1, pid), (1, 1, pid)], [2, 1])
-    assert "job 0 done" in caplog.text  # the helper's call was collected, its lines kept
-    with pytest.raises(ValueError, match="job 0 failed in the helper"):
-        concurrency.side_by_side(_fails_on, [(0, 0, pid), (1, 0, pid)], [2, 1])
-    assert concurrency.helper_wanted()
-
-
 @pytest.mark.slow
 def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypatch, threads):
     """A generated dataset (two scenes, outliers) through run_geometric all in this
-    process, with SfM's per-image camera mappings in the helper, and with the scenes
-    shared between this process and the helper: the same predictions to the bit and the
-    same scenes table but for its seconds."""
+    process, with SfM's per-image camera mappings in the helper, and with the scenes'
+    mappings sent to whichever of this process and the helper is free: the same
+    predictions to the bit and the same scenes table but for its seconds."""
     from src.demo_data import DemoSpec, generate_demo_dataset
     from src.geometric import pipeline
     from src.geometric.pipeline import GeometricConf, run_geometric
@@ -372,12 +374,11 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
     data = generate_demo_dataset(tmp_path / "data", spec)
     images = list_test_images(data)
     threads(2)
-    sent, shared = [], []
+    sent, slotted = [], []
     monkeypatch.setattr(reconstruction, "in_helper",
                         lambda fn, *args: sent.append(args[5]) or in_helper(fn, *args))
-    monkeypatch.setattr(pipeline, "side_by_side",
-                        lambda fn, jobs, costs: shared.append(len(jobs)) or
-                        concurrency.side_by_side(fn, jobs, costs))
+    monkeypatch.setattr(concurrency, "in_helper",
+                        lambda fn, *args: slotted.append(args[5]) or in_helper(fn, *args))
     runs = {}
     for way, (scenes_beside, mappings_beside) in {"alone": (False, False),
                                                   "mappings": (False, True),
@@ -390,7 +391,11 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
         if way == "mappings":
             assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
     alone, _, scenes_alone = runs["alone"]
-    assert len(scenes_alone) >= 2 and shared == [len(scenes_alone)]  # scenes side by side
+    # scenes side by side: their mappings went to the helper's slot, none the old way
+    assert len(scenes_alone) >= 2 and slotted and len(sent) >= 2
+    folders = {f"{GeometricConf().reconstruction.cache_key()}-{scene}"
+               for scene in scenes_alone["graph_scene"]}
+    assert all(folders & set(path.parts) for path in slotted)
     for way in ("mappings", "scenes"):
         helped, _, scenes_helped = runs[way]
         for a, b in zip(alone, helped):

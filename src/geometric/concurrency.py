@@ -9,9 +9,8 @@ they work, and each call does exactly what it would do alone, so the results are
 the bit whichever finishes first (tested). pycolmap is not run in threads: two of its solvers
 at once in one process made its bundled LAPACK report failed factorisations (CHOLMOD "not
 positive definite"), never seen one at a time. An independent SfM run goes instead to a
-helper process (:func:`in_helper`), whose result is what the same call returns here, and
-the scenes of a dataset are shared between this process and the helper
-(:func:`side_by_side`).
+helper process (:func:`in_helper`), whose result is what the same call returns here; the
+mappings of a dataset's scenes go to whichever of the two is free (:func:`sfm_slots`).
 
 A dataset worker process shares the cores with the workers still busy (``share_cores``,
 pipeline's worker set-up); elsewhere a process may use every core it is allowed on.
@@ -25,6 +24,7 @@ import logging
 import multiprocessing
 import multiprocessing.util
 import os
+import queue
 import sys
 import threading
 import time
@@ -33,7 +33,7 @@ from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -233,13 +233,9 @@ def helper_cpu_seconds() -> float:
     return _helper_cpu
 
 
-_helper_reserved = 0  # side_by_side calls running here while the helper runs another
-
-
 def helper_wanted() -> bool:
-    """Whether this process has a core to spare for a helper process, and can start one
-    (not while :func:`side_by_side` keeps the helper busy with a call of its own)."""
-    return not _helper_reserved and process_threads() >= 2 and spawn_possible()
+    """Whether this process has a core to spare for a helper process, and can start one."""
+    return process_threads() >= 2 and spawn_possible()
 
 
 _spawn_warned = False  # said once (two threads racing would say it twice: harmless)
@@ -281,10 +277,6 @@ class HelperCall:
 
     def __init__(self, fn: Callable[..., R], args: tuple, future: Future | None) -> None:
         self._fn, self._args, self._future = fn, args, future
-
-    def done(self) -> bool:
-        """Whether calling it would return (or raise) without waiting for the helper."""
-        return self._future is None or self._future.done()
 
     def __call__(self):
         """The call's result, logging here what it logged there and raising what it raised
@@ -344,45 +336,72 @@ def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> He
     return HelperCall(fn, args, None)
 
 
-def side_by_side(fn: Callable[..., R], jobs: Sequence[tuple], costs: Sequence[float]
-                 ) -> list[R]:
-    """``fn(*job)`` of each job, in job order, computed here and in the helper side by side
-    (``fn`` importable, the jobs picklable): the costliest first, each to whichever of the
-    two is free when this process finishes one (the longest-first rule: the last to finish
-    ends soon after the other). Calls made here see no helper (:func:`helper_wanted`), which
-    is busy with one of them. The results are what a plain loop returns, the helper's log
-    lines handled here when its call is collected. Raises the first exception met, after
-    the helper's call in flight has ended."""
-    global _helper_reserved
-    if len(jobs) != len(costs):
-        raise ValueError(f"{len(jobs)} jobs but {len(costs)} costs")
-    queue = deque(sorted(range(len(jobs)), key=lambda k: -costs[k]))
-    results: list = [None] * len(jobs)
-    pending: tuple[int, HelperCall] | None = None
-    try:
-        while queue:
-            if pending is None and len(queue) >= 2:
-                k = queue.popleft()
-                pending = (k, in_helper(fn, *jobs[k]))
-            k = queue.popleft()
-            _helper_reserved += pending is not None
+class SfmSlots:
+    """Two places where independent pycolmap calls run side by side: this process (one
+    call at a time, in a thread of its own: pycolmap is never run in two threads of one
+    process) and the helper. Each takes the next call waiting when it is free, whichever
+    scene asked for it, so neither waits while a call is ready: a scene's camera choice
+    maps its two candidates at once, and the calls after it (the kept cameras' second
+    mapping, the other mapper) meet the other scenes' calls. Used through
+    :func:`sfm_slots` and :func:`in_sfm_slot`."""
+
+    def __init__(self) -> None:
+        self._waiting: queue.Queue = queue.Queue()
+        self._servers = [threading.Thread(target=self._serve, args=(in_the_helper,),
+                                          name=f"sfm-slot-{where}", daemon=True)
+                         for in_the_helper, where in ((False, "here"), (True, "helper"))]
+        for server in self._servers:
+            server.start()
+
+    def submit(self, fn: Callable[..., R], *args) -> Future:
+        """``fn(*args)`` (importable and picklable, for the helper), in the first slot free."""
+        future: Future = Future()
+        self._waiting.put((fn, args, future))
+        return future
+
+    def _serve(self, in_the_helper: bool) -> None:
+        while (item := self._waiting.get()) is not None:
+            fn, args, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                results[k] = fn(*jobs[k])
-            finally:
-                _helper_reserved -= pending is not None
-            if pending is not None and pending[1].done():
-                results[pending[0]] = pending[1]()
-                pending = None
-        if pending is not None:
-            results[pending[0]] = pending[1]()
-            pending = None
+                future.set_result(in_helper(fn, *args)() if in_the_helper else fn(*args))
+            except BaseException as error:  # raised where the result is asked for
+                future.set_exception(error)
+
+    def close(self) -> None:
+        """Let the calls already submitted end, then stop both slots."""
+        for _ in self._servers:
+            self._waiting.put(None)
+        for server in self._servers:
+            server.join()
+
+
+_sfm_slots: SfmSlots | None = None
+
+
+@contextlib.contextmanager
+def sfm_slots() -> Iterator[SfmSlots]:
+    """Within the block, :func:`in_sfm_slot` sends pycolmap calls to two slots (here and the
+    helper, :class:`SfmSlots`); the calling threads (one per scene) only wait for them."""
+    global _sfm_slots
+    if _sfm_slots is not None:
+        raise RuntimeError("sfm_slots() is already open in this process")
+    _sfm_slots = SfmSlots()
+    try:
+        yield _sfm_slots
     finally:
-        if pending is not None:  # the helper's call ends (its log lines kept) before this
-            with contextlib.suppress(Exception):
-                pending[1]()
-    return results
+        _sfm_slots, slots = None, _sfm_slots
+        slots.close()
 
 
-__all__ = ["HelperCall", "available_cores", "dataset_finished", "helper_cpu_seconds",
-           "helper_wanted", "in_helper", "library_threads", "ordered_map", "prepare_helper",
-           "process_threads", "share_cores", "side_by_side", "spawn_possible"]
+def in_sfm_slot(fn: Callable[..., R], *args) -> Future | None:
+    """``fn(*args)`` started in a free slot of the open :func:`sfm_slots` (its result a
+    Future), or None when none is open (the caller then decides where it runs)."""
+    return None if _sfm_slots is None else _sfm_slots.submit(fn, *args)
+
+
+__all__ = ["HelperCall", "SfmSlots", "available_cores", "dataset_finished",
+           "helper_cpu_seconds", "helper_wanted", "in_helper", "in_sfm_slot", "library_threads",
+           "ordered_map", "prepare_helper", "process_threads", "sfm_slots", "share_cores",
+           "spawn_possible"]

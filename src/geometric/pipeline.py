@@ -14,7 +14,7 @@ import logging
 import logging.handlers
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +23,7 @@ import pandas as pd
 
 from config import ConfigError
 from src.geometric.concurrency import (available_cores, dataset_finished, helper_wanted,
-                                       prepare_helper, share_cores, side_by_side,
-                                       spawn_possible)
+                                       prepare_helper, sfm_slots, share_cores, spawn_possible)
 from src.geometric.escalation import (EscalationConf, better_result, describe_outcome,
                                       escalate_scene, image_sizes, more_to_find,
                                       needs_escalation, weakly_tied)
@@ -157,6 +156,10 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
 
 
 # Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
+# Scenes mapped at once (_map_scenes): each has at most two mappings waiting, so four keep
+# both SfM slots busy; the rest wait their turn, the largest first.
+MAX_SCENE_THREADS = 4
+
 SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalation",
                "merged", "models", "model_sizes", "registered", "unregistered", "clusters",
                "seconds"]
@@ -372,15 +375,19 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 def _map_scenes(jobs: list[tuple], conf: ReconConf) -> list[tuple[SceneSfM, float]]:
     """:func:`reconstruction.reconstruct_scene` of each job's arguments and the seconds it
-    took, in job order. Scenes are independent: where this process has a core to spare
-    and the mapper runs on one thread, they are shared with the helper process, the
-    largest first (concurrency.side_by_side; the same models either way, tested). Each
-    scene's camera choice then maps its two candidates one after the other, in one process:
-    the demo's 10-image scenes mapped in 0.1 s each while their camera choice, the kept
-    cameras' second mapping and the other mapper waited on one another."""
-    if len(jobs) >= 2 and conf.num_threads == 1 and helper_wanted():
-        return side_by_side(_timed_scene, jobs, [len(job[1]) for job in jobs])
-    return [_timed_scene(*job) for job in jobs]
+    took, in job order. Scenes are independent: where this process has a core to spare and
+    the mapper runs on one thread, each scene has a thread here that sends its mappings to
+    whichever of this process and the helper is free (concurrency.sfm_slots; the same
+    models either way, tested), the largest scenes' first. The demo's 10-image scenes map
+    in ~0.1 s each; one at a time, their camera choice, the kept cameras' second mapping
+    and the other mapper waited on one another with a core idle."""
+    if len(jobs) < 2 or conf.num_threads != 1 or not helper_wanted():
+        return [_timed_scene(*job) for job in jobs]
+    largest_first = sorted(range(len(jobs)), key=lambda k: -len(jobs[k][1]))
+    with sfm_slots(), ThreadPoolExecutor(min(len(jobs), MAX_SCENE_THREADS),
+                                         thread_name_prefix="scene") as scenes:
+        futures = {k: scenes.submit(_timed_scene, *jobs[k]) for k in largest_first}
+        return [futures[k].result() for k in range(len(jobs))]
 
 
 def _timed_scene(*job) -> tuple[SceneSfM, float]:

@@ -41,6 +41,7 @@ a half-written cache behind.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
@@ -59,7 +60,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.concurrency import helper_wanted, in_helper
+from src.geometric.concurrency import helper_wanted, in_helper, in_sfm_slot
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
 from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
@@ -810,8 +811,8 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
     ``work_dir/cameras-image`` and ``work_dir/cameras-size``, and the better kept), the
     sharing they were mapped with ("image" or "size") and what to say about it."""
     if conf.camera_sharing != "auto":
-        models = _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                                   work_dir, conf, overwrite, label, image_sizes)
+        models = _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
+                           work_dir, conf, overwrite, label, image_sizes)
         return models, conf.camera_sharing, _cameras_label(conf)
     sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
 
@@ -828,27 +829,14 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
         """The models of per-image cameras once kept: under "auto" seen as separate cameras."""
         kept = "separate" if conf.pair_cameras == "auto" else conf.pair_cameras
         folder = "cameras-image-separate" if kept == "separate" else "cameras-image"
-        return _reconstruct_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                                 work_dir / folder,
-                                 replace(conf, camera_sharing="image", pair_cameras=kept),
-                                 overwrite, label, sizes)
+        return _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
+                         work_dir / folder,
+                         replace(conf, camera_sharing="image", pair_cameras=kept), overwrite,
+                         label, sizes)
 
     if len(set(sizes.values())) == len(images):  # nothing to weigh: per-image cameras kept
         return kept_per_image(), "image", "per image (no two images of one size)"
-    # Two independent one-thread mappings: the per-image one in a helper process where this
-    # one has a core to spare (concurrency.in_helper; the same models either way). A mapper
-    # on several threads already has the cores.
-    beside = helper_wanted() and conf.num_threads == 1
-    per_image_models = (in_helper(_reconstruct_once, *args("image")) if beside
-                        else functools.partial(_reconstruct_once, *args("image")))
-    try:
-        shared = _reconstruct_once(*args("size"))
-    except BaseException:
-        if beside:  # the helper's mapping ends (its log lines kept) before this call does
-            with contextlib.suppress(Exception):
-                per_image_models()
-        raise
-    per_image = per_image_models()
+    shared, per_image = _map_both(args("size"), args("image"), conf)
     keep_shared, why = prefer_shared_cameras(shared, per_image,
                                              conf.shared_camera_max_error_ratio,
                                              conf.shared_camera_free_error_ratio)
@@ -863,6 +851,39 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
         return per_image, "image", (f"per image ({why}); mapped again as separate cameras "
                                     f"they register fewer images, not kept")
     return models, "image", f"per image ({why}), mapped again as separate cameras"
+
+
+def _map_once(*args) -> list[Model]:
+    """:func:`_reconstruct_once` in a free slot while a dataset's scenes are mapped side by
+    side (concurrency.sfm_slots), else here."""
+    future = in_sfm_slot(_reconstruct_once, *args)
+    return _reconstruct_once(*args) if future is None else future.result()
+
+
+def _map_both(shared_args: tuple, per_image_args: tuple, conf: ReconConf
+              ) -> tuple[list[Model], list[Model]]:
+    """The two independent one-thread mappings of the camera choice (:func:`_reconstruct_once`
+    of each argument tuple), side by side: in the two slots while a dataset's scenes are
+    mapped side by side, else the per-image one in the helper process where this one has a
+    core to spare (concurrency.in_helper; the same models either way); one after the other
+    here when the mapper runs on several threads (it has the cores already). Either's
+    exception is raised once both have ended (their log lines kept)."""
+    shared_future = in_sfm_slot(_reconstruct_once, *shared_args)
+    if shared_future is not None:
+        per_image_future = in_sfm_slot(_reconstruct_once, *per_image_args)
+        concurrent.futures.wait([shared_future, per_image_future])
+        return shared_future.result(), per_image_future.result()
+    beside = helper_wanted() and conf.num_threads == 1
+    per_image_models = (in_helper(_reconstruct_once, *per_image_args) if beside
+                        else functools.partial(_reconstruct_once, *per_image_args))
+    try:
+        shared = _reconstruct_once(*shared_args)
+    except BaseException:
+        if beside:  # the helper's mapping ends (its log lines kept) before this call does
+            with contextlib.suppress(Exception):
+                per_image_models()
+        raise
+    return shared, per_image_models()
 
 
 def _registered(models: Sequence[Model]) -> int:
