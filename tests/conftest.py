@@ -1,8 +1,8 @@
 """Shared test set-up.
 
 SfM's mappings go to a helper process where this one has a core to spare
-(src.geometric.concurrency.in_helper, sfm_slots). A test that replaces
-a function (monkeypatch) replaces it in this process only, so the helper is left out here;
+(src.geometric.concurrency: in_helper, sfm_slots). A test that replaces a function
+(monkeypatch) replaces it in this process only, so the helper is left out here;
 tests/test_concurrency.py turns it back on and shows it gives the models mapped here.
 """
 

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -311,7 +312,6 @@ def _pid_after_a_while(value, seconds=0.05):
         _local_calls["now"] += 1
         _local_calls["most"] = max(_local_calls["most"], _local_calls["now"])
     try:
-        import time
         time.sleep(seconds)
         return os.getpid(), value
     finally:
@@ -321,6 +321,13 @@ def _pid_after_a_while(value, seconds=0.05):
 
 def _fails_with(value):
     raise ValueError(f"call {value} failed in {os.getpid()}")
+
+
+def _dies_in_the_helper(value, pid):
+    """Kills the helper that runs it; made here instead, it counts as one call here."""
+    if os.getpid() != pid:
+        os._exit(3)
+    return _pid_after_a_while(value)
 
 
 def test_sfm_slots_run_calls_here_and_in_the_helper_one_here_at_a_time():
@@ -344,6 +351,29 @@ def test_sfm_slots_run_calls_here_and_in_the_helper_one_here_at_a_time():
     assert os.getpid() in pids and len(pids) == 2  # here and in the helper
     assert _local_calls["most"] == 1  # pycolmap is never run in two threads here
     assert concurrency.in_sfm_slot(_pid_after_a_while, 0) is None  # closed again
+
+
+def test_sfm_slots_make_a_dead_helpers_calls_here_one_at_a_time(caplog):
+    """The helper's slot makes the calls of a helper that died here: still one at a time."""
+    _local_calls["most"] = 0
+    with concurrency.sfm_slots():
+        futures = [concurrency.in_sfm_slot(_dies_in_the_helper, k, os.getpid())
+                   for k in range(6)]
+        results = [future.result() for future in futures]
+    assert results == [(os.getpid(), k) for k in range(6)]
+    assert "the helper process failed" in caplog.text
+    assert _local_calls["most"] == 1
+
+
+def test_cancelled_sfm_slot_calls_are_not_made():
+    with concurrency.sfm_slots() as slots:
+        first = slots.submit(_pid_after_a_while, 0, 0.3)
+        second = slots.submit(_pid_after_a_while, 1, 0.3)
+        waiting = [slots.submit(_pid_after_a_while, k) for k in range(2, 6)]
+        time.sleep(0.1)  # both slots have taken a call
+        slots.cancel_waiting()
+    assert first.result()[1] == 0 and second.result()[1] == 1
+    assert all(future.cancelled() for future in waiting)
 
 
 def _has_module(name):
@@ -391,8 +421,8 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
         if way == "mappings":
             assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
     alone, _, scenes_alone = runs["alone"]
-    # scenes side by side: their mappings went to the helper's slot, none the old way
-    assert len(scenes_alone) >= 2 and slotted and len(sent) >= 2
+    # scenes side by side: their mappings went to the slots, some to the helper's
+    assert len(scenes_alone) >= 2 and slotted
     folders = {f"{GeometricConf().reconstruction.cache_key()}-{scene}"
                for scene in scenes_alone["graph_scene"]}
     assert all(folders & set(path.parts) for path in slotted)

@@ -280,10 +280,12 @@ class HelperCall:
 
     def __call__(self):
         """The call's result, logging here what it logged there and raising what it raised
-        (made here, with a warning, when the helper died on it)."""
+        (made here, with a warning, when the helper died on it: one pycolmap call at a
+        time, :func:`pycolmap_here`)."""
         global _helper_cpu
         if self._future is None:
-            return self._fn(*self._args)
+            with pycolmap_here():
+                return self._fn(*self._args)
         try:
             value, records, error, cpu_seconds = self._future.result()
         except BrokenProcessPool as broken:
@@ -336,6 +338,18 @@ def _here_instead(error: BaseException, fn: Callable[..., R], args: tuple) -> He
     return HelperCall(fn, args, None)
 
 
+# Held by whatever runs pycolmap in this process while SfM slots are open: the slot here, a
+# helper call made here after all, a scene thread's own use (reentrant: one holder may call
+# another).
+_pycolmap_lock = threading.RLock()
+
+
+def pycolmap_here() -> threading.RLock:
+    """The lock (a context manager) under which a thread of this process runs pycolmap, so
+    that two threads never do at once (see the module's docstring)."""
+    return _pycolmap_lock
+
+
 class SfmSlots:
     """Two places where independent pycolmap calls run side by side: this process (one
     call at a time, in a thread of its own: pycolmap is never run in two threads of one
@@ -354,20 +368,42 @@ class SfmSlots:
             server.start()
 
     def submit(self, fn: Callable[..., R], *args) -> Future:
-        """``fn(*args)`` (importable and picklable, for the helper), in the first slot free."""
+        """``fn(*args)`` (importable and picklable, for the helper), queued for the first
+        slot free."""
         future: Future = Future()
         self._waiting.put((fn, args, future))
         return future
 
     def _serve(self, in_the_helper: bool) -> None:
-        while (item := self._waiting.get()) is not None:
-            fn, args, future = item
-            if not future.set_running_or_notify_cancel():
-                continue
+        from threadpoolctl import threadpool_limits
+
+        # One thread for BLAS and OpenMP, as in the helper: a call's result does not depend
+        # on the slot that took it (OpenMP's limit is the calling thread's own).
+        with contextlib.nullcontext() if in_the_helper else threadpool_limits(1):
+            while (item := self._waiting.get()) is not None:
+                fn, args, future = item
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if in_the_helper:
+                        future.set_result(in_helper(fn, *args)())
+                    else:
+                        with pycolmap_here():
+                            future.set_result(fn(*args))
+                except BaseException as error:  # raised where the result is asked for
+                    future.set_exception(error)
+
+    def cancel_waiting(self) -> None:
+        """Cancel the calls no slot has taken yet (their callers get CancelledError)."""
+        while True:
             try:
-                future.set_result(in_helper(fn, *args)() if in_the_helper else fn(*args))
-            except BaseException as error:  # raised where the result is asked for
-                future.set_exception(error)
+                item = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:  # close() has begun: leave its stop marks
+                self._waiting.put(None)
+                return
+            item[2].cancel()
 
     def close(self) -> None:
         """Let the calls already submitted end, then stop both slots."""
@@ -396,12 +432,12 @@ def sfm_slots() -> Iterator[SfmSlots]:
 
 
 def in_sfm_slot(fn: Callable[..., R], *args) -> Future | None:
-    """``fn(*args)`` started in a free slot of the open :func:`sfm_slots` (its result a
-    Future), or None when none is open (the caller then decides where it runs)."""
+    """``fn(*args)`` queued for the first free slot of the open :func:`sfm_slots` (its result
+    a Future), or None when none is open (the caller then decides where it runs)."""
     return None if _sfm_slots is None else _sfm_slots.submit(fn, *args)
 
 
 __all__ = ["HelperCall", "SfmSlots", "available_cores", "dataset_finished",
            "helper_cpu_seconds", "helper_wanted", "in_helper", "in_sfm_slot", "library_threads",
-           "ordered_map", "prepare_helper", "process_threads", "sfm_slots", "share_cores",
-           "spawn_possible"]
+           "ordered_map", "prepare_helper", "process_threads", "pycolmap_here", "sfm_slots",
+           "share_cores", "spawn_possible"]

@@ -455,8 +455,9 @@ def verify_matches(kp_a: np.ndarray, kp_b: np.ndarray, matches: np.ndarray,
 # =========================================================================== the stage
 # The pair's attribute written last (its F): a group without it is an unfinished entry.
 _COMPLETE_MARK = "F"
-# Matches are flushed to the work file at most this often: a kill loses the pairs of the
-# last second at most. A flush after every pair took 0.1 ms of 2 ms per demo pair.
+# Matches are flushed to the work file at most this often: a kill usually loses the last
+# second's pairs (HDF5 may write metadata between flushes; a work file left unreadable is
+# started over, h5cache). A flush after every pair took 0.1 ms of 2 ms per demo pair.
 FLUSH_EVERY_S = 1.0
 
 
@@ -613,7 +614,7 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
                 _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
                 written[(image_a, image_b)] = (len(matches), int(mask.sum()))
                 if time.monotonic() - flushed >= FLUSH_EVERY_S:
-                    h5.flush()  # a kill loses at most the last second's pairs
+                    h5.flush()  # see FLUSH_EVERY_S
                     flushed = time.monotonic()
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,

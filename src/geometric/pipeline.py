@@ -155,11 +155,11 @@ def choose_features(features: str = "auto", matcher: str = "auto") -> tuple[str,
     return features, matcher, "; ".join(reasons) or "as configured"
 
 
-# Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
 # Scenes mapped at once (_map_scenes): each has at most two mappings waiting, so four keep
 # both SfM slots busy; the rest wait their turn, the largest first.
 MAX_SCENE_THREADS = 4
 
+# Columns of sfm_scenes.csv: what SfM made of each match-graph scene (_sfm_row).
 SFM_COLUMNS = ["dataset", "graph_scene", "images", "mapper", "cameras", "escalation",
                "merged", "models", "model_sizes", "registered", "unregistered", "clusters",
                "seconds"]
@@ -375,19 +375,25 @@ def _reconstruct_scenes(dataset: str, image_dir: Path, kept: list[str], scenes: 
 
 def _map_scenes(jobs: list[tuple], conf: ReconConf) -> list[tuple[SceneSfM, float]]:
     """:func:`reconstruction.reconstruct_scene` of each job's arguments and the seconds it
-    took, in job order. Scenes are independent: where this process has a core to spare and
-    the mapper runs on one thread, each scene has a thread here that sends its mappings to
-    whichever of this process and the helper is free (concurrency.sfm_slots; the same
-    models either way, tested), the largest scenes' first. The demo's 10-image scenes map
+    took (waiting for other scenes' mappings included), in job order. Scenes are
+    independent: where this process has a core to spare and the mapper runs on one thread,
+    up to MAX_SCENE_THREADS scenes at once, the largest first, each in a thread here that
+    sends its mappings to whichever of this process and the helper is free
+    (concurrency.sfm_slots; the same models either way, tested). The demo's 10-image scenes map
     in ~0.1 s each; one at a time, their camera choice, the kept cameras' second mapping
     and the other mapper waited on one another with a core idle."""
     if len(jobs) < 2 or conf.num_threads != 1 or not helper_wanted():
         return [_timed_scene(*job) for job in jobs]
     largest_first = sorted(range(len(jobs)), key=lambda k: -len(jobs[k][1]))
-    with sfm_slots(), ThreadPoolExecutor(min(len(jobs), MAX_SCENE_THREADS),
-                                         thread_name_prefix="scene") as scenes:
+    with sfm_slots() as slots, ThreadPoolExecutor(min(len(jobs), MAX_SCENE_THREADS),
+                                                  thread_name_prefix="scene") as scenes:
         futures = {k: scenes.submit(_timed_scene, *jobs[k]) for k in largest_first}
-        return [futures[k].result() for k in range(len(jobs))]
+        try:
+            return [futures[k].result() for k in range(len(jobs))]
+        except BaseException:  # a scene failed (or Ctrl-C): the others stop at their next call
+            slots.cancel_waiting()
+            scenes.shutdown(cancel_futures=True)
+            raise
 
 
 def _timed_scene(*job) -> tuple[SceneSfM, float]:
@@ -441,7 +447,8 @@ def _sfm_row(dataset: str, scene: str, members: list[str], models: list[Model], 
     why), the cameras kept and why, whether
     it was redone with more effort and which result was kept, which models were joined and
     on what evidence, the models' sizes, the images it registered, the submission clusters
-    they became and the seconds it took (cached runs take none)."""
+    they became and the seconds it took (cached runs take none; scenes mapped side by side
+    count the time their mappings waited for the others')."""
     registered = len(set(members) & {name for model in models for name in model.poses})
     return {"dataset": dataset, "graph_scene": scene, "images": len(members), "mapper": mapper,
             "cameras": cameras, "escalation": escalation, "merged": merged,

@@ -60,7 +60,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.concurrency import helper_wanted, in_helper, in_sfm_slot
+from src.geometric.concurrency import helper_wanted, in_helper, in_sfm_slot, pycolmap_here
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
 from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
@@ -791,8 +791,10 @@ def _reconstruct_either(image_dir: str | os.PathLike, images: list[str],
         # a first mapper that found nothing chose no cameras: the next one weighs both again
         sharing = kept_sharing if models else conf.camera_sharing
         results[mapper] = (models, cameras)
+        with pycolmap_here():  # a scene's thread, beside another's mapping (_map_once)
+            pinhole = pinhole_keypoints(models, kpts)
         held[mapper] = len(held_images(
-            placements(models, images), pinhole_keypoints(models, kpts), pair_matches, sizes,
+            placements(models, images), pinhole, pair_matches, sizes,
             min_matches=conf.min_num_matches, max_distance_share=conf.held_max_distance_share,
             min_explained=conf.held_min_explained))
     winner, why = prefer_mapper(held, conf.fallback_mapper, len(evidenced))
