@@ -280,10 +280,14 @@ def test_match_and_verify_table_and_cache(features_path, features, tmp_path):
         if len(putative):
             assert putative[:, 0].max() < len(features[image_a])
             assert putative[:, 1].max() < len(features[image_b])
-    with h5py.File(cache) as h5:
-        assert h5["a0.png/a1.png"].attrs["image_a"] == "a0.png"
-        assert h5["a0.png/a1.png"]["inliers"].shape == (by_pair.loc[("a0.png", "a1.png"),
-                                                                    "inliers"], 2)
+    with h5py.File(cache) as h5:  # one batch of the pairs in order, its arrays as documented
+        batch = h5["batches/0"]
+        assert batch.attrs["complete"]
+        assert [tuple(row) for row in batch["names"].asstr()[()]] == PAIRS
+        np.testing.assert_array_equal(batch["counts"][()], table[["matches", "inliers"]])
+        assert batch["inliers"].shape == (table["inliers"].sum(), 2)
+        assert batch["matches"].shape == (table["matches"].sum(), 2)
+        assert batch["F"].shape == (len(PAIRS), 3, 3)
     with pytest.raises(KeyError, match="b0.png"):
         load_pair(cache, "b0.png", "a0.png")
 

@@ -227,12 +227,15 @@ def test_turns_settled_for_other_pairs_send_these_pairs_back_to_the_retry(tmp_pa
 
     import h5py
 
-    from src.geometric.matching import _pair_group_path, _turns_settled
+    from src.geometric.matching import _PairWriter, _turns_settled
 
     path = tmp_path / "matches.h5"
+    no_matches = np.zeros((0, 2), np.int32)
     with h5py.File(path, "w") as h5:
-        h5.create_group(_pair_group_path(("x", "z"))).attrs["turn_a"] = 90
-        h5.create_group(_pair_group_path(("y", "z")))
+        writer = _PairWriter(h5)
+        writer.add("x", "z", no_matches, no_matches, None, turn_a=90)
+        writer.add("y", "z", no_matches, no_matches, None)
+        writer.flush()
         h5.attrs["turns"] = json.dumps({})
     assert _turns_settled(path, [("y", "z")])
     assert not _turns_settled(path, [("x", "z"), ("y", "z")])

@@ -7,16 +7,21 @@ fitted robustly to them keeps the geometrically consistent ones
 (:func:`verify_matches`). :func:`match_and_verify` runs both over a list of pairs with the
 features of ``src.geometric.features`` and caches everything on disk, resumably.
 
-Layout of a cache file::
+Layout of a cache file (``CACHE_LAYOUT``, part of its name)::
 
     /                       attrs: config (MatchConf and the features' FeatureConf, JSON)
-    /<a>/<b>/               attrs: image_a, image_b (names), F (3, 3) float64, NaN if none
-        matches  (M, 2)  int32  putative matches: rows (keypoint index in a, index in b)
-        inliers  (K, 2)  int32  the verified subset of ``matches`` (K = 0: not verified)
+    /batches/<k>/           PAIRS_PER_BATCH pairs (k = 0, 1, ...), written whole; attrs:
+                            complete (written last: a batch without it is unfinished)
+        names    (n, 2)     str    the pairs' image names (a, b)
+        counts   (n, 2)     int64  each pair's putative matches M and inliers K
+        matches  (sum M, 2) int32  putative matches, pair after pair: rows (keypoint index
+                                   in a, index in b)
+        inliers  (sum K, 2) int32  the verified subset of each pair's matches (K = 0: not
+                                   verified)
+        F        (n, 3, 3)  float64  NaN where none
 
-``<a>`` and ``<b>`` are the image names escaped by ``h5cache.h5_key`` (no '/'), so the
-pair's group is ``a/b``. ``F`` is written last: a group without it is unfinished. The
-resumable-file machinery is ``src.geometric.h5cache``, as for the features.
+A pair is read from the last batch that holds it (:func:`_pair_index`). The resumable-file
+machinery is ``src.geometric.h5cache``, as for the features.
 ``F`` maps keypoints of a to epipolar lines in b: ``[x_b, 1] F [x_a, 1]^T = 0`` (pixels,
 OpenCV pixel-centre convention).
 
@@ -24,9 +29,10 @@ With LightGlue's rotation retry (``MatchConf.rotation_retry``) a cache also hold
 
     /                       attrs: turns (JSON {image: degrees}, written last: the images
                                    matched turned; the others are upright)
-    /<a>/<b>/               attrs: upright_inliers (the pair's inliers with both upright),
-                                   turn_a, turn_b (degrees; absent: 0)
+    /batches/<k>/extra (n, 3) int64  upright_inliers (the pair's inliers with both
+                                   upright), turn_a, turn_b (degrees)
 
+The retry stores the pairs it matches again in later batches.
 Each image is matched at one turn everywhere (:func:`_settle_turns` says which), so the
 indices of every pair with an image refer to one keypoint set: the upright features, or
 those detected on the turned image (``features.turned_features_path``), in pixels of the
@@ -42,10 +48,9 @@ import logging
 import numbers
 import os
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import cv2
 import h5py
@@ -56,9 +61,8 @@ from src.geometric.concurrency import ordered_map, process_threads
 from src.geometric.features import (QUARTER_TURNS, FeatureConf, FeatureReader, Features,
                                     cached_images, extract_dataset, load_all_features,
                                     open_features, turned_features_path)
-from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
-                                   name_from_h5_key, new_entry, read_cache_config,
-                                   open_cache, resumable_h5)
+from src.geometric.h5cache import (CONFIG_ATTR, check_config, open_cache, read_cache_config,
+                                   resumable_h5, set_aside_if_unreadable)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
                                    RANSAC_THRESHOLD_PX, ROTATION_RETRY, ROTATION_WEAK_INLIERS,
                                    TORCH_DEVICES, check_choices)
@@ -158,7 +162,7 @@ class MatchConf:
     def cache_key(self) -> str:
         """Short stable name for file names, e.g. ``mnn0.8-opencv-magsac-1c2d3e4f`` or
         ``lightglue-opencv-magsac-…``: the matcher and verifier, then a hash of every field."""
-        digest = hashlib.sha1(self.to_json().encode()).hexdigest()[:8]
+        digest = hashlib.sha1((self.to_json() + CACHE_LAYOUT).encode()).hexdigest()[:8]
         matcher = ("lightglue" if self.matcher == "lightglue"
                    else f"{'mnn' if self.mutual else 'nn'}{self.ratio:g}")
         return f"{matcher}-{self.verifier}-{digest}"
@@ -453,12 +457,107 @@ def verify_matches(kp_a: np.ndarray, kp_b: np.ndarray, matches: np.ndarray,
 
 
 # =========================================================================== the stage
-# The pair's attribute written last (its F): a group without it is an unfinished entry.
-_COMPLETE_MARK = "F"
-# Matches are flushed to the work file at most this often: a kill usually loses the last
-# second's pairs (HDF5 may write metadata between flushes; a work file left unreadable is
-# started over, h5cache). A flush after every pair took 0.1 ms of 2 ms per demo pair.
-FLUSH_EVERY_S = 1.0
+# Pairs are stored in batches of this many, each written whole (a few arrays: one HDF5
+# group and five datasets per pair took ~0.75 ms, half of a demo pair's matching, on the
+# thread that the matching threads needed Python's lock from). A kill loses the pairs not
+# yet in a batch; the batches depend on the pairs' order only, not on threads or timing.
+PAIRS_PER_BATCH = 32
+# The folder of the batches, and the batch attribute written last (unfinished without it).
+_BATCHES = "batches"
+_COMPLETE_MARK = "complete"
+# Layout of the file, part of the cache's name: a cache of an older layout is not read.
+CACHE_LAYOUT = "batched-1"
+# Columns of a batch's ``extra`` array (rotation retry only).
+_EXTRA = ("upright_inliers", "turn_a", "turn_b")
+
+
+class _Stored(NamedTuple):
+    """Where one pair is in a cache: its batch, row, and rows of the batch's arrays."""
+
+    batch: str
+    row: int
+    matches: slice
+    inliers: slice
+
+
+def _pair_index(h5: h5py.File) -> dict[tuple[str, str], _Stored]:
+    """Every pair of an open cache in a finished batch, and where; a pair stored in several
+    batches (the rotation retry stores pairs again) is the last one's."""
+    index: dict[tuple[str, str], _Stored] = {}
+    if _BATCHES not in h5:
+        return index
+    for key in sorted(h5[_BATCHES], key=int):
+        batch = h5[_BATCHES][key]
+        if _COMPLETE_MARK not in batch.attrs:
+            continue
+        counts = batch["counts"][()]
+        ends = np.cumsum(counts, axis=0)
+        for row, (a, b) in enumerate(batch["names"].asstr()[()]):
+            index[(str(a), str(b))] = _Stored(
+                key, row, slice(int(ends[row, 0] - counts[row, 0]), int(ends[row, 0])),
+                slice(int(ends[row, 1] - counts[row, 1]), int(ends[row, 1])))
+    return index
+
+
+def _stored_pair(h5: h5py.File, where: _Stored
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, int]]:
+    """One stored pair: (putative matches, inliers, F or None, the retry's columns)."""
+    batch = h5[_BATCHES][where.batch]
+    F = batch["F"][where.row]
+    extra = ({name: int(v) for name, v in zip(_EXTRA, batch["extra"][where.row])}
+             if "extra" in batch else {})
+    return (batch["matches"][where.matches].astype(np.int32),
+            batch["inliers"][where.inliers].astype(np.int32),
+            None if np.isnan(F).any() else np.asarray(F, np.float64), extra)
+
+
+class _PairWriter:
+    """Adds pairs to an open cache, PAIRS_PER_BATCH to a batch (:func:`flush` writes a
+    shorter one); unfinished batches of an interrupted run are removed first."""
+
+    def __init__(self, h5: h5py.File) -> None:
+        self.h5 = h5
+        batches = h5.require_group(_BATCHES)
+        for key in list(batches):
+            if _COMPLETE_MARK not in batches[key].attrs:
+                del batches[key]
+        self.next_key = max((int(key) + 1 for key in batches), default=0)
+        self.rows: list[tuple] = []
+
+    def add(self, image_a: str, image_b: str, matches: np.ndarray, inliers: np.ndarray,
+            F: np.ndarray | None, **extra: int) -> None:
+        """One pair; ``extra`` (the rotation retry's ``_EXTRA``, upright inliers by default
+        the pair's inliers, turns 0)."""
+        matches = np.asarray(matches, np.int32).reshape(-1, 2)
+        inliers = np.asarray(inliers, np.int32).reshape(-1, 2)
+        self.rows.append((image_a, image_b, matches, inliers,
+                          np.full((3, 3), np.nan) if F is None else np.asarray(F, np.float64),
+                          extra))
+        if len(self.rows) >= PAIRS_PER_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pairs added since the last batch as one batch, and flush the file."""
+        if not self.rows:
+            return
+        batch = self.h5[_BATCHES].create_group(str(self.next_key))
+        names, matches, inliers, Fs, extras = zip(*[
+            ((a, b), m, k, F, e) for a, b, m, k, F, e in self.rows])
+        batch.create_dataset("names", data=np.array(names, dtype=object),
+                             dtype=h5py.string_dtype())
+        batch.create_dataset("counts", data=np.array([(len(m), len(k)) for m, k in
+                                                      zip(matches, inliers)], np.int64))
+        batch.create_dataset("matches", data=np.concatenate(matches))
+        batch.create_dataset("inliers", data=np.concatenate(inliers))
+        batch.create_dataset("F", data=np.stack(Fs))
+        if any(extras):
+            batch.create_dataset("extra", data=np.array(
+                [(e.get("upright_inliers", len(k)), e.get("turn_a", 0), e.get("turn_b", 0))
+                 for e, k in zip(extras, inliers)], np.int64))
+        batch.attrs[_COMPLETE_MARK] = True
+        self.h5.flush()
+        self.next_key += 1
+        self.rows = []
 
 
 def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int | None
@@ -468,23 +567,6 @@ def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int
         return 1.0
     longest = max(max(features_a.image_size), max(features_b.image_size))
     return max(1.0, longest / max_image_side)
-
-
-def _pair_group_path(pair: tuple[str, str]) -> str:
-    return f"{h5_key(pair[0])}/{h5_key(pair[1])}"
-
-
-def _write_pair(h5: h5py.File, image_a: str, image_b: str, matches: np.ndarray,
-                inliers: np.ndarray, F: np.ndarray | None, **attrs: int) -> None:
-    """One pair's entry; ``attrs`` (the rotation retry's) go in before the completion mark."""
-    group = new_entry(h5, _pair_group_path((image_a, image_b)))
-    group.create_dataset("matches", data=np.asarray(matches, np.int32).reshape(-1, 2))
-    group.create_dataset("inliers", data=np.asarray(inliers, np.int32).reshape(-1, 2))
-    group.attrs["image_a"] = image_a
-    group.attrs["image_b"] = image_b
-    for name, value in attrs.items():
-        group.attrs[name] = int(value)
-    group.attrs["F"] = np.full((3, 3), np.nan) if F is None else np.asarray(F, np.float64)
 
 
 def _match_pair(match, features_a: Features, turn_a: int, features_b: Features, turn_b: int,
@@ -510,22 +592,26 @@ def _pairs_side_by_side(conf: MatchConf) -> bool:
     return conf.matcher != "lightglue" and conf.verifier == "opencv-magsac"
 
 
-def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]],
-                  known: dict[tuple[str, str], tuple[int, int]] | None = None) -> pd.DataFrame:
-    """The stage's table: one row per pair, in order, with match and inlier counts; those of
-    pairs in ``known`` (just written) as given, the others read from the cache (reading all
-    253 pairs of a demo dataset back took 0.06 s)."""
-    known = known or {}
-    counts = dict(known)
-    unknown = [pair for pair in dict.fromkeys(pairs) if pair not in known]
-    if unknown:
-        with open_cache(cache_path) as h5:
-            for pair in unknown:
-                group = h5[_pair_group_path(pair)]
-                counts[pair] = (group["matches"].shape[0], group["inliers"].shape[0])
-    rows = [(image_a, image_b, *counts[(image_a, image_b)]) for image_a, image_b in pairs]
+def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    """The stage's table: one row per pair, in order, with match and inlier counts."""
+    with open_cache(cache_path) as h5:
+        index = _pair_index(h5)
+    rows = [(a, b, index[(a, b)].matches.stop - index[(a, b)].matches.start,
+             index[(a, b)].inliers.stop - index[(a, b)].inliers.start) for a, b in pairs]
     frame = pd.DataFrame(rows, columns=MATCH_COLUMNS)
     return frame.astype({"matches": np.int64, "inliers": np.int64})
+
+
+def _all_stored(cache_path: Path, config: str, pairs: list[tuple[str, str]]) -> bool:
+    """True when the published cache at ``cache_path`` holds every pair (ValueError when it
+    records another configuration, h5cache.check_config)."""
+    set_aside_if_unreadable(cache_path)
+    if not cache_path.exists():
+        return False
+    with open_cache(cache_path) as h5:
+        check_config(cache_path, h5.attrs.get(CONFIG_ATTR), config)
+        index = _pair_index(h5)
+    return all(pair in index for pair in pairs)
 
 
 def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, str]],
@@ -575,8 +661,7 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     max_image_side = feature_fields.get("max_image_side")
 
     unique_pairs = list(dict.fromkeys(pairs))
-    if not overwrite and all_complete(cache_path, config, unique_pairs, _pair_group_path,
-                                      _COMPLETE_MARK) \
+    if not overwrite and _all_stored(cache_path, config, unique_pairs) \
             and (not conf.turns_images or _turns_settled(cache_path, unique_pairs)):
         log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
         return _counts_frame(cache_path, pairs)
@@ -584,7 +669,9 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     with resumable_h5(cache_path, config, overwrite) as h5, \
             open_features(features_path, memory=_FEATURE_MEMORY) as features, \
             _scratch_released():
-        todo = incomplete(h5, unique_pairs, _pair_group_path, _COMPLETE_MARK)
+        stored = _pair_index(h5)
+        todo = [pair for pair in unique_pairs if pair not in stored]
+        writer = _PairWriter(h5)
         log.info("matching %d pairs into %s (%d already there)", len(todo), cache_path,
                  len(unique_pairs) - len(todo))
         if conf.matcher == "lightglue" and (todo or conf.turns_images):
@@ -604,26 +691,22 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
 
         read = (((a, b), features[a], features[b]) for a, b in todo)
         matched = ordered_map(matched_pair, read, threads)
-        written: dict[tuple[str, str], tuple[int, int]] = {}
-        flushed = time.monotonic()
-        with contextlib.closing(matched):
-            for (image_a, image_b), (matches, mask, F) in zip(
-                    progress(todo, f"matching {cache_path.parent.name}", "pair"), matched):
-                # the upright count stays with the pair when a turned match replaces it
-                upright = {"upright_inliers": mask.sum()} if conf.turns_images else {}
-                _write_pair(h5, image_a, image_b, matches, matches[mask], F, **upright)
-                written[(image_a, image_b)] = (len(matches), int(mask.sum()))
-                if time.monotonic() - flushed >= FLUSH_EVERY_S:
-                    h5.flush()  # see FLUSH_EVERY_S
-                    flushed = time.monotonic()
+        try:
+            with contextlib.closing(matched):
+                for (image_a, image_b), (matches, mask, F) in zip(
+                        progress(todo, f"matching {cache_path.parent.name}", "pair"), matched):
+                    # the upright count stays with the pair when a turned match replaces it
+                    upright = {"upright_inliers": int(mask.sum())} if conf.turns_images else {}
+                    writer.add(image_a, image_b, matches, matches[mask], F, **upright)
+        finally:  # a pair that failed leaves those matched before it for the next run
+            writer.flush()
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,
                                FeatureConf(**feature_fields, device=conf.device),
                                features_path, Path(image_dir), overwrite,
                                f"matching {cache_path.parent.name}")
             retry.run(unique_pairs)
-            written = {}  # the retry may have replaced any pair
-    return _counts_frame(cache_path, pairs, written)
+    return _counts_frame(cache_path, pairs)
 
 
 # =========================================================================== rotation retry
@@ -659,11 +742,12 @@ class _TurnRetry:
         self.refresh = set(QUARTER_TURNS[1:]) if overwrite else set()
 
     def run(self, pairs: list[tuple[str, str]]) -> None:
-        groups = {pair: self.h5[_pair_group_path(pair)] for pair in pairs}
-        upright = {pair: int(group.attrs.get("upright_inliers", len(group["inliers"])))
-                   for pair, group in groups.items()}
-        stored = {pair: (int(group.attrs.get("turn_a", 0)), int(group.attrs.get("turn_b", 0)))
-                  for pair, group in groups.items()}
+        index = _pair_index(self.h5)
+        upright, stored = {}, {}
+        for pair in pairs:
+            _, inliers, _, extra = _stored_pair(self.h5, index[pair])
+            upright[pair] = extra.get("upright_inliers", len(inliers))
+            stored[pair] = (extra.get("turn_a", 0), extra.get("turn_b", 0))
         passing = max(self.conf.min_inliers, 1)
         trials, failing, weak = self._trials(pairs, upright, passing)
         tried = self._try_turns(trials, len(failing), weak)
@@ -679,6 +763,7 @@ class _TurnRetry:
 
         redo = [(a, b) for (a, b) in pairs if stored[(a, b)] != (turns[a], turns[b])]
         self._detect({(name, turns[name]) for pair in redo for name in pair})
+        writer = _PairWriter(self.h5)
         with contextlib.ExitStack() as stack:
             readers = self._readers(stack, {turns[name] for pair in redo for name in pair})
             for a, b in progress(redo, f"{self.desc} turned", "pair"):
@@ -686,9 +771,9 @@ class _TurnRetry:
                 matches, mask, F = tried.get((a, b), {}).get((turn_a, turn_b)) or _match_pair(
                     self.match, readers[turn_a][a], turn_a, readers[turn_b][b], turn_b,
                     self.conf, self.max_image_side)
-                _write_pair(self.h5, a, b, matches, matches[mask], F,
-                            upright_inliers=upright[(a, b)], turn_a=turn_a, turn_b=turn_b)
-                self.h5.flush()
+                writer.add(a, b, matches, matches[mask], F,
+                           upright_inliers=upright[(a, b)], turn_a=turn_a, turn_b=turn_b)
+        writer.flush()
         turned = {name: turn for name, turn in turns.items() if turn}
         self.h5.attrs["turns"] = json.dumps(turned, sort_keys=True)  # written last
         self._report(pairs, upright, failing, turned, passing)
@@ -756,7 +841,8 @@ class _TurnRetry:
     def _report(self, pairs, upright, failing, turned, passing) -> None:
         """One line: the failing pairs the retry recovered (and any pair it lost), the
         images turned."""
-        final = {(a, b): len(self.h5[_pair_group_path((a, b))]["inliers"]) for a, b in pairs}
+        index = _pair_index(self.h5)
+        final = {pair: index[pair].inliers.stop - index[pair].inliers.start for pair in pairs}
         recovered = sum(final[p] >= passing for p in failing)
         lost = sum(upright[p] >= passing > final[p] for p in pairs)
         log.info("rotation retry: %d of %d failing pair(s) recovered%s; %s", recovered,
@@ -825,9 +911,10 @@ def _turns_settled(cache_path: Path, pairs: list[tuple[str, str]]) -> bool:
         if "turns" not in h5.attrs:
             return False
         turns = {name: int(turn) for name, turn in json.loads(h5.attrs["turns"]).items()}
+        index = _pair_index(h5)
         for a, b in pairs:
-            group = h5[_pair_group_path((a, b))]
-            if (int(group.attrs.get("turn_a", 0)), int(group.attrs.get("turn_b", 0))) != \
+            extra = _stored_pair(h5, index[(a, b)])[3]
+            if (extra.get("turn_a", 0), extra.get("turn_b", 0)) != \
                     (turns.get(a, 0), turns.get(b, 0)):
                 return False
         return True
@@ -839,11 +926,11 @@ def load_verified_matches(cache_path: str | os.PathLike
     (keypoint index in a, index in b)}; rejected pairs are included with K = 0."""
     verified = {}
     with open_cache(cache_path) as h5:
-        for key_a, group_a in h5.items():
-            for key_b, group in group_a.items():
-                if _COMPLETE_MARK in group.attrs:
-                    pair = (name_from_h5_key(key_a), name_from_h5_key(key_b))
-                    verified[pair] = group["inliers"][()].astype(np.int32)
+        inliers_of: dict[str, np.ndarray] = {}  # each batch's array, read once
+        for pair, where in _pair_index(h5).items():
+            if where.batch not in inliers_of:
+                inliers_of[where.batch] = h5[_BATCHES][where.batch]["inliers"][()]
+            verified[pair] = inliers_of[where.batch][where.inliers].astype(np.int32)
     return verified
 
 
@@ -877,10 +964,8 @@ def load_pair(cache_path: str | os.PathLike, image_a: str, image_b: str
     """One pair's (putative matches (M, 2) int32, verified inliers (K, 2) int32, F (3, 3)
     or None); KeyError naming the pair and file if it is not there."""
     with open_cache(cache_path) as h5:
-        path = _pair_group_path((image_a, image_b))
-        if not is_complete(h5, path, _COMPLETE_MARK):
+        where = _pair_index(h5).get((image_a, image_b))
+        if where is None:
             raise KeyError(f"no matches of pair ({image_a!r}, {image_b!r}) in {cache_path}")
-        group = h5[path]
-        F = np.asarray(group.attrs["F"], np.float64)
-        return (group["matches"][()].astype(np.int32), group["inliers"][()].astype(np.int32),
-                None if np.isnan(F).any() else F)
+        matches, inliers, F, _ = _stored_pair(h5, where)
+        return matches, inliers, F
