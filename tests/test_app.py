@@ -137,7 +137,7 @@ def test_cameras_page_shows_the_clusters_cameras_points_and_errors(monkeypatch, 
     assert len(cameras) == 1 and len(values(cameras[0]["x"])) == len(rows)
     assert cameras[0]["text"] == list(rows["image"])
     # The sparse points are those of the SfM model that posed these cameras.
-    models = [m for d in RUN_DIR.glob(f"geometric/{DATASET}/sfm/*/models")
+    models = [m for d in RUN_DIR.glob(f"geometric/{DATASET}/sfm/**/models")
               for m in load_models(d) or []]
     owner = [m for m in models if set(rows["image"]) <= set(m.poses)
              and all(np.allclose(m.poses[r.image][1], parse_numbers(r.translation_vector, 3),

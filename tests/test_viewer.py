@@ -151,6 +151,28 @@ def test_every_cluster_has_its_sfm_model_with_points(run):
     assert data.model_for_cluster(models, names, run.R_cw[rows], run.t_cw[rows] + 1.0) is None
 
 
+def test_models_in_a_scenes_own_folders_are_found(run, tmp_path):
+    """A scene's mappings sit in folders per mapper and camera choice (sfm/<scene>/global/
+    cameras-size/models): the viewer reads them there too."""
+    import shutil
+
+    dataset = run.datasets[0]
+    copy = tmp_path / "run"
+    shutil.copytree(RUN_DIR, copy)
+    for models_dir in sorted((copy / "geometric" / dataset / "sfm").glob("*/models")):
+        nested = models_dir.parent / "global" / "cameras-size" / "models"
+        nested.parent.mkdir(parents=True)
+        models_dir.rename(nested)
+    flat = data.load_sfm_models(RUN_DIR, dataset)
+    found = data.load_sfm_models(copy, dataset)
+    assert len(found) == len(flat) > 0
+    assert all(path.parent.parent.name == "cameras-size" for path, _ in found)
+    for cluster in data.posed_clusters(run, dataset):
+        rows = data.cluster_rows(run, dataset, cluster)
+        names = list(run.predictions["image"].iloc[rows])
+        assert data.model_for_cluster(found, names, run.R_cw[rows], run.t_cw[rows])
+
+
 def test_alignment_errors_are_the_scorers_registration_errors(run, truth, report):
     dataset = run.datasets[0]
     checked = 0

@@ -283,9 +283,11 @@ def posed_clusters(run: RunData, dataset: str) -> list[str]:
 
 
 def load_sfm_models(run_dir: str | Path, dataset: str) -> list[tuple[Path, Model]]:
-    """Every model cached by the reconstruction stage for a dataset: (folder, model)."""
+    """Every model cached by the reconstruction stage for a dataset: (folder, model). A
+    scene's mappings sit in folders of its own (per mapper, per camera choice, redone with
+    more effort), so every ``models`` folder under ``sfm/`` is read."""
     found = []
-    for models_dir in sorted(Path(run_dir).glob(f"geometric/{dataset}/sfm/*/models")):
+    for models_dir in sorted(Path(run_dir).glob(f"geometric/{dataset}/sfm/**/models")):
         for k, model in enumerate(load_models(models_dir) or []):
             found.append((models_dir / str(k), model))
     return found
