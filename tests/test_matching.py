@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from src.geometric import matching
+from src.geometric.h5cache import partial_path
 from src.geometric.features import FeatureConf, extract_dataset, load_all_features, load_features
 from src.geometric.matching import (MatchConf, load_pair, load_verified_matches, match_and_verify,
                           match_descriptors, verify_matches)
@@ -326,6 +327,55 @@ def test_a_crash_leaves_no_half_written_cache_and_the_rerun_resumes(features_pat
     assert counter.calls == len(PAIRS) - 2  # the two pairs before the crash are kept
     assert list(zip(table.image_a, table.image_b)) == PAIRS
     assert set(load_verified_matches(cache)) == set(PAIRS)
+
+
+def test_pairs_across_batches_read_back_and_a_rerun_resumes_from_whole_batches(
+        features_path, tmp_path, monkeypatch):
+    """Batches of two: each pair is read back from its own rows; an unfinished batch left by
+    an interrupted run is dropped and its key written again; a pair stored again (as the
+    rotation retry does) is read from the later batch."""
+    conf = MatchConf()
+    monkeypatch.setattr(matching, "PAIRS_PER_BATCH", 2)
+    one_batch = match_and_verify(features_path, PAIRS, conf, tmp_path / "one.h5")
+    expected = {pair: load_pair(tmp_path / "one.h5", *pair) for pair in PAIRS}
+    cache = tmp_path / "batched.h5"
+    table = match_and_verify(features_path, PAIRS, conf, cache)
+    pd.testing.assert_frame_equal(table, one_batch)
+    with h5py.File(cache) as h5:
+        assert sorted(h5["batches"], key=int) == ["0", "1"]
+    for pair, (putative, inliers, F) in expected.items():
+        got = load_pair(cache, *pair)
+        np.testing.assert_array_equal(got[0], putative)
+        np.testing.assert_array_equal(got[1], inliers)
+        assert (got[2] is None) == (F is None)
+    # an interrupted run's work copy: batch 0 whole, batch 1 unfinished
+    partial = partial_path(cache)
+    os.replace(cache, partial)
+    with h5py.File(partial, "a") as h5:
+        del h5["batches/1"].attrs["complete"]
+    counter = MatchCounter(monkeypatch)
+    again = match_and_verify(features_path, PAIRS, conf, cache)
+    assert counter.calls == 2  # the pairs of the unfinished batch only
+    pd.testing.assert_frame_equal(again, one_batch)
+    with h5py.File(cache) as h5:
+        assert sorted(h5["batches"], key=int) == ["0", "1"]
+    # a pair stored again later is read from there
+    with h5py.File(cache, "a") as h5:
+        writer = matching._PairWriter(h5)
+        writer.add(*PAIRS[0], np.zeros((0, 2), np.int32), np.zeros((0, 2), np.int32), None)
+        writer.flush()
+        with pytest.raises(ValueError, match="unknown pair columns"):
+            writer.add(*PAIRS[0], np.zeros((0, 2)), np.zeros((0, 2)), None, turn_A=90)
+    assert len(load_verified_matches(cache)[PAIRS[0]]) == 0
+    assert len(load_verified_matches(cache)[PAIRS[1]]) == len(expected[PAIRS[1]][1])
+
+
+def test_a_cache_of_the_older_layout_is_refused_by_name(tmp_path):
+    cache = tmp_path / "old.h5"
+    with h5py.File(cache, "w") as h5:
+        h5.create_group("a0.png/a1.png").attrs["F"] = np.eye(3)
+    with pytest.raises(ValueError, match="old.h5 is a matches cache of an older layout"):
+        load_verified_matches(cache)
 
 
 def test_bad_pairs_and_mismatched_caches_are_refused(features_path, tmp_path):

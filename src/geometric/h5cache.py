@@ -6,11 +6,11 @@ common:
 
 - the root attribute ``config``: the stage's configuration as canonical JSON; a cache is
   only reused by a run with the same configuration (:func:`read_cache_config`);
-- one group per entry (an image, or a pair ``<a>/<b>``), at a path made of image names
-  escaped by :func:`h5_key`;
+- one group per entry (an image, at a path made of its name escaped by :func:`h5_key`;
+  the matches stage stores batches of pairs instead, ``matching.py``);
 - a completion mark per entry: an attribute the stage writes last (``image_size`` for
-  features, ``F`` for matches), so a group without it is an unfinished entry of an
-  interrupted run (:func:`is_complete`);
+  features, ``complete`` for a batch of matches), so a group without it is an unfinished
+  entry of an interrupted run (:func:`is_complete`);
 - a work copy ``.<name>.partial`` beside the cache while entries are added, published over
   the cache when the stage succeeds (:func:`resumable_h5`).
 

@@ -10,8 +10,9 @@ features of ``src.geometric.features`` and caches everything on disk, resumably.
 Layout of a cache file (``CACHE_LAYOUT``, part of its name)::
 
     /                       attrs: config (MatchConf and the features' FeatureConf, JSON)
-    /batches/<k>/           PAIRS_PER_BATCH pairs (k = 0, 1, ...), written whole; attrs:
-                            complete (written last: a batch without it is unfinished)
+    /batches/<k>/           up to PAIRS_PER_BATCH pairs (k = 0, 1, ...), written whole;
+                            attrs: complete (written last: a batch without it is
+                            unfinished)
         names    (n, 2)     str    the pairs' image names (a, b)
         counts   (n, 2)     int64  each pair's putative matches M and inliers K
         matches  (sum M, 2) int32  putative matches, pair after pair: rows (keypoint index
@@ -58,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from src.geometric.concurrency import ordered_map, process_threads
+from src.data_io import DataError
 from src.geometric.features import (QUARTER_TURNS, FeatureConf, FeatureReader, Features,
                                     cached_images, extract_dataset, load_all_features,
                                     open_features, turned_features_path)
@@ -457,10 +459,11 @@ def verify_matches(kp_a: np.ndarray, kp_b: np.ndarray, matches: np.ndarray,
 
 
 # =========================================================================== the stage
-# Pairs are stored in batches of this many, each written whole (a few arrays: one HDF5
-# group and five datasets per pair took ~0.75 ms, half of a demo pair's matching, on the
-# thread that the matching threads needed Python's lock from). A kill loses the pairs not
-# yet in a batch; the batches depend on the pairs' order only, not on threads or timing.
+# Pairs are stored in batches of up to this many, each written whole as a few arrays (a
+# group, two datasets and three attributes per pair took ~0.75 ms, half of a demo pair's
+# matching, on the thread that the matching threads needed Python's lock from). A kill
+# loses the pairs not yet in a batch; the batches depend on the pairs' order only, not on
+# threads or timing.
 PAIRS_PER_BATCH = 32
 # The folder of the batches, and the batch attribute written last (unfinished without it).
 _BATCHES = "batches"
@@ -485,6 +488,9 @@ def _pair_index(h5: h5py.File) -> dict[tuple[str, str], _Stored]:
     batches (the rotation retry stores pairs again) is the last one's."""
     index: dict[tuple[str, str], _Stored] = {}
     if _BATCHES not in h5:
+        if len(h5):  # groups per image pair: the layout before CACHE_LAYOUT
+            raise DataError(f"{h5.filename} is a matches cache of an older layout (a group "
+                            f"per pair): run the matching stage again (--overwrite)")
         return index
     for key in sorted(h5[_BATCHES], key=int):
         batch = h5[_BATCHES][key]
@@ -528,6 +534,8 @@ class _PairWriter:
             F: np.ndarray | None, **extra: int) -> None:
         """One pair; ``extra`` (the rotation retry's ``_EXTRA``, upright inliers by default
         the pair's inliers, turns 0)."""
+        if not set(extra) <= set(_EXTRA):
+            raise ValueError(f"unknown pair columns {sorted(set(extra) - set(_EXTRA))}")
         matches = np.asarray(matches, np.int32).reshape(-1, 2)
         inliers = np.asarray(inliers, np.int32).reshape(-1, 2)
         self.rows.append((image_a, image_b, matches, inliers,
@@ -540,9 +548,13 @@ class _PairWriter:
         """Write the pairs added since the last batch as one batch, and flush the file."""
         if not self.rows:
             return
-        batch = self.h5[_BATCHES].create_group(str(self.next_key))
+        # taken first: a batch whose writing failed is left unfinished (removed by the next
+        # run), and a second flush does not try the same key again
+        rows, self.rows = self.rows, []
+        key, self.next_key = self.next_key, self.next_key + 1
+        batch = self.h5[_BATCHES].create_group(str(key))
         names, matches, inliers, Fs, extras = zip(*[
-            ((a, b), m, k, F, e) for a, b, m, k, F, e in self.rows])
+            ((a, b), m, k, F, e) for a, b, m, k, F, e in rows])
         batch.create_dataset("names", data=np.array(names, dtype=object),
                              dtype=h5py.string_dtype())
         batch.create_dataset("counts", data=np.array([(len(m), len(k)) for m, k in
@@ -556,8 +568,6 @@ class _PairWriter:
                  for e, k in zip(extras, inliers)], np.int64))
         batch.attrs[_COMPLETE_MARK] = True
         self.h5.flush()
-        self.next_key += 1
-        self.rows = []
 
 
 def _pixel_scale(features_a: Features, features_b: Features, max_image_side: int | None
@@ -655,8 +665,8 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
         raise KeyError(f"no features in {features_path} for {len(missing)} image(s) of the "
                        f"pairs, e.g. {missing[:5]}")
     feature_config = read_cache_config(features_path)
-    config = json.dumps({"features": feature_config, "matching": json.loads(conf.to_json())},
-                        sort_keys=True)
+    config = json.dumps({"features": feature_config, "matching": json.loads(conf.to_json()),
+                         "layout": CACHE_LAYOUT}, sort_keys=True)
     feature_fields = json.loads(feature_config or "{}")
     max_image_side = feature_fields.get("max_image_side")
 
@@ -764,16 +774,19 @@ class _TurnRetry:
         redo = [(a, b) for (a, b) in pairs if stored[(a, b)] != (turns[a], turns[b])]
         self._detect({(name, turns[name]) for pair in redo for name in pair})
         writer = _PairWriter(self.h5)
-        with contextlib.ExitStack() as stack:
-            readers = self._readers(stack, {turns[name] for pair in redo for name in pair})
-            for a, b in progress(redo, f"{self.desc} turned", "pair"):
-                turn_a, turn_b = turns[a], turns[b]
-                matches, mask, F = tried.get((a, b), {}).get((turn_a, turn_b)) or _match_pair(
-                    self.match, readers[turn_a][a], turn_a, readers[turn_b][b], turn_b,
-                    self.conf, self.max_image_side)
-                writer.add(a, b, matches, matches[mask], F,
-                           upright_inliers=upright[(a, b)], turn_a=turn_a, turn_b=turn_b)
-        writer.flush()
+        try:
+            with contextlib.ExitStack() as stack:
+                readers = self._readers(stack, {turns[name] for pair in redo
+                                                for name in pair})
+                for a, b in progress(redo, f"{self.desc} turned", "pair"):
+                    turn_a, turn_b = turns[a], turns[b]
+                    matches, mask, F = tried.get((a, b), {}).get((turn_a, turn_b)) or \
+                        _match_pair(self.match, readers[turn_a][a], turn_a, readers[turn_b][b],
+                                    turn_b, self.conf, self.max_image_side)
+                    writer.add(a, b, matches, matches[mask], F,
+                               upright_inliers=upright[(a, b)], turn_a=turn_a, turn_b=turn_b)
+        finally:  # the pairs matched again so far are kept for the next run
+            writer.flush()
         turned = {name: turn for name, turn in turns.items() if turn}
         self.h5.attrs["turns"] = json.dumps(turned, sort_keys=True)  # written last
         self._report(pairs, upright, failing, turned, passing)
