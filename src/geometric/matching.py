@@ -506,15 +506,32 @@ def _pair_index(h5: h5py.File) -> dict[tuple[str, str], _Stored]:
 
 
 def _stored_pair(h5: h5py.File, where: _Stored
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, int]]:
-    """One stored pair: (putative matches, inliers, F or None, the retry's columns)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One stored pair: (putative matches, inliers, F or None)."""
     batch = h5[_BATCHES][where.batch]
     F = batch["F"][where.row]
-    extra = ({name: int(v) for name, v in zip(_EXTRA, batch["extra"][where.row])}
-             if "extra" in batch else {})
     return (batch["matches"][where.matches].astype(np.int32),
             batch["inliers"][where.inliers].astype(np.int32),
-            None if np.isnan(F).any() else np.asarray(F, np.float64), extra)
+            None if np.isnan(F).any() else np.asarray(F, np.float64))
+
+
+def _retry_columns(h5: h5py.File, index: dict[tuple[str, str], _Stored],
+                   pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, int]]:
+    """The rotation retry's columns of ``pairs`` (``_EXTRA``: upright inliers by default the
+    pair's inliers, turns 0), each batch's ``extra`` array read once."""
+    extra_of: dict[str, np.ndarray | None] = {}
+    columns = {}
+    for pair in pairs:
+        where = index[pair]
+        if where.batch not in extra_of:
+            batch = h5[_BATCHES][where.batch]
+            extra_of[where.batch] = batch["extra"][()] if "extra" in batch else None
+        extra = extra_of[where.batch]
+        columns[pair] = ({name: int(v) for name, v in zip(_EXTRA, extra[where.row])}
+                         if extra is not None else
+                         {"upright_inliers": where.inliers.stop - where.inliers.start,
+                          "turn_a": 0, "turn_b": 0})
+    return columns
 
 
 class _PairWriter:
@@ -752,12 +769,9 @@ class _TurnRetry:
         self.refresh = set(QUARTER_TURNS[1:]) if overwrite else set()
 
     def run(self, pairs: list[tuple[str, str]]) -> None:
-        index = _pair_index(self.h5)
-        upright, stored = {}, {}
-        for pair in pairs:
-            _, inliers, _, extra = _stored_pair(self.h5, index[pair])
-            upright[pair] = extra.get("upright_inliers", len(inliers))
-            stored[pair] = (extra.get("turn_a", 0), extra.get("turn_b", 0))
+        columns = _retry_columns(self.h5, _pair_index(self.h5), pairs)
+        upright = {pair: c["upright_inliers"] for pair, c in columns.items()}
+        stored = {pair: (c["turn_a"], c["turn_b"]) for pair, c in columns.items()}
         passing = max(self.conf.min_inliers, 1)
         trials, failing, weak = self._trials(pairs, upright, passing)
         tried = self._try_turns(trials, len(failing), weak)
@@ -924,13 +938,9 @@ def _turns_settled(cache_path: Path, pairs: list[tuple[str, str]]) -> bool:
         if "turns" not in h5.attrs:
             return False
         turns = {name: int(turn) for name, turn in json.loads(h5.attrs["turns"]).items()}
-        index = _pair_index(h5)
-        for a, b in pairs:
-            extra = _stored_pair(h5, index[(a, b)])[3]
-            if (extra.get("turn_a", 0), extra.get("turn_b", 0)) != \
-                    (turns.get(a, 0), turns.get(b, 0)):
-                return False
-        return True
+        columns = _retry_columns(h5, _pair_index(h5), pairs)
+        return all((columns[(a, b)]["turn_a"], columns[(a, b)]["turn_b"]) ==
+                   (turns.get(a, 0), turns.get(b, 0)) for a, b in pairs)
 
 
 def load_verified_matches(cache_path: str | os.PathLike
@@ -980,5 +990,4 @@ def load_pair(cache_path: str | os.PathLike, image_a: str, image_b: str
         where = _pair_index(h5).get((image_a, image_b))
         if where is None:
             raise KeyError(f"no matches of pair ({image_a!r}, {image_b!r}) in {cache_path}")
-        matches, inliers, F, _ = _stored_pair(h5, where)
-        return matches, inliers, F
+        return _stored_pair(h5, where)
