@@ -315,8 +315,8 @@ def in_helper(fn: Callable[..., R], *args) -> HelperCall:
 
 def prepare_helper(module: str) -> None:
     """Start the helper now and have it import ``module`` (that of the calls to come), so
-    that the first of them does not wait for both: ~0.2 s to start and up to ~0.6 s to
-    import the pipeline, spent while this process works on. Nothing is waited for; a
+    that the first of them does not wait for both: ~0.2 s to start and ~0.2 s to import
+    the SfM module, spent while this process works on. Nothing is waited for; a
     helper that cannot start is noticed by the first call (:func:`in_helper`)."""
     try:
         _helper_pool().submit(_import, module)

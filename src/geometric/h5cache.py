@@ -44,6 +44,7 @@ __all__ = [
     "is_complete",
     "incomplete",
     "all_complete",
+    "published_holds",
     "new_entry",
 ]
 
@@ -138,12 +139,21 @@ def all_complete(cache_path: str | os.PathLike, config_json: str, entries: Itera
     """True when the published cache at ``cache_path`` exists and holds every entry complete
     (see :func:`incomplete`); ValueError (:func:`check_config`) when it records another
     configuration. Lets a stage return early, before loading any network."""
+    return published_holds(cache_path, config_json,
+                           lambda h5: not incomplete(h5, entries, path_of, mark))
+
+
+def published_holds(cache_path: str | os.PathLike, config_json: str,
+                    holds: Callable[[h5py.File], bool]) -> bool:
+    """``holds(h5)`` of the published cache at ``cache_path``; False when there is none (or
+    it was unreadable: set aside); ValueError (:func:`check_config`) when it records another
+    configuration."""
     set_aside_if_unreadable(cache_path)
     if not Path(cache_path).exists():
         return False
     with open_cache(cache_path) as h5:
         check_config(cache_path, h5.attrs.get(CONFIG_ATTR), config_json)
-        return not incomplete(h5, entries, path_of, mark)
+        return holds(h5)
 
 
 def new_entry(h5: h5py.Group, path: str) -> h5py.Group:

@@ -63,8 +63,8 @@ from src.data_io import DataError
 from src.geometric.features import (QUARTER_TURNS, FeatureConf, FeatureReader, Features,
                                     cached_images, extract_dataset, load_all_features,
                                     open_features, turned_features_path)
-from src.geometric.h5cache import (CONFIG_ATTR, check_config, open_cache, read_cache_config,
-                                   resumable_h5, set_aside_if_unreadable)
+from src.geometric.h5cache import (open_cache, published_holds, read_cache_config,
+                                   resumable_h5)
 from src.geometric.options import (MATCH_RATIO, MATCHERS, MIN_VERIFIED_INLIERS,
                                    RANSAC_THRESHOLD_PX, ROTATION_RETRY, ROTATION_WEAK_INLIERS,
                                    TORCH_DEVICES, check_choices)
@@ -482,6 +482,11 @@ class _Stored(NamedTuple):
     matches: slice
     inliers: slice
 
+    @property
+    def counts(self) -> tuple[int, int]:
+        """(putative matches, inliers) of the pair."""
+        return self.matches.stop - self.matches.start, self.inliers.stop - self.inliers.start
+
 
 def _pair_index(h5: h5py.File) -> dict[tuple[str, str], _Stored]:
     """Every pair of an open cache in a finished batch, and where; a pair stored in several
@@ -529,8 +534,7 @@ def _retry_columns(h5: h5py.File, index: dict[tuple[str, str], _Stored],
         extra = extra_of[where.batch]
         columns[pair] = ({name: int(v) for name, v in zip(_EXTRA, extra[where.row])}
                          if extra is not None else
-                         {"upright_inliers": where.inliers.stop - where.inliers.start,
-                          "turn_a": 0, "turn_b": 0})
+                         {"upright_inliers": where.counts[1], "turn_a": 0, "turn_b": 0})
     return columns
 
 
@@ -623,22 +627,9 @@ def _counts_frame(cache_path: Path, pairs: list[tuple[str, str]]) -> pd.DataFram
     """The stage's table: one row per pair, in order, with match and inlier counts."""
     with open_cache(cache_path) as h5:
         index = _pair_index(h5)
-    rows = [(a, b, index[(a, b)].matches.stop - index[(a, b)].matches.start,
-             index[(a, b)].inliers.stop - index[(a, b)].inliers.start) for a, b in pairs]
+    rows = [(a, b, *index[(a, b)].counts) for a, b in pairs]
     frame = pd.DataFrame(rows, columns=MATCH_COLUMNS)
     return frame.astype({"matches": np.int64, "inliers": np.int64})
-
-
-def _all_stored(cache_path: Path, config: str, pairs: list[tuple[str, str]]) -> bool:
-    """True when the published cache at ``cache_path`` holds every pair (ValueError when it
-    records another configuration, h5cache.check_config)."""
-    set_aside_if_unreadable(cache_path)
-    if not cache_path.exists():
-        return False
-    with open_cache(cache_path) as h5:
-        check_config(cache_path, h5.attrs.get(CONFIG_ATTR), config)
-        index = _pair_index(h5)
-    return all(pair in index for pair in pairs)
 
 
 def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, str]],
@@ -688,7 +679,8 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
     max_image_side = feature_fields.get("max_image_side")
 
     unique_pairs = list(dict.fromkeys(pairs))
-    if not overwrite and _all_stored(cache_path, config, unique_pairs) \
+    if not overwrite and published_holds(cache_path, config, lambda h5: set(unique_pairs)
+                                         <= _pair_index(h5).keys()) \
             and (not conf.turns_images or _turns_settled(cache_path, unique_pairs)):
         log.info("matches of all %d pairs already in %s", len(unique_pairs), cache_path)
         return _counts_frame(cache_path, pairs)
@@ -869,7 +861,7 @@ class _TurnRetry:
         """One line: the failing pairs the retry recovered (and any pair it lost), the
         images turned."""
         index = _pair_index(self.h5)
-        final = {pair: index[pair].inliers.stop - index[pair].inliers.start for pair in pairs}
+        final = {pair: index[pair].counts[1] for pair in pairs}
         recovered = sum(final[p] >= passing for p in failing)
         lost = sum(upright[p] >= passing > final[p] for p in pairs)
         log.info("rotation retry: %d of %d failing pair(s) recovered%s; %s", recovered,

@@ -246,7 +246,8 @@ def reconstruct_dataset(dataset: str, image_dir: Path, images: list[str], conf: 
     kept = [im for im in images if im not in excluded]
     stopwatch = _Stopwatch()
     if conf.reconstruction.num_threads == 1 and helper_wanted():
-        prepare_helper(__name__)  # ready for the scenes (_map_scenes) when they come
+        # the helper's calls are SfM mappings: it imports their module, not the pipeline
+        prepare_helper(reconstruct_scene.__module__)
 
     features_path = stopwatch("features", extract_dataset, image_dir, kept, conf.features,
                               cache_dir / f"features-{conf.features.cache_key()}.h5", overwrite)
