@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from src.geometric.options import (ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER, CAMERA_SHARING,
+from src.geometric.options import (AFFINE_TILT, ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER,
+                                   CAMERA_SHARING,
                                    CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, ESCALATE_WEAK_PAIRS,
                                    ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
@@ -150,6 +151,10 @@ class Config:
                             "with the square of it)", resumable=True)
     max_image_side: int = _f(MAX_IMAGE_SIDE, "images are downscaled to this longer side for "
                              "features", resumable=True)
+    affine_tilt: float = _f(AFFINE_TILT, "SIFT: images whose own keypoints fill under half "
+                            "the budget (small or plain images) are also detected squeezed by "
+                            "1/this along x, for views far apart (ASIFT); 0 = off",
+                            resumable=True)
     pair_top_k: int = _f(PAIR_TOP_K, "retrieved neighbours per image when matching by "
                          "retrieval", resumable=True)
     pair_exhaustive_below: int = _f(PAIR_EXHAUSTIVE_BELOW, "datasets with at most this many "

