@@ -253,6 +253,8 @@ class Config:
         for name in ("escalate_below", "escalate_weak_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not (self.affine_tilt == 0 or 1.0 < self.affine_tilt <= 8.0):
+            problems.append(f"affine_tilt must be 0 (off) or in (1, 8], got {self.affine_tilt}")
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

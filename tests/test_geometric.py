@@ -153,6 +153,12 @@ def test_automatic_choices_follow_the_device_and_the_weights(monkeypatch):
         choose_features("sift", "lightglue")
     with pytest.raises(ConfigError, match="max_keypoints"):
         get_config("test", max_keypoints=-1)
+    # the affine views reach SIFT's conf; a tilt that would stretch is refused at the start
+    assert cpu.features.affine_tilt == 2.0
+    assert GeometricConf.from_config(get_config("test", pipeline="geometric", affine_tilt=0)
+                                     ).features.affine_tilt == 0
+    with pytest.raises(ConfigError, match=r"affine_tilt must be 0 \(off\) or in \(1, 8\]"):
+        get_config("test", affine_tilt=0.5)
 
     monkeypatch.setattr(torch_compat, "cuda_available", lambda: True)
     assert choose_features() == ("aliked", "lightglue", "CUDA present")
