@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -128,6 +129,26 @@ def test_affine_views_add_to_an_images_own_keypoints_only_when_the_budget_is_unu
     capped = lf.extract_features(images["a0.png"], lf.FeatureConf(max_keypoints=budget))
     assert len(capped) == len(own)
     np.testing.assert_array_equal(capped.keypoints, own.keypoints)
+
+
+def test_affine_views_stay_within_the_budget_and_out_of_caches_that_do_not_use_them():
+    # noise stretched 2x along x: its squeezed copy is as rich as the image's own detections
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur((rng.random((200, 150)) * 255).astype(np.uint8), (0, 0), 1.5)
+    image = cv2.resize(noise, (300, 200), interpolation=cv2.INTER_CUBIC)
+    own = len(lf.extract_features(image, lf.FeatureConf(affine_tilt=0)))
+    budget = int(own / lf.AFFINE_FILL) + 1  # the image fills under half: squeezed copies
+    both = lf.extract_features(image, lf.FeatureConf(max_keypoints=budget))
+    assert len(both) == budget
+    upright = lf.extract_features(image, lf.FeatureConf(max_keypoints=budget, upright=True))
+    assert len(upright) > len(lf.extract_features(
+        image, lf.FeatureConf(max_keypoints=budget, upright=True, affine_tilt=0)))
+    # off, the option leaves the cache's JSON as it was before it existed; learned
+    # features ignore it either way
+    assert "affine_tilt" not in json.loads(lf.FeatureConf(affine_tilt=0).to_json())
+    assert json.loads(lf.FeatureConf().to_json())["affine_tilt"] == lf.AFFINE_TILT
+    assert lf.FeatureConf(name="aliked", affine_tilt=0).to_json() == \
+        lf.FeatureConf(name="aliked").to_json()
 
 
 def test_a_squeezed_views_keypoint_maps_back_to_the_blob_it_saw():

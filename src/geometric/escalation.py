@@ -128,6 +128,8 @@ def more_to_find(keypoint_counts: list[int], image_sides: list[int], pairs_match
     scene of small images already matched all with all (the demo's renders) would be redone
     to the same result."""
     redone = conf.features(features_conf)
+    # a small image's affine views (options.AFFINE_TILT) may fill the budget too: a larger
+    # one gives it more of them, so it counts as binding
     budget_binding = redone.max_keypoints > features_conf.max_keypoints and any(
         count >= features_conf.max_keypoints for count in keypoint_counts)
     upscaled = redone.min_image_side > features_conf.min_image_side and any(

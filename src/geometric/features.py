@@ -164,7 +164,7 @@ class FeatureConf:
                 del fields[name]  # caches written before the option stay valid
         if self.learned:
             for name in ("root_sift", "upright", "contrast_threshold", "affine_tilt"):
-                del fields[name]
+                fields.pop(name, None)  # affine_tilt is already gone when 0
         else:
             for name in ("model", "weights"):
                 del fields[name]

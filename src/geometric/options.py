@@ -63,8 +63,8 @@ AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
 # keypoints are added to the image's own, which stay as they were. Pairs of demo views
 # (seed 40, 180 within scenes) with >= 15 correct verified inliers: 84 without, 109 with
 # x and y at sqrt(2), 105 / 115 / 111 / 98 with x alone at sqrt(2) / 2 / 2.5 / 3. Pipeline
-# seeds 40-42, demo 80.27 / 81.55 / 81.55 -> 94.10 / 92.98 / 92.41 (x and y at sqrt(2):
-# 91.22 / 91.22 / 89.33), generated sets 41 / 42 87.99 / 80.05 -> 94.55 / 90.71; realdev and
+# seeds 40-42, demo 80.27 / 81.55 / 81.55 -> 92.41 / 94.10 / 92.41 (x and y at sqrt(2):
+# 91.22 / 91.22 / 89.33), generated sets 41 / 42 87.99 / 80.05 -> 92.98 / 89.59; realdev and
 # realdev2 the same to the digit (benchmarks/README.md).
 AFFINE_TILT = 2.0
 AFFINE_FILL = 0.5
