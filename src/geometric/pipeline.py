@@ -195,7 +195,10 @@ def describe(conf: GeometricConf) -> str:
     retrieval = conf.retrieval
     if retrieval in DINOV2_RETRIEVALS:
         retrieval += f" (DINOv2 {conf.dinov2.weights} at {conf.dinov2.image_side} px)"
-    return (f"features {name}, {f.max_keypoints} keypoints at <= {f.max_image_side} px, "
+    affine = ""
+    if not f.learned and f.affine_tilt:
+        affine = f" (+ squeezed 1/{f.affine_tilt:g} along x where under half are found)"
+    return (f"features {name}, {f.max_keypoints} keypoints{affine} at <= {f.max_image_side} px, "
             f"matcher {m.matcher}{device}; pairs: exhaustive up to {conf.pairs.exhaustive_below}"
             f" images, else top {conf.pairs.top_k} by {retrieval}; "
             f"{describe_mapper(conf.reconstruction)} ({conf.reason})")
