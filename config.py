@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from src.geometric.options import (AFFINE_TILT, ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER,
-                                   CAMERA_SHARING,
-                                   CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
+                                   CAMERA_SHARING, CAMERA_SHARING_DEFAULT, DATASET_WORKERS, DINOV2_IMAGE_SIDE,
                                    DINOV2_RETRIEVALS, ESCALATE_BELOW, ESCALATE_WEAK_PAIRS,
                                    ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
                                    GRAPH_STRONG_INLIERS, MAPPER_CHOICES, MATCH_RATIO,
@@ -36,7 +35,7 @@ from src.geometric.options import (AFFINE_TILT, ALIKED_MODELS, AUTO_KEYPOINTS, A
                                    MIN_VERIFIED_INLIERS, PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K,
                                    RANSAC_THRESHOLD_PX, REREGISTER_BELOW_POINTS, RETRIEVALS,
                                    ROTATION_RETRY, SFM_THREADS, TORCH_DEVICES, UNREGISTERED,
-                                   UNREGISTERED_POLICIES)
+                                   UNREGISTERED_POLICIES, affine_tilt_problem)
 from src.learned.options import (CLUSTER_EPS_QUANTILE, CLUSTER_EPS_SCALE, CLUSTER_FEATURE_WEIGHT,
                                  CLUSTER_MIN_SAMPLES, CLUSTER_POSE_WEIGHT, OUTLIER_THRESHOLD)
 
@@ -253,8 +252,8 @@ class Config:
         for name in ("escalate_below", "escalate_weak_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not (self.affine_tilt == 0 or 1.0 < self.affine_tilt <= 8.0):
-            problems.append(f"affine_tilt must be 0 (off) or in (1, 8], got {self.affine_tilt}")
+        if (problem := affine_tilt_problem(self.affine_tilt)) is not None:
+            problems.append(problem)
         for f in fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

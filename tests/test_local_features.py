@@ -149,6 +149,11 @@ def test_affine_views_stay_within_the_budget_and_out_of_caches_that_do_not_use_t
     assert json.loads(lf.FeatureConf().to_json())["affine_tilt"] == lf.AFFINE_TILT
     assert lf.FeatureConf(name="aliked", affine_tilt=0).to_json() == \
         lf.FeatureConf(name="aliked").to_json()
+    # read back from a cache's JSON, an option left out is off (not today's default)
+    for conf in (lf.FeatureConf(), lf.FeatureConf(affine_tilt=0),
+                 lf.FeatureConf(min_image_side=512, affine_tilt=3.0, max_keypoints=100)):
+        assert lf.FeatureConf.from_json(conf.to_json(), conf.device) == conf
+    assert lf.FeatureConf.from_json('{"name": "sift"}').affine_tilt == 0
 
 
 def test_a_squeezed_views_keypoint_maps_back_to_the_blob_it_saw():

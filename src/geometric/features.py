@@ -52,7 +52,7 @@ from src.geometric.h5cache import (all_complete, h5_key, incomplete, is_complete
                                    name_from_h5_key, new_entry, open_cache, resumable_h5)
 from src.geometric.options import (AFFINE_FILL, AFFINE_TILT, ALIKED_MODELS, FEATURE_NAMES,
                                    LEARNED_FEATURE_NAMES, MAX_IMAGE_SIDE, TORCH_DEVICES,
-                                   check_choices)
+                                   affine_tilt_problem, check_choices)
 from src.progress import progress
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,11 @@ QUARTER_TURNS = (0, 90, 180, 270)
 
 
 # =========================================================================== configuration
+# Options added after caches were written, and their value when off: FeatureConf.to_json
+# leaves them out at that value, so those caches keep their names and stay valid.
+_LEFT_OUT_WHEN_OFF = {"min_image_side": 0, "affine_tilt": 0.0}
+
+
 @dataclass(frozen=True)
 class FeatureConf:
     """How to detect and describe local features. ``cache_key()`` names the cache file."""
@@ -128,10 +133,8 @@ class FeatureConf:
         if not 0 <= self.min_image_side <= self.max_image_side:
             raise ValueError(f"FeatureConf.min_image_side must be 0 or at most max_image_side "
                              f"({self.max_image_side}), got {self.min_image_side}")
-        if not (isinstance(self.affine_tilt, numbers.Real) and not isinstance(
-                self.affine_tilt, bool) and (self.affine_tilt == 0 or 1 < self.affine_tilt <= 8)):
-            raise ValueError(f"FeatureConf.affine_tilt must be 0 (off) or in (1, 8], "
-                             f"got {self.affine_tilt!r}")
+        if (problem := affine_tilt_problem(self.affine_tilt)) is not None:
+            raise ValueError(f"FeatureConf.{problem}")
         object.__setattr__(self, "affine_tilt", float(self.affine_tilt))
         for name in ("root_sift", "upright"):
             if not isinstance(getattr(self, name), bool):
@@ -159,8 +162,8 @@ class FeatureConf:
         machines; SIFT-only fields stay out for learned features and vice versa."""
         fields = asdict(self)
         del fields["device"]
-        for name in ("min_image_side", "affine_tilt"):
-            if not fields[name]:
+        for name, off in _LEFT_OUT_WHEN_OFF.items():
+            if fields[name] == off:
                 del fields[name]  # caches written before the option stay valid
         if self.learned:
             for name in ("root_sift", "upright", "contrast_threshold", "affine_tilt"):
@@ -169,6 +172,12 @@ class FeatureConf:
             for name in ("model", "weights"):
                 del fields[name]
         return json.dumps(fields, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, config_json: str, device: str = "auto") -> "FeatureConf":
+        """The configuration :meth:`to_json` wrote (a cache's), run on ``device``: an
+        option that JSON leaves out was off, not at today's default."""
+        return cls(**{**_LEFT_OUT_WHEN_OFF, **json.loads(config_json)}, device=device)
 
     def cache_key(self) -> str:
         """Short stable name for file names, e.g. ``sift-4096-1600-3f9a1c2b``: the name,
@@ -299,6 +308,11 @@ class _SiftExtractor:
             contrastThreshold=conf.contrast_threshold, edgeThreshold=10, sigma=1.6,
             enable_precise_upscale=True)
 
+    def _no_detections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What :meth:`_detect` returns for no keypoints: (0, 2), (0, D), (0,) arrays."""
+        empty = Features.empty(self.conf.descriptor_dim)
+        return empty.keypoints.astype(np.float64), empty.descriptors, empty.scores
+
     def _detect(self, gray: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """SIFT on ``gray``: points (N, 2) float64 in its pixels, raw descriptors (N, 128)
         float32 and responses (N,) float32, strongest first, at most the budget."""
@@ -316,7 +330,7 @@ class _SiftExtractor:
         else:
             keypoints, descriptors = self.sift.detectAndCompute(gray, None)
         if not keypoints or descriptors is None:
-            return np.zeros((0, 2)), np.zeros((0, 128), np.float32), np.zeros(0, np.float32)
+            return self._no_detections()
         scores = np.array([kp.response for kp in keypoints], np.float32)
         # nfeatures keeps ties at the cut, so the budget is enforced here
         order = np.argsort(-scores, kind="stable")[:conf.max_keypoints]
@@ -329,7 +343,7 @@ class _SiftExtractor:
         brought back to its pixels: the ``budget`` strongest, strongest first."""
         view, scale = _squeezed(gray, self.conf.affine_tilt)
         if min(view.shape) < _MIN_DETECTION_SIDE:
-            return np.zeros((0, 2)), np.zeros((0, 128), np.float32), np.zeros(0, np.float32)
+            return self._no_detections()
         points, descriptors, scores = self._detect(view)
         points[:, 0] = (points[:, 0] + 0.5) / scale - 0.5
         return points[:budget], descriptors[:budget], scores[:budget]

@@ -721,9 +721,7 @@ def match_and_verify(features_path: str | os.PathLike, pairs: list[tuple[str, st
             writer.flush()
         if conf.turns_images:
             retry = _TurnRetry(h5, features, match, conf, max_image_side,
-                               # fields left out of the cache's JSON when off are off
-                               FeatureConf(**{"min_image_side": 0, "affine_tilt": 0.0,
-                                              **feature_fields}, device=conf.device),
+                               FeatureConf.from_json(feature_config or "{}", conf.device),
                                features_path, Path(image_dir), overwrite,
                                f"matching {cache_path.parent.name}")
             retry.run(unique_pairs)

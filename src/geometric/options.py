@@ -8,6 +8,8 @@ torch or pycolmap): ``--help`` and the config stay light.
 
 from __future__ import annotations
 
+import numbers
+
 FEATURE_NAMES = ("sift", "aliked", "disk")  # sift: OpenCV; aliked, disk: torch networks
 LEARNED_FEATURE_NAMES = ("aliked", "disk")  # the networks, run by torch
 MATCHERS = ("nn-ratio", "lightglue")  # mutual nearest neighbours + ratio test; learned
@@ -68,6 +70,7 @@ AUTO_KEYPOINTS = {"sift": 2048, "learned-cuda": 4096, "learned-cpu": 1024}
 # realdev2 the same to the digit (benchmarks/README.md).
 AFFINE_TILT = 2.0
 AFFINE_FILL = 0.5
+AFFINE_TILT_MAX = 8.0  # a copy squeezed further keeps too few pixels across to detect in
 
 # Pair selection (PairsConf). Datasets of at most PAIR_EXHAUSTIVE_BELOW images match all
 # N(N-1)/2 pairs (435 at 30 images, seconds with SIFT); larger ones match each image with its
@@ -220,6 +223,15 @@ DATASET_WORKERS = 0
 # What becomes of images SfM cannot register: "outliers" measured better than keeping them
 # in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
 UNREGISTERED = "outliers"
+
+
+def affine_tilt_problem(value: object) -> str | None:
+    """What is wrong with ``value`` as an affine tilt (0 = off, else > 1 and at most
+    AFFINE_TILT_MAX), or None: the one rule config.Config and FeatureConf both apply."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not (value == 0 or 1 < value <= AFFINE_TILT_MAX):
+        return f"affine_tilt must be 0 (off) or in (1, {AFFINE_TILT_MAX:g}], got {value!r}"
+    return None
 
 
 def check_choices(conf: object, allowed: dict[str, tuple]) -> None:
