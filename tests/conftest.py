@@ -1,7 +1,7 @@
 """Shared test set-up.
 
-SfM's mappings go to a helper process where this one has a core to spare
-(src.geometric.concurrency: in_helper, sfm_slots). A test that replaces a function
+SfM's mappings go to a helper process where this one has a core to spare and a dataset's
+scenes are mapped side by side (src.geometric.concurrency: sfm_slots). A test that replaces a function
 (monkeypatch) replaces it in this process only, so the helper is left out here;
 tests/test_concurrency.py turns it back on and shows it gives the models mapped here.
 """
@@ -13,7 +13,6 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _sfm_in_this_process(monkeypatch):
-    from src.geometric import pipeline, reconstruction
+    from src.geometric import pipeline
 
-    monkeypatch.setattr(reconstruction, "helper_wanted", lambda: False)
     monkeypatch.setattr(pipeline, "helper_wanted", lambda: False)

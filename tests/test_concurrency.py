@@ -222,7 +222,10 @@ def test_a_helper_that_dies_leaves_the_call_to_this_process(caplog):
 @pytest.mark.parametrize("mapper", ["global", "incremental"])
 def test_camera_choices_mapped_in_the_helper_give_the_models_mapped_here(tmp_path, monkeypatch,
                                                                         caplog, mapper):
-    """A zoom lens, so the per-image cameras (mapped in the helper) are the ones kept."""
+    """A zoom lens: shared cameras mapped, their per-image fit, the per-image cameras mapped
+    and kept; every one of those calls made in the helper gives the models made here."""
+    from concurrent.futures import Future
+
     truth = synthesize_cluster(seed=3, focal_spread=0.2)
     sizes = {name: truth.image_size for name in truth.names}
     image_dir = tmp_path / "images"
@@ -231,13 +234,18 @@ def test_camera_choices_mapped_in_the_helper_give_the_models_mapped_here(tmp_pat
     here = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                              tmp_path / "here", conf, image_sizes=sizes)
     sent = []
-    monkeypatch.setattr(reconstruction, "helper_wanted", lambda: True)
-    monkeypatch.setattr(reconstruction, "in_helper",
-                        lambda fn, *args: sent.append(args[5].name) or in_helper(fn, *args))
+
+    def in_the_helper(fn, *args):  # as a slot in the helper serves a call
+        sent.append(fn.__name__)
+        future = Future()
+        future.set_result(in_helper(fn, *args)())
+        return future
+
+    monkeypatch.setattr(reconstruction, "in_sfm_slot", in_the_helper)
     caplog.set_level(logging.INFO)
     helped = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                                tmp_path / "helped", conf, image_sizes=sizes)
-    assert sent == ["cameras-image"]
+    assert sent == ["_reconstruct_once", "_fit_per_image_focals", "_reconstruct_once"]
     assert f"{mapper} mapper, cameras per image" in caplog.text  # the helper's log line
     assert helped.cameras == here.cameras and here.cameras.startswith("per image")
     assert [m.poses.keys() for m in helped.models] == [m.poses.keys() for m in here.models]
@@ -390,9 +398,9 @@ def test_a_prepared_helper_has_imported_the_module_before_the_first_call():
 @pytest.mark.slow
 def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypatch, threads):
     """A generated dataset (two scenes, outliers) through run_geometric all in this
-    process, with SfM's per-image camera mappings in the helper, and with the scenes'
-    mappings sent to whichever of this process and the helper is free: the same
-    predictions to the bit and the same scenes table but for its seconds."""
+    process, and with the scenes' SfM calls (mappings, the camera choice's fits) sent to
+    whichever of this process and the helper is free: the same predictions to the bit and
+    the same scenes table but for its seconds."""
     from src.demo_data import DemoSpec, generate_demo_dataset
     from src.geometric import pipeline
     from src.geometric.pipeline import GeometricConf, run_geometric
@@ -404,36 +412,31 @@ def test_a_pipeline_run_with_the_helper_gives_the_run_without(tmp_path, monkeypa
     data = generate_demo_dataset(tmp_path / "data", spec)
     images = list_test_images(data)
     threads(2)
-    sent, slotted = [], []
-    monkeypatch.setattr(reconstruction, "in_helper",
-                        lambda fn, *args: sent.append(args[5]) or in_helper(fn, *args))
+    slotted = []
     monkeypatch.setattr(concurrency, "in_helper",
-                        lambda fn, *args: slotted.append(args[5]) or in_helper(fn, *args))
+                        lambda fn, *args: slotted.append(
+                            (fn.__name__, [a for a in args if isinstance(a, Path)][-1]))
+                        or in_helper(fn, *args))
     runs = {}
-    for way, (scenes_beside, mappings_beside) in {"alone": (False, False),
-                                                  "mappings": (False, True),
-                                                  "scenes": (True, True)}.items():
+    for way, scenes_beside in {"alone": False, "scenes": True}.items():
         monkeypatch.setattr(pipeline, "helper_wanted", lambda: scenes_beside)
-        monkeypatch.setattr(reconstruction, "helper_wanted",
-                            lambda: mappings_beside and concurrency.helper_wanted())
         runs[way] = run_geometric(images, data / "test", GeometricConf(workers=1),
                                   tmp_path / f"cache-{way}")
-        if way == "mappings":
-            assert len(sent) >= 2  # both scenes' per-image mappings went to the helper
+        if way == "alone":
+            assert not slotted
     alone, _, scenes_alone = runs["alone"]
-    # scenes side by side: their mappings went to the slots, some to the helper's
+    # scenes side by side: their calls went to the slots, some to the helper's
     assert len(scenes_alone) >= 2 and slotted
     folders = {f"{GeometricConf().reconstruction.cache_key()}-{scene}"
                for scene in scenes_alone["graph_scene"]}
-    assert all(folders & set(path.parts) for path in slotted)
-    for way in ("mappings", "scenes"):
-        helped, _, scenes_helped = runs[way]
-        for a, b in zip(alone, helped):
-            assert (a.dataset, a.image, a.scene) == (b.dataset, b.image, b.scene)
-            np.testing.assert_array_equal(a.R_cw, b.R_cw)
-            np.testing.assert_array_equal(a.t_cw, b.t_cw)
-        pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
-                                      scenes_helped.drop(columns="seconds"))
+    assert all(folders & set(path.parts) for _, path in slotted)
+    helped, _, scenes_helped = runs["scenes"]
+    for a, b in zip(alone, helped):
+        assert (a.dataset, a.image, a.scene) == (b.dataset, b.image, b.scene)
+        np.testing.assert_array_equal(a.R_cw, b.R_cw)
+        np.testing.assert_array_equal(a.t_cw, b.t_cw)
+    pd.testing.assert_frame_equal(scenes_alone.drop(columns="seconds"),
+                                  scenes_helped.drop(columns="seconds"))
     assert sum(p.scene != "outliers" for p in alone) >= 15
 
 

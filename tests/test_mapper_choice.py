@@ -224,14 +224,13 @@ def test_the_pipeline_keeps_the_incremental_model_where_the_global_one_loses_ima
 
 
 def test_auto_with_auto_cameras_maps_each_way_under_the_first_mapper(tmp_path, truth):
-    """The defaults (mapper and cameras "auto"): the global mapper maps with a camera per
-    image and with shared ones in its own folders, holds all eight images, and the
-    incremental mapper is not run."""
+    """The defaults (mapper and cameras "auto"): the global mapper maps with shared cameras
+    in their own folder, one lens needs no camera per image, all eight images are held, and
+    the incremental mapper is not run."""
     sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global"))
     assert sfm.mapper == "global (holds 8 of 8 images, all that can be held)"
     assert sfm.cameras.startswith("shared (") and sfm.models[0].shared_cameras
-    assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {
-        "cameras-image", "cameras-size"}
+    assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {"cameras-size"}
     assert not (tmp_path / "work" / "incremental").exists()
 
 
@@ -250,7 +249,11 @@ def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, m
                                                camera_sharing=sharing))
     assert sfm.mapper == "incremental (images held of 8: global 0, incremental 8)"
     assert len(sfm.models) == 1 and sfm.models[0].num_registered == 8
-    if sharing == "auto":  # the failed mapper chose no cameras: both ways weighed again
+    if sharing == "auto":  # the failed mapper chose no cameras: the next one chooses again
         assert "as the global mapper chose" not in sfm.cameras
-        assert {p.name for p in (tmp_path / "work" / "incremental").iterdir()} == {
+        assert sfm.cameras.startswith("shared (")
+        # shared cameras that registered nothing were tried against per-image ones
+        assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {
             "cameras-image", "cameras-size"}
+        assert {p.name for p in (tmp_path / "work" / "incremental").iterdir()} == {
+            "cameras-size"}

@@ -19,10 +19,9 @@ import pytest
 
 from src.demo_data import make_scene, render_view, sample_cameras
 from src.geometry import camera_centers, rotation_angle_deg, umeyama_similarity
-from src.geometric.reconstruction import (Model, ReconConf, build_database, focal_drift,
-                                          load_models, pinhole_keypoints, poses_for_images,
-                                          prefer_shared_cameras, read_image_size, reconstruct,
-                                          reconstruct_scene)
+from src.geometric.reconstruction import (Model, ReconConf, build_database, load_models,
+                                          pinhole_keypoints, poses_for_images, read_image_size,
+                                          reconstruct, reconstruct_scene)
 from tests.synthetic_cluster import assert_poses_match, synthesize_cluster
 
 WIDTH, HEIGHT = 320, 240
@@ -148,9 +147,10 @@ def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path, mapper):
 @pytest.mark.parametrize("focal_spread, shared", [(0.0, True), (0.2, False)])
 def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
         tmp_path, focal_spread, shared):
-    """One lens: the shared camera fits as well and is kept; a zoom (focal lengths 0.8-1.2x
-    apart): one focal length cannot fit them, the per-image cameras are kept. The poses and
-    focal lengths are right either way."""
+    """One lens: the shared camera fits as well and is kept, with no second mapping; a zoom
+    (focal lengths 0.8-1.2x apart): one focal length cannot fit them, the scene is mapped
+    again with a camera per image and those models kept. The poses and focal lengths are
+    right either way."""
     truth = synthesize_cluster(seed=3, focal_spread=focal_spread)
     sizes = {name: truth.image_size for name in truth.names}
     image_dir = tmp_path / "images"
@@ -161,15 +161,15 @@ def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
     assert mapper == "global"
     assert len(models) == 1 and models[0].shared_cameras is shared
     assert why.startswith("shared" if shared else "per image"), why
-    assert (tmp_path / "work" / "cameras-image").is_dir()
     assert (tmp_path / "work" / "cameras-size").is_dir()
+    assert (tmp_path / "work" / "cameras-image").is_dir() is not shared
     assert_poses_match(truth, models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
                        max_focal_error=0.01)
 
 
 def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tmp_path):
     """Images all of different sizes leave nothing to weigh: one mapping, its pairs seen by
-    COLMAP's estimator as two cameras (pair_cameras "auto"), and the poses right."""
+    COLMAP's estimator as two cameras (pair_cameras "separate"), and the poses right."""
     truth = synthesize_cluster(seed=3, num_images=6)
     sizes = {name: (640 + k, 480 + k) for k, name in enumerate(truth.names)}
     image_dir = tmp_path / "images"
@@ -177,16 +177,16 @@ def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tm
     sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                             tmp_path / "work", ReconConf(mapper="global"), image_sizes=sizes)
     assert sfm.cameras == "per image (no two images of one size)"
-    assert [p.name for p in (tmp_path / "work").iterdir()] == ["cameras-image-separate"]
+    assert [p.name for p in (tmp_path / "work").iterdir()] == ["cameras-image"]
     assert len(sfm.models) == 1 and sfm.models[0].num_registered == 6
     assert_poses_match(truth, sfm.models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
                        max_focal_error=0.02)
 
 
-def test_a_zoom_keeps_per_image_cameras_mapped_again_unless_that_mapping_fails(tmp_path,
-                                                                               monkeypatch):
-    """Per-image cameras that win are mapped once more as separate cameras and those models
-    kept; when that mapping finds nothing, the weighed per-image models stay."""
+def test_a_zoom_keeps_per_image_cameras_unless_their_mapping_registers_fewer(tmp_path,
+                                                                           monkeypatch):
+    """Per-image cameras that fit better are kept; when their mapping finds nothing, the
+    shared models stay (a failed mapping loses nothing), and the reason says so."""
     from src.geometric import reconstruction
 
     truth = synthesize_cluster(seed=3, focal_spread=0.2)
@@ -196,19 +196,47 @@ def test_a_zoom_keeps_per_image_cameras_mapped_again_unless_that_mapping_fails(t
     conf = ReconConf(mapper="global")
     sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                             tmp_path / "work", conf, image_sizes=sizes)
-    assert sfm.cameras.endswith("mapped again as separate cameras"), sfm.cameras
-    assert (tmp_path / "work" / "cameras-image-separate" / "models").is_dir()
-    assert_poses_match(truth, sfm.models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
-                       max_focal_error=0.01)
+    assert "more than 1.15x, per-image focal lengths plausible" in sfm.cameras, sfm.cameras
+    assert (tmp_path / "work" / "cameras-image" / "models").is_dir()
 
     real_once = reconstruction._reconstruct_once
     monkeypatch.setattr(reconstruction, "_reconstruct_once",
-                        lambda *args: [] if args[6].pair_cameras == "separate"
+                        lambda *args: [] if args[6].camera_sharing == "image"
                         else real_once(*args))
     failed = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                                tmp_path / "again", conf, image_sizes=sizes)
-    assert failed.cameras.endswith("they register fewer images, not kept"), failed.cameras
+    assert failed.cameras.startswith("shared") and "register 0 images" in failed.cameras, \
+        failed.cameras
     assert failed.models and failed.models[0].num_registered == len(truth.names)
+
+
+def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones(
+        tmp_path, monkeypatch):
+    """Where the shared cameras' models leave an image with verified matches unregistered,
+    the scene is also mapped with a camera per image, and those models kept when they
+    register more (a second lens that one camera cannot fit leaves its photos out)."""
+    from src.geometric import reconstruction
+
+    truth = synthesize_cluster(seed=3)
+    sizes = {name: truth.image_size for name in truth.names}
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    real_once = reconstruction._reconstruct_once
+
+    def shared_loses_one(*args):
+        models = real_once(*args)
+        if args[6].camera_sharing != "size":
+            return models
+        dropped = truth.names[0]
+        return [replace(m, poses={n: p for n, p in m.poses.items() if n != dropped})
+                for m in models]
+
+    monkeypatch.setattr(reconstruction, "_reconstruct_once", shared_loses_one)
+    sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "work", ReconConf(mapper="global"), image_sizes=sizes)
+    assert sfm.cameras == (f"per image (shared cameras register {len(truth.names) - 1} "
+                           f"images, a camera per image {len(truth.names)})"), sfm.cameras
+    assert sfm.models[0].num_registered == len(truth.names)
 
 
 def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
@@ -224,53 +252,15 @@ def test_shared_cameras_are_one_camera_per_image_size(tmp_path):
             assert db.num_rigs() == expected and db.num_images() == 4
 
 
-def _model(names, error, observations=100, focals=None):
-    eye, zero = np.eye(3), np.zeros(3)
-    focals = focals or [500.0] * len(names)
-    return Model(poses={n: (eye, zero) for n in names}, num_points3D=0,
-                 points3D=np.zeros((0, 3)),
-                 intrinsics={n: np.diag([f, f, 1.0]) for n, f in zip(names, focals)},
-                 mean_reprojection_error=error, num_observations=observations)
-
-
-def test_prefer_shared_cameras_weighs_registrations_then_reprojection_error():
-    abc = ["a", "b", "c"]
-    assert prefer_shared_cameras([_model(abc, 0.49)], [_model(abc, 0.45)], 1.15, 1.10)[0]
-    # 1.11x: plausible per-image focal lengths that fit better say the cameras differ ...
-    keep, why = prefer_shared_cameras([_model(abc, 0.5)], [_model(abc, 0.45)], 1.15, 1.10)
-    assert not keep and "more than 1.1x, per-image focal lengths plausible" in why
-    # ... drifting ones (one image 2.5x off its model's median) are no evidence: up to 1.15x
-    drifting = _model(abc, 0.45, focals=[500.0, 520.0, 1300.0])
-    keep, why = prefer_shared_cameras([_model(abc, 0.5)], [drifting], 1.15, 1.10)
-    assert keep and "1 per-image focal length(s) drift over 2x" in why
-    keep, why = prefer_shared_cameras([_model(abc, 0.6)], [drifting], 1.15, 1.10)
-    assert not keep and "more than 1.15x" in why
-    keep, why = prefer_shared_cameras([_model(abc[:2], 0.1)], [_model(abc, 0.45)], 1.15)
-    assert not keep and "register 2 images" in why
-    assert prefer_shared_cameras([_model(abc, 0.9)], [], 1.15)[0]
-    assert not prefer_shared_cameras([], [], 1.15)[0]
-    # errors of several models are weighted by their observations: (0.4*300 + 1.0*100) / 400
-    two = [_model(abc, 0.4, 300), _model(["d", "e", "f"], 1.0, 100)]
-    assert prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.55 / 1.1)], 1.15,
-                                 1.10)[0]
-    assert not prefer_shared_cameras(two, [_model([*abc, "d", "e", "f"], 0.54 / 1.1)],
-                                     1.15, 1.10)[0]
+def test_camera_sharing_and_pair_cameras_refuse_unknown_values():
+    with pytest.raises(ValueError, match="camera_sharing"):
+        ReconConf(camera_sharing="exif")
+    with pytest.raises(ValueError, match="pair_cameras"):
+        ReconConf(pair_cameras="auto")
     with pytest.raises(ValueError, match="shared_camera_max_error_ratio"):
         ReconConf(shared_camera_max_error_ratio=0.5)
     with pytest.raises(ValueError, match="shared_camera_free_error_ratio"):
-        ReconConf(shared_camera_free_error_ratio=1.2)  # above the 1.15 of max
-
-
-def test_focal_drift_counts_images_a_factor_off_their_models_median():
-    steady = _model(["a", "b", "c", "d"], 0.5, focals=[600.0, 620.0, 580.0, 640.0])
-    assert focal_drift([steady]) == 0
-    wild = _model(["e", "f", "g", "h", "i"], 0.5, focals=[600.0, 610.0, 620.0, 1e6, 250.0])
-    assert focal_drift([wild]) == 2 and focal_drift([steady, wild]) == 2
-    assert focal_drift([wild], factor=3.0) == 1
-    # each model has its own median: two steady models of different lenses do not drift
-    assert focal_drift([steady, _model(["x", "y"], 0.5, focals=[2000.0, 2100.0])]) == 0
-    with pytest.raises(ValueError, match="camera_sharing"):
-        ReconConf(camera_sharing="exif")
+        ReconConf(shared_camera_free_error_ratio=1.4)  # above the 1.3 of max
 
 
 def test_mapper_choice_is_validated_and_part_of_the_cache_key():
@@ -363,13 +353,13 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
             np.testing.assert_allclose(again.poses[name][0], R_cw, atol=1e-12)
             np.testing.assert_allclose(again.poses[name][1], t_cw, atol=1e-12)
         np.testing.assert_allclose(again.points3D, model.points3D, atol=1e-12)
-    # camera_sharing "auto" maps twice, each way cached in its own folder, and kept
-    # per-image cameras once more as separate cameras
+    # camera_sharing "auto" maps with shared cameras, and where it tries them with a camera
+    # per image; each way cached in its own folder
     shared = models[0].shared_cameras
-    kept = work_dir / ("cameras-size" if shared else "cameras-image-separate")
+    kept = work_dir / ("cameras-size" if shared else "cameras-image")
     assert [m.num_registered for m in load_models(kept / "models")] == \
         [m.num_registered for m in models]
-    mappings = 2 if shared else 3
+    mappings = 1 + (work_dir / "cameras-image" / "models").is_dir()
 
     reconstruct(cluster.image_dir, cluster.names, cluster.keypoints, cluster.matches,
                 work_dir, ReconConf(), overwrite=True)

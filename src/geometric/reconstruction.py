@@ -30,8 +30,9 @@ Outputs are cached in ``work_dir``::
     models/manifest.json     fingerprint of the inputs and options, one entry per model
     models/<k>/              model k in COLMAP binary format, k = 0 the largest
 
-(with ``camera_sharing "auto"`` in ``cameras-image/`` and ``cameras-size/``, and with
-``mapper "auto"`` under ``global/`` and ``incremental/``, one per mapping run).
+(with ``camera_sharing "auto"`` in ``cameras-size/`` and, where a camera per image is
+tried, ``cameras-image/``; with ``mapper "auto"`` under ``global/`` and ``incremental/``: one
+folder per mapping run).
 
 A later call with the same inputs and options loads ``models/`` instead of mapping again;
 changed inputs or options (a different fingerprint), or ``overwrite=True``, map afresh.
@@ -41,9 +42,7 @@ a half-written cache behind.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -60,7 +59,8 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.concurrency import helper_wanted, in_helper, in_sfm_slot, pycolmap_here
+from src.geometric.camera_choice import PerImageFit, per_image_fit, prefer_shared_cameras
+from src.geometric.concurrency import in_sfm_slot, pycolmap_here
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
 from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_DEFAULT,
@@ -82,8 +82,6 @@ __all__ = [
     "build_database",
     "reconstruct",
     "reconstruct_scene",
-    "prefer_shared_cameras",
-    "focal_drift",
     "load_models",
     "mean_reprojection_error",
     "poses_for_images",
@@ -95,7 +93,7 @@ __all__ = [
 # Camera models an image may be given; all are pinhole models that COLMAP's mapper refines.
 SUPPORTED_CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 PAIR_GEOMETRIES = ("colmap", "fundamental")  # see ReconConf.pair_geometry
-PAIR_CAMERAS = ("auto", "one", "separate")  # see ReconConf.pair_cameras
+PAIR_CAMERAS = ("one", "separate")  # see ReconConf.pair_cameras
 # Bump when the database layout or the cached model format changes, so old caches are redone.
 CACHE_VERSION = 1
 DATABASE_FILE = "database.db"
@@ -136,20 +134,17 @@ class ReconConf:
     # "image": a camera per image; "size": one camera per image size; "auto": both, the
     # shared cameras kept unless they fit worse (options.CAMERA_SHARING says why).
     camera_sharing: str = CAMERA_SHARING_DEFAULT
-    # "auto"'s test: shared cameras kept up to the first error ratio, up to the second when
-    # the per-image focal lengths drift (prefer_shared_cameras)
+    # "auto"'s test (camera_choice.prefer_shared_cameras): shared cameras kept unless a focal
+    # length per image fits more than the first error ratio better, the second where those
+    # focal lengths drift
     shared_camera_free_error_ratio: float = SHARED_CAMERA_FREE_ERROR_RATIO
     shared_camera_max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO
     # How COLMAP's two-view estimator sees a pair of images with cameras of their own
-    # ("colmap" pair geometry): "one": as one camera (a shared focal length and an E are
-    # estimated with F), as written before; "separate": as the two cameras they are. "auto":
-    # "separate" for per-image models that are kept, but "one" for the per-image mapping
-    # that camera_sharing "auto" weighs against the shared cameras: per-image cameras seen as
-    # separate fit better than shared ones even for one phone, and the error ratio would
-    # keep them (realdev2's fruit_mat, seed 42: 0.571 against 0.695 px, mAA 55). Once chosen,
-    # per-image cameras are mapped again as separate cameras (benchmarks/README.md: demo
-    # 77.33 / 78.67 / 79.98 -> 80.27 / 81.55 / 81.55, realdev and realdev2 unchanged).
-    pair_cameras: str = "auto"
+    # ("colmap" pair geometry): "separate", as the two cameras they are (F only); "one", as
+    # one camera (a shared focal length and an E estimated with F). "separate" measured
+    # better for per-image models (benchmarks/README.md: demo 77.33 / 78.67 / 79.98 -> 80.27 /
+    # 81.55 / 81.55, realdev and realdev2 unchanged).
+    pair_cameras: str = "separate"
     focal_prior_factor: float = 1.2  # initial focal length = this x max(width, height), pixels
     min_model_size: int = MIN_SCENE_SIZE  # models registering fewer images are dropped
     max_models: int = 50  # most models the mapper may start (1 = a single model)
@@ -724,8 +719,9 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
     for fewer than 2 images, and [] with a warning when no pair has
     ``conf.min_num_matches`` matches, when the mapper finds no model, or when pycolmap raises
     (that failure is not cached, so a later call tries again). With ``camera_sharing
-    "auto"`` the cluster is mapped with a camera per image and with one per image size, and
-    :func:`prefer_shared_cameras` picks; with ``mapper "auto"`` both mappers may map it and
+    "auto"`` the cluster is mapped with cameras shared by image size, and again with a
+    camera per image where camera_choice.py finds that one camera does not fit the photos
+    (:func:`_reconstruct_cameras`); with ``mapper "auto"`` both mappers may map it and
     ``mapper_choice.prefer_mapper`` picks (:func:`reconstruct_scene` also says why).
     """
     return reconstruct_scene(image_dir, images, keypoints, matches, work_dir, conf, overwrite,
@@ -809,83 +805,74 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                          overwrite: bool, label: str,
                          image_sizes: Mapping[str, tuple[int, int]] | None
                          ) -> tuple[list[Model], str, str]:
-    """One mapper's models with ``conf.camera_sharing`` (for "auto": both ways, in
-    ``work_dir/cameras-image`` and ``work_dir/cameras-size``, and the better kept), the
-    sharing they were mapped with ("image" or "size") and what to say about it."""
+    """One mapper's models with ``conf.camera_sharing``, the sharing they were mapped with
+    ("image" or "size") and what to say about it. For "auto" (camera_choice.py): cameras
+    shared by image size in ``work_dir/cameras-size``; a camera per image in
+    ``work_dir/cameras-image`` as well where the shared cameras leave an image with verified
+    matches unregistered (a lens one camera cannot fit may be why), or where their models fit
+    clearly better with a focal length per image; the per-image models kept when they
+    register more images, or when they fit better and register no fewer."""
     if conf.camera_sharing != "auto":
-        models = _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                           work_dir, conf, overwrite, label, image_sizes)
+        models = _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs, work_dir,
+                           conf, overwrite, label, image_sizes)
         return models, conf.camera_sharing, _cameras_label(conf)
     sizes = _checked_image_sizes(Path(image_dir), images, kpts, image_sizes)
 
-    # the per-image mapping weighed against the shared one sees pairs as one camera
-    weighed = "one" if conf.pair_cameras == "auto" else conf.pair_cameras
-
-    def args(sharing: str) -> tuple:
-        return (image_dir, images, kpts, pair_matches, num_usable_pairs,
-                work_dir / f"cameras-{sharing}",
-                replace(conf, camera_sharing=sharing, pair_cameras=weighed), overwrite, label,
-                sizes)
-
-    def kept_per_image() -> list[Model]:
-        """The models of per-image cameras once kept: under "auto" seen as separate cameras."""
-        kept = "separate" if conf.pair_cameras == "auto" else conf.pair_cameras
-        folder = "cameras-image-separate" if kept == "separate" else "cameras-image"
+    def mapped(sharing: str) -> list[Model]:
         return _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs,
-                         work_dir / folder,
-                         replace(conf, camera_sharing="image", pair_cameras=kept), overwrite,
-                         label, sizes)
+                         work_dir / f"cameras-{sharing}", replace(conf, camera_sharing=sharing),
+                         overwrite, label, sizes)
 
-    if len(set(sizes.values())) == len(images):  # nothing to weigh: per-image cameras kept
-        return kept_per_image(), "image", "per image (no two images of one size)"
-    shared, per_image = _map_both(args("size"), args("image"), conf)
-    keep_shared, why = prefer_shared_cameras(shared, per_image,
-                                             conf.shared_camera_max_error_ratio,
-                                             conf.shared_camera_free_error_ratio)
-    log.info("cluster %s: %s cameras kept (%s)", label, "shared" if keep_shared else
-             "per-image", why)
+    if len(set(sizes.values())) == len(images):  # nothing to share: per-image cameras
+        return mapped("image"), "image", "per image (no two images of one size)"
+    shared = mapped("size")
+    per_image = None
+    evidenced = len(evidenced_images(pair_matches, conf.min_num_matches))
+    if _registered(shared) < evidenced:
+        per_image = mapped("image")
+        if _registered(per_image) > _registered(shared):
+            why = (f"shared cameras register {_registered(shared)} images, a camera per "
+                   f"image {_registered(per_image)}")
+            log.info("cluster %s: per-image cameras kept (%s)", label, why)
+            return per_image, "image", f"per image ({why})"
+    if not shared:
+        return shared, "size", "shared (no model either way)"
+    fit = _in_slot(_fit_per_image_focals, work_dir / "cameras-size" / MODELS_DIR, conf)
+    keep_shared, why = prefer_shared_cameras(
+        fit, free_error_ratio=conf.shared_camera_free_error_ratio,
+        max_error_ratio=conf.shared_camera_max_error_ratio, drift_factor=FOCAL_DRIFT_FACTOR)
+    if not keep_shared:
+        per_image = mapped("image") if per_image is None else per_image
+        if _registered(per_image) < _registered(shared):  # a failed mapping loses nothing
+            keep_shared, why = True, (f"{why}; but mapped with a camera per image they "
+                                      f"register {_registered(per_image)} images, not "
+                                      f"{_registered(shared)}")
+    log.info("cluster %s: %s cameras kept (%s)", label,
+             "shared" if keep_shared else "per-image", why)
     if keep_shared:
         return shared, "size", f"shared ({why})"
-    if conf.pair_cameras != "auto":
-        return per_image, "image", f"per image ({why})"
-    models = kept_per_image()
-    if _registered(models) < _registered(per_image):  # a failed mapping loses nothing
-        return per_image, "image", (f"per image ({why}); mapped again as separate cameras "
-                                    f"they register fewer images, not kept")
-    return models, "image", f"per image ({why}), mapped again as separate cameras"
+    return per_image, "image", f"per image ({why})"
+
+
+def _in_slot(fn, *args):
+    """``fn(*args)`` in a free slot while a dataset's scenes are mapped side by side
+    (concurrency.sfm_slots), else here."""
+    future = in_sfm_slot(fn, *args)
+    return fn(*args) if future is None else future.result()
 
 
 def _map_once(*args) -> list[Model]:
-    """:func:`_reconstruct_once` in a free slot while a dataset's scenes are mapped side by
-    side (concurrency.sfm_slots), else here."""
-    future = in_sfm_slot(_reconstruct_once, *args)
-    return _reconstruct_once(*args) if future is None else future.result()
+    """:func:`_reconstruct_once` in a free slot (:func:`_in_slot`)."""
+    return _in_slot(_reconstruct_once, *args)
 
 
-def _map_both(shared_args: tuple, per_image_args: tuple, conf: ReconConf
-              ) -> tuple[list[Model], list[Model]]:
-    """The two independent one-thread mappings of the camera choice (:func:`_reconstruct_once`
-    of each argument tuple), side by side: in the two slots while a dataset's scenes are
-    mapped side by side, else the per-image one in the helper process where this one has a
-    core to spare (concurrency.in_helper; the same models either way); one after the other
-    here when the mapper runs on several threads (it has the cores already). Either's
-    exception is raised once both have ended (their log lines kept)."""
-    shared_future = in_sfm_slot(_reconstruct_once, *shared_args)
-    if shared_future is not None:
-        per_image_future = in_sfm_slot(_reconstruct_once, *per_image_args)
-        concurrent.futures.wait([shared_future, per_image_future])
-        return shared_future.result(), per_image_future.result()
-    beside = helper_wanted() and conf.num_threads == 1
-    per_image_models = (in_helper(_reconstruct_once, *per_image_args) if beside
-                        else functools.partial(_reconstruct_once, *per_image_args))
-    try:
-        shared = _reconstruct_once(*shared_args)
-    except BaseException:
-        if beside:  # the helper's mapping ends (its log lines kept) before this call does
-            with contextlib.suppress(Exception):
-                per_image_models()
-        raise
-    return shared, per_image_models()
+def _fit_per_image_focals(models_dir: Path, conf: ReconConf) -> PerImageFit:
+    """camera_choice.per_image_fit of the shared-camera models cached in ``models_dir``."""
+    count = len(json.loads((models_dir / MANIFEST_FILE).read_text())["models"])
+    reconstructions = [pycolmap.Reconstruction(models_dir / str(k)) for k in range(count)]
+    return per_image_fit(reconstructions, refine_extra_params=conf.ba_refine_extra_params,
+                         refine_principal_point=conf.ba_refine_principal_point,
+                         num_threads=conf.num_threads)
 
 
 def _registered(models: Sequence[Model]) -> int:
@@ -897,52 +884,6 @@ def _cameras_label(conf: ReconConf) -> str:
     if conf.camera_sharing == "size":
         return "shared by size"
     return "per image" + (", as one camera in pairs" if conf.pair_cameras == "one" else "")
-
-
-def prefer_shared_cameras(shared: Sequence[Model], per_image: Sequence[Model],
-                          max_error_ratio: float = SHARED_CAMERA_MAX_ERROR_RATIO,
-                          free_error_ratio: float = SHARED_CAMERA_FREE_ERROR_RATIO,
-                          drift_factor: float = FOCAL_DRIFT_FACTOR) -> tuple[bool, str]:
-    """Whether the models mapped with cameras shared by image size are to be kept over
-    those mapped with a camera per image, and why.
-
-    Shared intrinsics have fewer parameters: where the images come from one camera they fit
-    as well (and keep the focal lengths from drifting apart on weak geometry); where the focal
-    length varies from image to image they fit clearly worse. So the shared models are kept
-    unless they register fewer images or their mean reprojection error (over all models,
-    weighted by observations) exceeds ``free_error_ratio`` times the per-image models' --
-    or ``max_error_ratio`` times, when the per-image focal lengths drift (some image's more
-    than ``drift_factor`` from its model's median: the per-image fit is then no evidence).
-    """
-    registered_shared, registered_own = _registered(shared), _registered(per_image)
-    if registered_shared < registered_own:
-        return False, (f"shared cameras register {registered_shared} images, a camera per "
-                       f"image {registered_own}")
-    if not per_image:
-        return bool(shared), "no model with a camera per image"
-    error_shared, error_own = mean_reprojection_error(shared), mean_reprojection_error(per_image)
-    why = f"{error_shared:.3f} px shared, {error_own:.3f} px per image"
-    if error_shared <= free_error_ratio * error_own:
-        return True, why
-    drifting = focal_drift(per_image, drift_factor)
-    if drifting and error_shared <= max_error_ratio * error_own:
-        return True, (f"{why}, within {max_error_ratio:g}x as {drifting} per-image focal "
-                      f"length(s) drift over {drift_factor:g}x")
-    if drifting:
-        return False, f"{why}: more than {max_error_ratio:g}x"
-    return False, f"{why}: more than {free_error_ratio:g}x, per-image focal lengths plausible"
-
-
-def focal_drift(models: Sequence[Model], factor: float = FOCAL_DRIFT_FACTOR) -> int:
-    """How many registered images have a focal length more than ``factor`` times above or
-    below the median of their model's (cameras per image that drift on weak geometry)."""
-    count = 0
-    for model in models:
-        focals = np.array([np.sqrt(K[0, 0] * K[1, 1]) for K in model.intrinsics.values()])
-        if len(focals):
-            median = np.median(focals)
-            count += int(np.sum((focals > factor * median) | (focals < median / factor)))
-    return count
 
 
 def mean_reprojection_error(models: Sequence[Model]) -> float:
