@@ -222,8 +222,8 @@ def test_a_helper_that_dies_leaves_the_call_to_this_process(caplog):
 @pytest.mark.parametrize("mapper", ["global", "incremental"])
 def test_camera_choices_mapped_in_the_helper_give_the_models_mapped_here(tmp_path, monkeypatch,
                                                                         caplog, mapper):
-    """A zoom lens: shared cameras mapped, their per-image fit, the per-image cameras mapped
-    and kept; every one of those calls made in the helper gives the models made here."""
+    """A zoom lens: shared cameras mapped, then refit with a camera per image and kept; both
+    calls made in the helper give the models made here."""
     from concurrent.futures import Future
 
     truth = synthesize_cluster(seed=3, focal_spread=0.2)
@@ -245,8 +245,8 @@ def test_camera_choices_mapped_in_the_helper_give_the_models_mapped_here(tmp_pat
     caplog.set_level(logging.INFO)
     helped = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                                tmp_path / "helped", conf, image_sizes=sizes)
-    assert sent == ["_reconstruct_once", "_fit_per_image_focals", "_reconstruct_once"]
-    assert f"{mapper} mapper, cameras per image" in caplog.text  # the helper's log line
+    assert sent == ["_reconstruct_once", "_choose_cameras"]
+    assert f"{mapper} mapper, cameras shared by size" in caplog.text  # the helper's log line
     assert helped.cameras == here.cameras and here.cameras.startswith("per image")
     assert [m.poses.keys() for m in helped.models] == [m.poses.keys() for m in here.models]
     for model, other in zip(here.models, helped.models):

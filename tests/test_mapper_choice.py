@@ -196,7 +196,9 @@ def test_the_pipeline_keeps_the_incremental_model_where_the_global_one_loses_ima
     the global mapper's model holds 8 or 9 of 10 images and the incremental one's all 10; "auto"
     keeps the latter, and scores above the global mapper alone (0.79 -> 0.96 mAA on that
     scene when this test was written). Without the affine views (options.AFFINE_TILT),
-    which change that set's matches: the scenario, not the features, is under test."""
+    which change that set's matches, and with a camera per image mapped as such (the shared
+    cameras refit per image that camera_sharing "auto" keeps there hold all 10 in the
+    global model): the scenario, not the features or the cameras, is under test."""
     from config import get_config
     from src.demo_data import DemoSpec, generate_demo_dataset
     from src.geometric.pipeline import GeometricConf, run_geometric
@@ -209,7 +211,7 @@ def test_the_pipeline_keeps_the_incremental_model_where_the_global_one_loses_ima
     for mapper in ("auto", "global"):
         conf = GeometricConf.from_config(get_config("cpu-demo", pipeline="geometric", seed=40,
                                                     workers=1, mapper=mapper,
-                                                    affine_tilt=0))
+                                                    affine_tilt=0, camera_sharing="image"))
         predictions, _, sfm_scenes = run_geometric(images, data_dir / "test", conf,
                                                    tmp_path / "cache")
         results[mapper] = score(predictions, data_dir), sfm_scenes
@@ -230,7 +232,8 @@ def test_auto_with_auto_cameras_maps_each_way_under_the_first_mapper(tmp_path, t
     sfm = _map_auto(tmp_path, truth, ReconConf(mapper="auto", fallback_mapper="global"))
     assert sfm.mapper == "global (holds 8 of 8 images, all that can be held)"
     assert sfm.cameras.startswith("shared (") and sfm.models[0].shared_cameras
-    assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {"cameras-size"}
+    assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {"cameras-size",
+                                                                         "cameras-split"}
     assert not (tmp_path / "work" / "incremental").exists()
 
 
@@ -256,4 +259,4 @@ def test_auto_maps_with_the_other_mapper_when_the_first_fails(tmp_path, truth, m
         assert {p.name for p in (tmp_path / "work" / "global").iterdir()} == {
             "cameras-image", "cameras-size"}
         assert {p.name for p in (tmp_path / "work" / "incremental").iterdir()} == {
-            "cameras-size"}
+            "cameras-size", "cameras-split"}

@@ -147,10 +147,9 @@ def test_reconstructs_a_synthetic_cluster_to_its_true_poses(tmp_path, mapper):
 @pytest.mark.parametrize("focal_spread, shared", [(0.0, True), (0.2, False)])
 def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
         tmp_path, focal_spread, shared):
-    """One lens: the shared camera fits as well and is kept, with no second mapping; a zoom
-    (focal lengths 0.8-1.2x apart): one focal length cannot fit them, the scene is mapped
-    again with a camera per image and those models kept. The poses and focal lengths are
-    right either way."""
+    """One lens: the shared camera fits as well and is kept; a zoom (focal lengths 0.8-1.2x
+    apart): one focal length cannot fit them, and the shared models refit with a camera per
+    image are kept. No second mapping either way; the poses and focal lengths are right."""
     truth = synthesize_cluster(seed=3, focal_spread=focal_spread)
     sizes = {name: truth.image_size for name in truth.names}
     image_dir = tmp_path / "images"
@@ -161,8 +160,7 @@ def test_auto_camera_sharing_keeps_shared_cameras_only_for_one_focal_length(
     assert mapper == "global"
     assert len(models) == 1 and models[0].shared_cameras is shared
     assert why.startswith("shared" if shared else "per image"), why
-    assert (tmp_path / "work" / "cameras-size").is_dir()
-    assert (tmp_path / "work" / "cameras-image").is_dir() is not shared
+    assert {p.name for p in (tmp_path / "work").iterdir()} == {"cameras-size", "cameras-split"}
     assert_poses_match(truth, models[0], max_rotation_error_deg=0.3, max_center_error=0.01,
                        max_focal_error=0.01)
 
@@ -183,10 +181,10 @@ def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tm
                        max_focal_error=0.02)
 
 
-def test_a_zoom_keeps_per_image_cameras_unless_their_mapping_registers_fewer(tmp_path,
-                                                                           monkeypatch):
-    """Per-image cameras that fit better are kept; when their mapping finds nothing, the
-    shared models stay (a failed mapping loses nothing), and the reason says so."""
+def test_the_camera_choice_is_cached_with_the_refit_models(tmp_path, monkeypatch):
+    """A zoom: the refit per-image models and the decision are cached beside the shared
+    models; a second call reads them back with no bundle adjustment, and gives the same
+    models; overwrite fits again."""
     from src.geometric import reconstruction
 
     truth = synthesize_cluster(seed=3, focal_spread=0.2)
@@ -194,20 +192,27 @@ def test_a_zoom_keeps_per_image_cameras_unless_their_mapping_registers_fewer(tmp
     image_dir = tmp_path / "images"
     image_dir.mkdir()
     conf = ReconConf(mapper="global")
-    sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
-                            tmp_path / "work", conf, image_sizes=sizes)
-    assert "more than 1.15x, per-image focal lengths plausible" in sfm.cameras, sfm.cameras
-    assert (tmp_path / "work" / "cameras-image" / "models").is_dir()
+    first = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                              tmp_path / "work", conf, image_sizes=sizes)
+    assert "more than 1.125x, per-image focal lengths plausible" in first.cameras
+    assert first.cameras.endswith("the shared models refit with them)"), first.cameras
+    assert len(load_models(tmp_path / "work" / "cameras-split" / "models")) == 1
 
-    real_once = reconstruction._reconstruct_once
-    monkeypatch.setattr(reconstruction, "_reconstruct_once",
-                        lambda *args: [] if args[6].camera_sharing == "image"
-                        else real_once(*args))
-    failed = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
-                               tmp_path / "again", conf, image_sizes=sizes)
-    assert failed.cameras.startswith("shared") and "register 0 images" in failed.cameras, \
-        failed.cameras
-    assert failed.models and failed.models[0].num_registered == len(truth.names)
+    fits = []
+    real_fit = reconstruction.per_image_fit
+    monkeypatch.setattr(reconstruction, "per_image_fit",
+                        lambda *args, **kwargs: fits.append(1) or real_fit(*args, **kwargs))
+    again = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                              tmp_path / "work", conf, image_sizes=sizes)
+    assert fits == [] and again.cameras == first.cameras
+    for name, (R_cw, t_cw) in first.models[0].poses.items():
+        np.testing.assert_array_equal(again.models[0].poses[name][0], R_cw)
+        np.testing.assert_array_equal(again.models[0].poses[name][1], t_cw)
+        np.testing.assert_array_equal(again.models[0].intrinsics[name],
+                                      first.models[0].intrinsics[name])
+    reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                      tmp_path / "work", conf, overwrite=True, image_sizes=sizes)
+    assert fits == [1]
 
 
 def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones(
@@ -354,9 +359,10 @@ def test_second_call_loads_the_cache_and_overwrite_maps_again(cluster, mapped, m
             np.testing.assert_allclose(again.poses[name][1], t_cw, atol=1e-12)
         np.testing.assert_allclose(again.points3D, model.points3D, atol=1e-12)
     # camera_sharing "auto" maps with shared cameras, and where it tries them with a camera
-    # per image; each way cached in its own folder
+    # per image; each way cached in its own folder, as are the shared models refit
     shared = models[0].shared_cameras
-    kept = work_dir / ("cameras-size" if shared else "cameras-image")
+    kept = work_dir / ("cameras-size" if shared else "cameras-split"
+                       if (work_dir / "cameras-split").is_dir() else "cameras-image")
     assert [m.num_registered for m in load_models(kept / "models")] == \
         [m.num_registered for m in models]
     mappings = 1 + (work_dir / "cameras-image" / "models").is_dir()

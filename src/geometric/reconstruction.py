@@ -30,9 +30,9 @@ Outputs are cached in ``work_dir``::
     models/manifest.json     fingerprint of the inputs and options, one entry per model
     models/<k>/              model k in COLMAP binary format, k = 0 the largest
 
-(with ``camera_sharing "auto"`` in ``cameras-size/`` and, where a camera per image is
-tried, ``cameras-image/``; with ``mapper "auto"`` under ``global/`` and ``incremental/``: one
-folder per mapping run).
+(with ``camera_sharing "auto"`` in ``cameras-size/``, ``cameras-split/`` (those models refit
+with a camera per image, or none, and the decision) and where a camera per image is mapped,
+``cameras-image/``; with ``mapper "auto"`` under ``global/`` and ``incremental/``).
 
 A later call with the same inputs and options loads ``models/`` instead of mapping again;
 changed inputs or options (a different fingerprint), or ``overwrite=True``, map afresh.
@@ -59,7 +59,7 @@ import numpy as np
 import pycolmap
 
 from src.data_io import atomic_path, decode_image_file
-from src.geometric.camera_choice import PerImageFit, per_image_fit, prefer_shared_cameras
+from src.geometric.camera_choice import bundle_adjust, per_image_fit, prefer_shared_cameras
 from src.geometric.concurrency import in_sfm_slot, pycolmap_here
 from src.geometric.mapper_choice import (Placement, evidenced_images, held_images,
                                          prefer_mapper)
@@ -719,9 +719,9 @@ def reconstruct(image_dir: str | os.PathLike, images: Sequence[str],
     for fewer than 2 images, and [] with a warning when no pair has
     ``conf.min_num_matches`` matches, when the mapper finds no model, or when pycolmap raises
     (that failure is not cached, so a later call tries again). With ``camera_sharing
-    "auto"`` the cluster is mapped with cameras shared by image size, and again with a
-    camera per image where camera_choice.py finds that one camera does not fit the photos
-    (:func:`_reconstruct_cameras`); with ``mapper "auto"`` both mappers may map it and
+    "auto"`` the cluster is mapped with cameras shared by image size, and those models
+    refit with a camera per image where camera_choice.py finds that one camera does not fit
+    the photos (:func:`_reconstruct_cameras`); with ``mapper "auto"`` both mappers may map it and
     ``mapper_choice.prefer_mapper`` picks (:func:`reconstruct_scene` also says why).
     """
     return reconstruct_scene(image_dir, images, keypoints, matches, work_dir, conf, overwrite,
@@ -807,11 +807,12 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
                          ) -> tuple[list[Model], str, str]:
     """One mapper's models with ``conf.camera_sharing``, the sharing they were mapped with
     ("image" or "size") and what to say about it. For "auto" (camera_choice.py): cameras
-    shared by image size in ``work_dir/cameras-size``; a camera per image in
-    ``work_dir/cameras-image`` as well where the shared cameras leave an image with verified
-    matches unregistered (a lens one camera cannot fit may be why), or where their models fit
-    clearly better with a focal length per image; the per-image models kept when they
-    register more images, or when they fit better and register no fewer."""
+    shared by image size in ``work_dir/cameras-size``, and where those models fit clearly
+    better with a focal length per image, the same models with a camera per image,
+    bundle-adjusted again (``work_dir/cameras-split``); where the shared cameras leave an
+    image with verified matches unregistered (a lens one camera cannot fit may be why), the
+    scene mapped with a camera per image (``work_dir/cameras-image``), kept if it registers
+    more images."""
     if conf.camera_sharing != "auto":
         models = _map_once(image_dir, images, kpts, pair_matches, num_usable_pairs, work_dir,
                            conf, overwrite, label, image_sizes)
@@ -826,7 +827,6 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
     if len(set(sizes.values())) == len(images):  # nothing to share: per-image cameras
         return mapped("image"), "image", "per image (no two images of one size)"
     shared = mapped("size")
-    per_image = None
     evidenced = len(evidenced_images(pair_matches, conf.min_num_matches))
     if _registered(shared) < evidenced:
         per_image = mapped("image")
@@ -837,21 +837,13 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
             return per_image, "image", f"per image ({why})"
     if not shared:
         return shared, "size", "shared (no model either way)"
-    fit = _in_slot(_fit_per_image_focals, work_dir / "cameras-size" / MODELS_DIR, conf)
-    keep_shared, why = prefer_shared_cameras(
-        fit, free_error_ratio=conf.shared_camera_free_error_ratio,
-        max_error_ratio=conf.shared_camera_max_error_ratio, drift_factor=FOCAL_DRIFT_FACTOR)
-    if not keep_shared:
-        per_image = mapped("image") if per_image is None else per_image
-        if _registered(per_image) < _registered(shared):  # a failed mapping loses nothing
-            keep_shared, why = True, (f"{why}; but mapped with a camera per image they "
-                                      f"register {_registered(per_image)} images, not "
-                                      f"{_registered(shared)}")
+    keep_shared, why, split = _in_slot(_choose_cameras, work_dir / "cameras-size" / MODELS_DIR,
+                                       work_dir / "cameras-split" / MODELS_DIR, conf, overwrite)
     log.info("cluster %s: %s cameras kept (%s)", label,
              "shared" if keep_shared else "per-image", why)
     if keep_shared:
         return shared, "size", f"shared ({why})"
-    return per_image, "image", f"per image ({why})"
+    return split, "image", f"per image ({why}; the shared models refit with them)"
 
 
 def _in_slot(fn, *args):
@@ -866,13 +858,42 @@ def _map_once(*args) -> list[Model]:
     return _in_slot(_reconstruct_once, *args)
 
 
-def _fit_per_image_focals(models_dir: Path, conf: ReconConf) -> PerImageFit:
-    """camera_choice.per_image_fit of the shared-camera models cached in ``models_dir``."""
-    count = len(json.loads((models_dir / MANIFEST_FILE).read_text())["models"])
-    reconstructions = [pycolmap.Reconstruction(models_dir / str(k)) for k in range(count)]
-    return per_image_fit(reconstructions, refine_extra_params=conf.ba_refine_extra_params,
-                         refine_principal_point=conf.ba_refine_principal_point,
-                         num_threads=conf.num_threads)
+def _choose_cameras(shared_dir: Path, split_dir: Path, conf: ReconConf, overwrite: bool
+                    ) -> tuple[bool, str, list[Model]]:
+    """Whether the shared-camera models cached in ``shared_dir`` are kept, why, and if not
+    the models that replace them: the same models with a camera per image
+    (camera_choice.per_image_fit), bundle-adjusted with ``conf``'s refinement options and
+    cached in ``split_dir`` with the decision (a later call with the same shared models
+    reads it back). Runs pycolmap: called through a slot (:func:`_in_slot`)."""
+    manifest = json.loads((shared_dir / MANIFEST_FILE).read_text())
+    fingerprint = f"{manifest['fingerprint']}-split"
+    if not overwrite and _cached_fingerprint(split_dir) == fingerprint:
+        cached = json.loads((split_dir / MANIFEST_FILE).read_text())
+        models = load_models(split_dir)
+        if models is not None:
+            return cached["keep_shared"], cached["why"], models
+    reconstructions = [pycolmap.Reconstruction(shared_dir / str(k))
+                       for k in range(len(manifest["models"]))]
+    started = time.perf_counter()
+    with _colmap_log_level(conf.colmap_verbose):  # a line per bundle adjustment otherwise
+        fit, split = per_image_fit(reconstructions,
+                                   refine_extra_params=conf.ba_refine_extra_params,
+                                   refine_principal_point=conf.ba_refine_principal_point,
+                                   num_threads=conf.num_threads)
+        keep_shared, why = prefer_shared_cameras(
+            fit, free_error_ratio=conf.shared_camera_free_error_ratio,
+            max_error_ratio=conf.shared_camera_max_error_ratio,
+            drift_factor=FOCAL_DRIFT_FACTOR)
+        if keep_shared:
+            split = []
+        for reconstruction in split:
+            bundle_adjust(reconstruction, refine_extra_params=conf.ba_refine_extra_params,
+                          refine_principal_point=conf.ba_refine_principal_point,
+                          num_threads=conf.num_threads)
+    models = _keep_and_cache(split, split_dir, fingerprint, conf, manifest["num_images"],
+                             time.perf_counter() - started,
+                             {"keep_shared": keep_shared, "why": why})
+    return keep_shared, why, models
 
 
 def _registered(models: Sequence[Model]) -> int:
@@ -1087,9 +1108,11 @@ def _reregister_weak_images(rec: pycolmap.Reconstruction, db_path: Path, image_d
 
 
 def _keep_and_cache(found: list[pycolmap.Reconstruction], models_dir: Path, fingerprint: str,
-                    conf: ReconConf, num_images: int, seconds: float) -> list[Model]:
+                    conf: ReconConf, num_images: int, seconds: float,
+                    extra: Mapping | None = None) -> list[Model]:
     """The reconstructions registering ``conf.min_model_size`` or more images, largest first
-    (then most 3D points), as Models; written with their manifest to ``models_dir``."""
+    (then most 3D points), as Models; written with their manifest (and ``extra`` in it) to
+    ``models_dir``."""
     reconstructions = [rec for rec in found if rec.num_reg_images() >= conf.min_model_size]
     reconstructions.sort(key=lambda r: (-r.num_reg_images(), -r.num_points3D()))
     models = [_model_from_reconstruction(rec) for rec in reconstructions]
@@ -1101,6 +1124,7 @@ def _keep_and_cache(found: list[pycolmap.Reconstruction], models_dir: Path, fing
         "mapping_seconds": round(seconds, 3),
         "models": [{"num_registered": m.num_registered, "num_points3D": m.num_points3D}
                    for m in models],
+        **(extra or {}),
     }
     _write_models(models_dir, reconstructions, manifest)
     return models
