@@ -199,9 +199,9 @@ class Config:
                      "ties: " + ", ".join(f"{m} for {f}" for f, m in AUTO_MAPPER.items()),
                      choices=MAPPER_CHOICES, resumable=True)
     camera_sharing: str = _f(CAMERA_SHARING_DEFAULT, "intrinsics in SfM: a camera per image, "
-                             "one per image size, or auto = map both, keep the shared ones "
-                             "unless they fit clearly worse", choices=CAMERA_SHARING,
-                             resumable=True)
+                             "one per image size, or auto = one per size unless a focal "
+                             "length per image fits those models clearly better (then they "
+                             "are refit per image)", choices=CAMERA_SHARING, resumable=True)
     escalate_below: float = _f(ESCALATE_BELOW, "a match-graph scene whose largest SfM model "
                                "registers less than this share of its images is redone alone "
                                "with more keypoints and all its pairs; "

@@ -214,6 +214,41 @@ def test_the_camera_choice_is_cached_with_the_refit_models(tmp_path, monkeypatch
                       tmp_path / "work", conf, overwrite=True, image_sizes=sizes)
     assert fits == [1]
 
+    # one lens: the decision to keep the shared cameras is cached too, with no models
+    one_lens = synthesize_cluster(seed=3)
+    kept = reconstruct_scene(image_dir, one_lens.names, one_lens.keypoints, one_lens.matches,
+                             tmp_path / "one", conf, image_sizes=sizes)
+    assert kept.cameras.startswith("shared (") and fits == [1, 1]
+    assert load_models(tmp_path / "one" / "cameras-split" / "models") == []
+    again = reconstruct_scene(image_dir, one_lens.names, one_lens.keypoints, one_lens.matches,
+                              tmp_path / "one", conf, image_sizes=sizes)
+    assert again.cameras == kept.cameras and fits == [1, 1]
+    # another bar is another decision: fitted again, the shared models not mapped again
+    strict = replace(conf, shared_camera_free_error_ratio=1.0, shared_camera_max_error_ratio=1.0)
+    reconstruct_scene(image_dir, one_lens.names, one_lens.keypoints, one_lens.matches,
+                      tmp_path / "one", strict, image_sizes=sizes)
+    assert fits == [1, 1, 1]
+
+
+def test_a_failed_per_image_fit_keeps_the_shared_cameras(tmp_path, monkeypatch, caplog):
+    """pycolmap failing in the camera choice's fit costs the scene nothing: the shared
+    models stay, with a warning, and the failure is not cached."""
+    from src.geometric import reconstruction
+
+    truth = synthesize_cluster(seed=3, focal_spread=0.2)
+    sizes = {name: truth.image_size for name in truth.names}
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("simulated bundle adjustment failure")
+
+    monkeypatch.setattr(reconstruction, "per_image_fit", fails)
+    sfm = reconstruct_scene(tmp_path, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "work", ReconConf(mapper="global"), image_sizes=sizes)
+    assert sfm.cameras == "shared (the per-image fit failed (RuntimeError))"
+    assert sfm.models and sfm.models[0].num_registered == len(truth.names)
+    assert "the per-image fit of" in caplog.text and "failed" in caplog.text
+    assert not (tmp_path / "work" / "cameras-split" / "models").exists()
+
 
 def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones(
         tmp_path, monkeypatch):
@@ -242,6 +277,19 @@ def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones
     assert sfm.cameras == (f"per image (shared cameras register {len(truth.names) - 1} "
                            f"images, a camera per image {len(truth.names)})"), sfm.cameras
     assert sfm.models[0].num_registered == len(truth.names)
+
+    # per-image cameras that register no more: the fit decides (one lens: shared kept)
+    def both_lose_one(*args):
+        models = real_once(*args)
+        dropped = truth.names[0]
+        return [replace(m, poses={n: p for n, p in m.poses.items() if n != dropped})
+                for m in models]
+
+    monkeypatch.setattr(reconstruction, "_reconstruct_once", both_lose_one)
+    sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "again", ReconConf(mapper="global"), image_sizes=sizes)
+    assert sfm.cameras.startswith("shared (median errors"), sfm.cameras
+    assert (tmp_path / "again" / "cameras-image" / "models").is_dir()
 
 
 def test_shared_cameras_are_one_camera_per_image_size(tmp_path):

@@ -17,18 +17,12 @@ reprojection error ratio over ``free_error_ratio``) say they do; drifting ones (
 more than ``drift_factor`` from its model's median) overfit weak geometry and need the
 larger ``max_error_ratio`` (:func:`prefer_shared_cameras`). The per-image copies, adjusted
 once more with the pipeline's refinement options (each image's distortion too), are then
-the scene's models, at no mapping's cost. Over the demo data and demo sets 41 and 42 (seeds
-40-42) the lowest score was 89.63 with them, 87.43 mapping every scene both ways as before,
-81.21 mapping a scene again with a camera per image after this test (on demo set 42 that
-mapping registered an image fewer, and the shared models stayed); the highest were 94.10,
-95.10 and 95.10 (benchmarks/README.md). A scene is mapped with a camera per image only where the shared
-cameras leave an image with verified matches unregistered (reconstruction.py).
+the scene's models, at no mapping's cost (on three demo sets they did better on the lowest
+score than a per-image mapping). A scene is mapped with a camera per image only where the
+shared cameras leave an image with verified matches unregistered (reconstruction.py).
 
-Measured ratios (shared / per image, SIFT, global mapper, seeds 40-42, every scene model of
-realdev, realdev2, the demo data and demo sets 41 and 42; options.py keeps the figures):
-real photos from one camera 0.97-1.11 (the high ones on realdev2's fruit mat), the demo
-renders 1.148-2.13. The second mapping this replaced parted them no better (1.129 against
-1.131) at the cost of a whole mapping per scene, and a third where per-image cameras won.
+The bar, and the ratios measured on realdev, realdev2 and the demo sets: options.py;
+how this compares with mapping each scene both ways: benchmarks/README.md.
 
 Everything that touches pycolmap here works on copies; the models the mapper wrote are not
 changed.
@@ -102,17 +96,20 @@ def observation_errors(reconstruction: pycolmap.Reconstruction) -> np.ndarray:
 
 
 def bundle_adjust(reconstruction: pycolmap.Reconstruction, *, refine_extra_params: bool,
-                  refine_principal_point: bool, num_threads: int = 1) -> None:
+                  refine_principal_point: bool, refine_focal_length: bool = True,
+                  num_threads: int = 1) -> None:
     """pycolmap's bundle adjustment of ``reconstruction`` in place, refining poses, points
-    and focal lengths, and distortion and principal point as asked; one thread by default
-    (Ceres is then reproducible)."""
+    and the intrinsics asked for, on the CPU and one thread by default (Ceres is then
+    reproducible; the GPU solver is not); its points' errors updated."""
     options = pycolmap.BundleAdjustmentOptions()
     options.print_summary = False
-    options.refine_focal_length = True
+    options.refine_focal_length = refine_focal_length
     options.refine_principal_point = refine_principal_point
     options.refine_extra_params = refine_extra_params
+    options.ceres.use_gpu = False
     options.ceres.solver_options.num_threads = num_threads
     pycolmap.bundle_adjustment(reconstruction, options)
+    reconstruction.update_point_3d_errors()
 
 
 def per_image_fit(reconstructions: Sequence[pycolmap.Reconstruction], *,

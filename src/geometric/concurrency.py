@@ -354,10 +354,9 @@ class SfmSlots:
     """Two places where independent pycolmap calls run side by side: this process (one
     call at a time, in a thread of its own: pycolmap is never run in two threads of one
     process) and the helper. Each takes the next call waiting when it is free, whichever
-    scene asked for it, so neither waits while a call is ready: a scene's camera choice
-    maps its two candidates at once, and the calls after it (the kept cameras' second
-    mapping, the other mapper) meet the other scenes' calls. Used through
-    :func:`sfm_slots` and :func:`in_sfm_slot`."""
+    scene asked for it, so neither waits while a call is ready: a scene's calls (its
+    mapping, the camera choice's fit, the other mapper) meet the other scenes' calls. Used
+    through :func:`sfm_slots` and :func:`in_sfm_slot`."""
 
     def __init__(self) -> None:
         self._waiting: queue.Queue = queue.Queue()

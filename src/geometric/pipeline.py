@@ -385,8 +385,8 @@ def _map_scenes(jobs: list[tuple], conf: ReconConf) -> list[tuple[SceneSfM, floa
     up to MAX_SCENE_THREADS scenes at once, the largest first, each in a thread here that
     sends its mappings to whichever of this process and the helper is free
     (concurrency.sfm_slots; the same models either way, tested). The demo's 10-image scenes map
-    in ~0.1 s each; one at a time, their camera choice, the kept cameras' second mapping
-    and the other mapper waited on one another with a core idle."""
+    in ~0.1 s each; one at a time, their mappings, camera choices and the other mapper
+    waited on one another with a core idle."""
     if len(jobs) < 2 or conf.num_threads != 1 or not helper_wanted():
         return [_timed_scene(*job) for job in jobs]
     largest_first = sorted(range(len(jobs)), key=lambda k: -len(jobs[k][1]))

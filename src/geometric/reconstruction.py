@@ -52,7 +52,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -72,6 +72,7 @@ from src.geometric.options import (AUTO_MAPPER, CAMERA_SHARING, CAMERA_SHARING_D
                                    check_choices)
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 __all__ = [
     "ReconConf",
@@ -96,6 +97,8 @@ PAIR_GEOMETRIES = ("colmap", "fundamental")  # see ReconConf.pair_geometry
 PAIR_CAMERAS = ("one", "separate")  # see ReconConf.pair_cameras
 # Bump when the database layout or the cached model format changes, so old caches are redone.
 CACHE_VERSION = 1
+# Bump when camera_choice's fit or rule changes, so cached choices (cameras-split/) are redone.
+CAMERA_CHOICE_VERSION = 1
 DATABASE_FILE = "database.db"
 MODELS_DIR = "models"
 MANIFEST_FILE = "manifest.json"
@@ -131,8 +134,8 @@ class ReconConf:
     pair_geometry: str = "colmap"
     pair_max_error_px: float = 4.0  # "colmap": its RANSAC threshold (COLMAP's default), px
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP model of each image's camera (see SUPPORTED_...)
-    # "image": a camera per image; "size": one camera per image size; "auto": both, the
-    # shared cameras kept unless they fit worse (options.CAMERA_SHARING says why).
+    # "image": a camera per image; "size": one camera per image size; "auto": one per size,
+    # refit per image where that fits clearly better (options.CAMERA_SHARING says why).
     camera_sharing: str = CAMERA_SHARING_DEFAULT
     # "auto"'s test (camera_choice.prefer_shared_cameras): shared cameras kept unless a focal
     # length per image fits more than the first error ratio better, the second where those
@@ -690,8 +693,9 @@ def _remove_leftovers(work_dir: Path) -> None:
 
 class SceneSfM(NamedTuple):
     """What SfM made of one cluster: its models (largest first, as :func:`reconstruct` gives
-    them), which cameras they were mapped with and why (e.g. ``"shared (0.68 px shared,
-    0.69 px per image)"``), and which mapper made them and why (e.g. ``"global (images held
+    them), which cameras they were mapped with and why (e.g. ``"shared (median errors 0.68
+    px shared, 0.66 px with a focal length per image)"``), and which mapper made them and why
+    (e.g. ``"global (images held
     of 27: global 26, incremental 17)"``); both strings empty when no mapping was tried
     (fewer than 2 images, or no pair with enough verified matches)."""
 
@@ -843,10 +847,13 @@ def _reconstruct_cameras(image_dir: str | os.PathLike, images: list[str],
              "shared" if keep_shared else "per-image", why)
     if keep_shared:
         return shared, "size", f"shared ({why})"
+    # Another mapper maps with a camera per image: the photos need them. (Its own shared
+    # mapping and fit instead gave the same demo scores, 0.2-0.3 s slower; a per-image
+    # mapping that drifts holds fewer images and is not kept, mapper_choice.py.)
     return split, "image", f"per image ({why}; the shared models refit with them)"
 
 
-def _in_slot(fn, *args):
+def _in_slot(fn: Callable[..., R], *args) -> R:
     """``fn(*args)`` in a free slot while a dataset's scenes are mapped side by side
     (concurrency.sfm_slots), else here."""
     future = in_sfm_slot(fn, *args)
@@ -862,34 +869,47 @@ def _choose_cameras(shared_dir: Path, split_dir: Path, conf: ReconConf, overwrit
                     ) -> tuple[bool, str, list[Model]]:
     """Whether the shared-camera models cached in ``shared_dir`` are kept, why, and if not
     the models that replace them: the same models with a camera per image
-    (camera_choice.per_image_fit), bundle-adjusted with ``conf``'s refinement options and
-    cached in ``split_dir`` with the decision (a later call with the same shared models
-    reads it back). Runs pycolmap: called through a slot (:func:`_in_slot`)."""
-    manifest = json.loads((shared_dir / MANIFEST_FILE).read_text())
-    fingerprint = f"{manifest['fingerprint']}-split"
+    (camera_choice.per_image_fit), bundle-adjusted again with ``conf``'s refinement of focal
+    lengths, distortion and principal point, and cached in ``split_dir`` with the decision
+    (a later call on the same shared models and rule reads it back). A fit that pycolmap
+    fails keeps the shared models (a warning; not cached). Runs pycolmap: called through a
+    slot (:func:`_in_slot`)."""
+    manifest_text = (shared_dir / MANIFEST_FILE).read_text()
+    manifest = json.loads(manifest_text)
+    # the shared models as written (a mapping again gives a new manifest) and the rule
+    fingerprint = hashlib.sha1(json.dumps(
+        [CAMERA_CHOICE_VERSION, manifest_text, conf.shared_camera_free_error_ratio,
+         conf.shared_camera_max_error_ratio, FOCAL_DRIFT_FACTOR]).encode()).hexdigest()
     if not overwrite and _cached_fingerprint(split_dir) == fingerprint:
         cached = json.loads((split_dir / MANIFEST_FILE).read_text())
         models = load_models(split_dir)
-        if models is not None:
+        if models is not None and {"keep_shared", "why"} <= cached.keys():
             return cached["keep_shared"], cached["why"], models
-    reconstructions = [pycolmap.Reconstruction(shared_dir / str(k))
-                       for k in range(len(manifest["models"]))]
+    _remove_leftovers(split_dir.parent)
     started = time.perf_counter()
-    with _colmap_log_level(conf.colmap_verbose):  # a line per bundle adjustment otherwise
-        fit, split = per_image_fit(reconstructions,
-                                   refine_extra_params=conf.ba_refine_extra_params,
-                                   refine_principal_point=conf.ba_refine_principal_point,
-                                   num_threads=conf.num_threads)
-        keep_shared, why = prefer_shared_cameras(
-            fit, free_error_ratio=conf.shared_camera_free_error_ratio,
-            max_error_ratio=conf.shared_camera_max_error_ratio,
-            drift_factor=FOCAL_DRIFT_FACTOR)
-        if keep_shared:
-            split = []
-        for reconstruction in split:
-            bundle_adjust(reconstruction, refine_extra_params=conf.ba_refine_extra_params,
-                          refine_principal_point=conf.ba_refine_principal_point,
-                          num_threads=conf.num_threads)
+    try:
+        reconstructions = [pycolmap.Reconstruction(shared_dir / str(k))
+                           for k in range(len(manifest["models"]))]
+        with _colmap_log_level(conf.colmap_verbose):  # a line per bundle adjustment otherwise
+            fit, split = per_image_fit(reconstructions,
+                                       refine_extra_params=conf.ba_refine_extra_params,
+                                       refine_principal_point=conf.ba_refine_principal_point,
+                                       num_threads=conf.num_threads)
+            keep_shared, why = prefer_shared_cameras(
+                fit, free_error_ratio=conf.shared_camera_free_error_ratio,
+                max_error_ratio=conf.shared_camera_max_error_ratio,
+                drift_factor=FOCAL_DRIFT_FACTOR)
+            if keep_shared:
+                split = []
+            for reconstruction in split:
+                bundle_adjust(reconstruction, refine_focal_length=conf.ba_refine_focal,
+                              refine_extra_params=conf.ba_refine_extra_params,
+                              refine_principal_point=conf.ba_refine_principal_point,
+                              num_threads=conf.num_threads)
+    except Exception as exc:  # pycolmap raises RuntimeError/ValueError on failure
+        log.warning("the per-image fit of %s failed (%s: %s); its shared cameras are kept",
+                    shared_dir, type(exc).__name__, exc)
+        return True, f"the per-image fit failed ({type(exc).__name__})", []
     models = _keep_and_cache(split, split_dir, fingerprint, conf, manifest["num_images"],
                              time.perf_counter() - started,
                              {"keep_shared": keep_shared, "why": why})
