@@ -32,12 +32,13 @@ class SyntheticCluster:
 def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 600,
                        width: int = 640, height: int = 480, focal: float = 600.0,
                        noise_px: float = 0.2, focal_spread: float = 0.0,
-                       name_prefix: str = "synthetic", radial_k1: float = 0.0
-                       ) -> SyntheticCluster:
+                       name_prefix: str = "synthetic", radial_k1: float = 0.0,
+                       focal_factors: np.ndarray | None = None) -> SyntheticCluster:
     """Cameras on an arc 4 units from a point cloud in [-1, 1]^3, each looking near its
     centre; keypoints are the visible projections plus Gaussian noise of ``noise_px``. With
     ``focal_spread`` each camera's focal length is ``focal`` times a uniform factor in
-    1 +- focal_spread (a zoom lens), else all share ``focal``. ``radial_k1``: a lens
+    1 +- focal_spread (a zoom lens), else all share ``focal``; ``focal_factors`` (one per
+    camera) sets them instead. ``radial_k1``: a lens
     distortion as COLMAP's SIMPLE_RADIAL model has it (normalised coordinates x become
     x (1 + k1 |x|^2); negative: a wide-angle lens's barrel)."""
     rng = np.random.default_rng(seed)
@@ -55,6 +56,8 @@ def synthesize_cluster(seed: int = 0, num_images: int = 10, num_points: int = 60
     t_cw = -np.einsum("nij,nj->ni", R_cw, centers)
     names = [f"{name_prefix}{i:02d}.png" for i in range(num_images)]
     focals = focal * rng.uniform(1 - focal_spread, 1 + focal_spread, num_images)
+    if focal_factors is not None:  # given per camera (e.g. two lenses of one phone)
+        focals = focal * np.asarray(focal_factors, dtype=np.float64)
     keypoints, point_ids = {}, {}
     for name, R, t, f in zip(names, R_cw, t_cw, focals):
         cam = points @ R.T + t

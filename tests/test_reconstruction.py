@@ -181,6 +181,26 @@ def test_per_image_cameras_are_mapped_as_separate_cameras_where_they_are_kept(tm
                        max_focal_error=0.02)
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_two_lenses_at_one_resolution_get_a_camera_each_and_every_pose(tmp_path, seed):
+    """A phone's main and ultra-wide cameras: one image size, focal lengths 2x apart, every
+    other photo from each. One camera cannot fit them (median error ratio over 2); with the
+    pipeline's mappers ("auto", global first) every pose and focal length is right. (Seed 3:
+    the global mapper's refit leaves one camera off, which explains few of its matches, and
+    the incremental mapper, mapping with a camera per image, holds them all.)"""
+    factors = np.where(np.arange(12) % 2 == 0, 1.0, 0.5)
+    truth = synthesize_cluster(seed=seed, num_images=12, focal_factors=factors, noise_px=0.3)
+    sizes = {name: truth.image_size for name in truth.names}
+    sfm = reconstruct_scene(tmp_path, truth.names, truth.keypoints, truth.matches,
+                            tmp_path / "work", ReconConf(mapper="auto", fallback_mapper="global"),
+                            image_sizes=sizes)
+    assert sfm.cameras.startswith("per image"), sfm.cameras
+    assert sfm.mapper.startswith("incremental" if seed == 3 else "global"), sfm.mapper
+    assert len(sfm.models) == 1 and not sfm.models[0].shared_cameras
+    assert_poses_match(truth, sfm.models[0], max_rotation_error_deg=0.5, max_center_error=0.02,
+                       max_focal_error=0.02)
+
+
 def test_the_camera_choice_is_cached_with_the_refit_models(tmp_path, monkeypatch):
     """A zoom: the refit per-image models and the decision are cached beside the shared
     models; a second call reads them back with no bundle adjustment, and gives the same
