@@ -283,15 +283,18 @@ def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones
     image_dir.mkdir()
     real_once = reconstruction._reconstruct_once
 
-    def shared_loses_one(*args):
-        models = real_once(*args)
-        if args[6].camera_sharing != "size":
-            return models
-        dropped = truth.names[0]
-        return [replace(m, poses={n: p for n, p in m.poses.items() if n != dropped})
-                for m in models]
+    def losing_first_image(*sharings: str):
+        """_reconstruct_once whose models, when mapped with one of ``sharings``, leave the
+        scene's first image out."""
+        def mapped(*args):
+            models = real_once(*args)
+            if args[6].camera_sharing not in sharings:
+                return models
+            return [replace(m, poses={n: p for n, p in m.poses.items()
+                                      if n != truth.names[0]}) for m in models]
+        return mapped
 
-    monkeypatch.setattr(reconstruction, "_reconstruct_once", shared_loses_one)
+    monkeypatch.setattr(reconstruction, "_reconstruct_once", losing_first_image("size"))
     sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                             tmp_path / "work", ReconConf(mapper="global"), image_sizes=sizes)
     assert sfm.cameras == (f"per image (shared cameras register {len(truth.names) - 1} "
@@ -299,13 +302,8 @@ def test_shared_cameras_that_leave_images_out_are_weighed_against_per_image_ones
     assert sfm.models[0].num_registered == len(truth.names)
 
     # per-image cameras that register no more: the fit decides (one lens: shared kept)
-    def both_lose_one(*args):
-        models = real_once(*args)
-        dropped = truth.names[0]
-        return [replace(m, poses={n: p for n, p in m.poses.items() if n != dropped})
-                for m in models]
-
-    monkeypatch.setattr(reconstruction, "_reconstruct_once", both_lose_one)
+    monkeypatch.setattr(reconstruction, "_reconstruct_once",
+                        losing_first_image("size", "image"))
     sfm = reconstruct_scene(image_dir, truth.names, truth.keypoints, truth.matches,
                             tmp_path / "again", ReconConf(mapper="global"), image_sizes=sizes)
     assert sfm.cameras.startswith("shared (median errors"), sfm.cameras
