@@ -224,9 +224,9 @@ class Config:
     sfm_threads: int = _f(SFM_THREADS, "COLMAP mapper threads (1 = reproducible; -1 = all "
                           "cores)", resumable=True)
     workers: int = _f(DATASET_WORKERS, "processes running the geometric pipeline's datasets "
-                      "side by side, each with cores / workers threads: 0 = one per available "
-                      "core (one where the learned stages run on CUDA), at most one per "
-                      "dataset; 1 = one after the other. SIFT output is the same byte for "
+                      "side by side, each with cores / workers threads: 0 = one per two "
+                      "available cores (one where the learned stages run on CUDA), at most "
+                      "one per dataset; 1 = one after the other. SIFT output is the same byte for "
                       "byte; learned features may differ in the last bits (torch threads)",
                       resumable=True)
     overwrite: bool = _f(False, "start the run folder afresh instead of resuming it; recompute "

@@ -291,8 +291,15 @@ def test_workers_follow_the_cores_the_datasets_and_cuda(monkeypatch):
     monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3},
                         raising=False)
     assert pipeline.available_cores() == 4
-    assert pipeline.dataset_workers(GeometricConf(), 9) == 4  # auto: one per core
-    assert pipeline.dataset_workers(GeometricConf(), 2) == 2  # never more than the datasets
+    assert pipeline.dataset_workers(GeometricConf(), 9) == 2  # auto: one per two cores
+    assert pipeline.dataset_workers(GeometricConf(), 1) == 1  # never more than the datasets
+    monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5},
+                        raising=False)
+    assert pipeline.dataset_workers(GeometricConf(), 9) == 3
+    assert pipeline.dataset_workers(GeometricConf(), 2) == 2
+    monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1},
+                        raising=False)
+    assert pipeline.dataset_workers(GeometricConf(), 9) == 1  # this 2-core machine
     assert pipeline.dataset_workers(GeometricConf(workers=1), 9) == 1
     assert pipeline.dataset_workers(GeometricConf(workers=8), 9) == 8
     assert pipeline.dataset_workers(GeometricConf(), 0) == 1

@@ -213,15 +213,19 @@ MERGE_POINT_TOLERANCE = 0.05
 # realdev figures repeat exactly; pycolmap's multi-threaded mapper scored 99.30 / 99.06 /
 # 98.82 on three runs); -1 = all cores.
 SFM_THREADS = 1
-# Processes running a run's datasets side by side (GeometricConf.workers): 0 = one per core
-# this process may use, at most one per dataset, and one where a torch stage runs on
-# CUDA (one GPU: each process would hold its own networks and CUDA context). The datasets are
-# independent and most stages (SIFT, RANSAC, the one-thread mapper) use one core, so a
-# sequential run leaves cores idle. SIFT runs give the sequential run's output byte for byte
-# (tested; realdev too); learned features can differ in the last bits, torch's sums
-# depending on its thread count (cores / workers). realdev on the loaded 2-core machine:
-# 48.5 -> 45.4 s, castle's 40 s bounding it (benchmarks/README.md).
+# Processes running a run's datasets side by side (GeometricConf.workers): 0 = one per
+# DATASET_WORKER_CORES cores this process may use, at most one per dataset, and one where a
+# torch stage runs on CUDA (one GPU: each process would hold its own networks and CUDA
+# context). SIFT runs give the sequential run's output byte for byte (tested; realdev too);
+# learned features can differ in the last bits, torch's sums depending on its thread count
+# (cores / workers). One dataset keeps two cores busy by itself (its images and pairs in
+# threads, its mappings here and in the SfM helper: concurrency.py), while each worker is a
+# spawned process that imports the pipeline and, on one core, runs without the helper. On
+# this 2-core machine one process won every set measured: the demo 2.2 s against 3.8 s with
+# a worker per core (`run_geometric`, seeds 40-42, 2026-12-02), realdev 22.9 s against
+# 25.2 s (main.py), realdev + realdev2 + the demo in one run 70.0 s against 75.4-77.1 s.
 DATASET_WORKERS = 0
+DATASET_WORKER_CORES = 2
 # What becomes of images SfM cannot register: "outliers" measured better than keeping them
 # in their scene with a nan pose (demo 68.97 against 68.39, realdev equal).
 UNREGISTERED = "outliers"

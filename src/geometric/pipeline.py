@@ -30,10 +30,10 @@ from src.geometric.escalation import (EscalationConf, better_result, describe_ou
 from src.geometric.features import FeatureConf, Features, extract_dataset, load_all_features
 from src.geometric.matching import (LIGHTGLUE_WEIGHTS, MatchConf, load_matched_features,
                                     load_verified_matches, match_and_verify)
-from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKERS,
-                                   DINOV2_RETRIEVALS, ESCALATION_KEYPOINTS, RETRIEVALS,
-                                   UNREGISTERED,
-                                   UNREGISTERED_POLICIES, check_choices)
+from src.geometric.options import (AUTO_KEYPOINTS, AUTO_MAPPER, DATASET_WORKER_CORES,
+                                   DATASET_WORKERS, DINOV2_RETRIEVALS, ESCALATION_KEYPOINTS,
+                                   RETRIEVALS, UNREGISTERED, UNREGISTERED_POLICIES,
+                                   check_choices)
 from src.geometric.model_merge import Merge, MergeConf, describe_merges, merge_models
 from src.geometric.pairs import PairsConf, select_pairs, vlad_descriptors
 from src.geometric.retrieval import ATTACH_HINT, Dinov2Conf, dinov2_descriptors, model_folder
@@ -547,15 +547,16 @@ def _uses_cuda(conf: GeometricConf) -> bool:
 
 
 def dataset_workers(conf: GeometricConf, datasets: int) -> int:
-    """Processes for ``datasets`` datasets: ``conf.workers``, or for 0 one per available
-    core, and one where a torch stage (learned features, LightGlue, DINOv2) runs on CUDA
-    (its single GPU would be shared by processes each holding the networks and a CUDA
-    context, while the GPU stages already take milliseconds); never more than the
+    """Processes for ``datasets`` datasets: ``conf.workers``, or for 0 one per
+    DATASET_WORKER_CORES available cores (a dataset keeps two busy by itself), and one
+    where a torch stage (learned features, LightGlue, DINOv2) runs on CUDA (its single GPU
+    would be shared by processes each holding the networks and a CUDA context, while the
+    GPU stages already take milliseconds); never more than the
     datasets, at least one; one when this program cannot start processes
     (concurrency.spawn_possible)."""
     workers = conf.workers
     if workers == 0:
-        workers = 1 if _uses_cuda(conf) else available_cores()
+        workers = 1 if _uses_cuda(conf) else available_cores() // DATASET_WORKER_CORES
     workers = max(1, min(workers, datasets))
     return workers if workers == 1 or spawn_possible() else 1
 
