@@ -30,6 +30,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed.*")
 
+# Before anything imports NumPy: its OpenBLAS on its own kernels where the environment pins
+# older builds' (src/numpy_blas.py says why); the libraries loaded after keep the pins.
+from src.numpy_blas import describe_blas, load_numpy  # noqa: E402
+
+NUMPY_LOADED = load_numpy()
+
 from config import Config, ConfigError, add_config_arguments, config_from_args, get_config
 from src.data_io import DataError
 from src.demo_data import ensure_data_dir
@@ -78,6 +84,7 @@ def run(argv: list[str] | None = None) -> Path:
     """Run the pipeline; returns the run folder."""
     args = parse_args(argv)
     setup_logging()
+    log.info("BLAS: %s (NumPy's: %s)", describe_blas(), NUMPY_LOADED)
     cfg = resolve_config(args)
     ctx = RunContext.create(cfg, args.stage)
     with ctx.stage("data"):

@@ -39,6 +39,12 @@ if str(REPO_ROOT) not in sys.path:
 if "--progress" not in sys.argv[1:]:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+# Before anything imports NumPy, as main.py does (src/numpy_blas.py); the runs it starts
+# inherit the outcome.
+from src.numpy_blas import load_numpy  # noqa: E402
+
+load_numpy()
+
 import pandas as pd  # noqa: E402
 
 VARIANTS = {

@@ -68,6 +68,12 @@ if str(REPO_ROOT) not in sys.path:
 if "--progress" not in sys.argv[1:]:
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+# Before anything imports NumPy, as main.py does (src/numpy_blas.py): plain pycolmap, loaded
+# later in this process tree, keeps the environment's OpenBLAS pins.
+from src.numpy_blas import describe_blas, load_numpy  # noqa: E402
+
+NUMPY_LOADED = load_numpy()
+
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -619,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"geometric benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
           f"{platform.python_version()}, {os.cpu_count()} x {cpu_model()}, pycolmap "
           f"{pycolmap.__version__}, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"BLAS: {describe_blas()} (NumPy's: {NUMPY_LOADED})")
     print(f"configuration: features {conf.features.name} {conf.features.max_keypoints} kp / "
           f"{conf.features.max_image_side} px, pairs top_k={conf.pairs.top_k} "
           f"exhaustive_below={conf.pairs.exhaustive_below}, retrieval {conf.retrieval}, "
