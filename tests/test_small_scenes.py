@@ -1,0 +1,76 @@
+"""benchmarks/small_scenes.py: every scene cut to a few photos, outliers kept, in folders
+the pipeline and the scorer read as any competition layout."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from src.demo_data import DemoSpec, generate_demo_dataset
+from src.evaluation import score_submission
+from src.submission import OUTLIER_SCENE, list_test_images, read_submission
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_scenes.py"
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("small_scenes", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    spec = DemoSpec(train_datasets=1, scenes_per_train_dataset=1, train_views_per_scene=3,
+                    test_datasets=1, test_seen_scenes=1, test_unseen_scenes=1,
+                    test_views_per_scene=9, outliers_per_dataset=2, seed=5)
+    return generate_demo_dataset(tmp_path_factory.mktemp("source"), spec)
+
+
+def test_each_scene_is_cut_to_the_photos_asked_and_scores_as_truth(tool, source, tmp_path):
+    small = tmp_path / "small"
+    tool.main([str(source), str(small), "--images", "4", "--draws", "2", "--seed", "3"])
+    original = read_submission(source / "test_labels.csv")
+    labels = read_submission(small / "test_labels.csv")
+    (dataset,) = set(original["dataset"])
+    assert sorted(set(labels["dataset"])) == [f"{dataset}_n4_d0", f"{dataset}_n4_d1"]
+    drawn = {}
+    for name, rows in labels.groupby("dataset"):
+        sizes = rows.groupby("scene").size().to_dict()
+        outliers = original[original["scene"] == OUTLIER_SCENE]
+        assert sizes.pop(OUTLIER_SCENE) == len(outliers) == 2  # every outlier photo kept
+        assert sorted(sizes.values()) == [4, 4]  # two scenes of nine, four photos each
+        # each photo is one of the source's, with its scene and pose unchanged
+        merged = rows.merge(original, on="image", suffixes=("", "_source"))
+        assert len(merged) == len(rows)
+        assert (merged["scene"] == merged["scene_source"]).all()
+        assert (merged["rotation_matrix"] == merged["rotation_matrix_source"]).all()
+        assert sorted(p.name for p in (small / "test" / name).iterdir()) == \
+            sorted(rows["image"])
+        drawn[name] = set(rows["image"])
+    assert drawn[f"{dataset}_n4_d0"] != drawn[f"{dataset}_n4_d1"]  # the draws differ
+
+    # the pipeline's listing and the scorer read it: the labels as a submission score 100
+    listed = list_test_images(small)
+    assert sorted(zip(listed["dataset"], listed["image"])) == \
+        sorted(zip(labels["dataset"], labels["image"]))
+    truth = labels.merge(listed[["dataset", "image", "image_id"]], on=["dataset", "image"])
+    truth[["image_id", *labels.columns]].to_csv(tmp_path / "truth.csv", index=False)
+    assert score_submission(tmp_path / "truth.csv", small / "test_labels.csv",
+                            small / "test_thresholds.csv").score == pytest.approx(100.0)
+
+
+def test_the_same_seed_draws_the_same_photos(tool, source):
+    labels = read_submission(source / "test_labels.csv")
+    first = tool.draw_small_scenes(labels, images=3, draws=2, seed=7)
+    again = tool.draw_small_scenes(labels, images=3, draws=2, seed=7)
+    assert first.equals(again)
+    # a scene no larger than asked keeps every photo
+    whole = tool.draw_small_scenes(labels, images=50, draws=1, seed=7)
+    assert len(whole) == len(labels)
+    with pytest.raises(ValueError, match="images and draws must be >= 1"):
+        tool.draw_small_scenes(labels, images=0, draws=1, seed=7)
