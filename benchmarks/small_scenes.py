@@ -8,17 +8,19 @@ holds scenes of a handful of images (issue 12, "small scenes"), never seen as su
     python benchmarks/benchmark_geometric.py --seeds 3 --with-baseline \
         --data-dir /tmp/realdev2_small5
 
-A draw is seeded (``--seed``) and the draws of one dataset differ; a scene with fewer photos
-than asked keeps them all. Photos are linked, not copied; the labels, thresholds and sample
-submission keep only the photos drawn, under the new dataset names ("<dataset>_n5_d0").
+The draws are seeded (``--seed``, and each dataset by its name, so that one dataset's draws
+do not depend on the others); a scene with no more photos than asked keeps them all (its
+draws are then alike). Photos are linked, not copied; the labels, thresholds and sample
+submission (if any) keep only the photos drawn, under the new dataset names
+("<dataset>_n5_d0"). The destination must not exist yet, nor hold the source.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,20 +31,21 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from src.data_io import write_csv_atomic  # noqa: E402
-from src.submission import OUTLIER_SCENE  # noqa: E402
+from src.submission import OUTLIER_SCENE, default_image_id, read_submission  # noqa: E402
 
 
 def draw_small_scenes(labels: pd.DataFrame, images: int, draws: int, seed: int
                       ) -> pd.DataFrame:
     """Rows of ``labels`` (columns dataset, scene, image, ...) for each draw, with a column
     ``new_dataset``: per dataset and draw, ``images`` photos of each scene drawn without
-    replacement (all of a smaller scene) and every outlier photo. The draws of a dataset
-    come from one generator seeded by ``seed``, so they differ from one another."""
+    replacement (all of a smaller scene) and every outlier photo. Each dataset's draws come
+    from a generator seeded by ``seed`` and the dataset's name, so they differ from one
+    another and do not depend on the other datasets."""
     if images < 1 or draws < 1:
         raise ValueError(f"images and draws must be >= 1, got {images} and {draws}")
-    rng = np.random.default_rng(seed)
     parts = []
     for dataset, rows in labels.groupby("dataset", sort=True):
+        rng = np.random.default_rng([seed, zlib.crc32(str(dataset).encode())])
         for draw in range(draws):
             chosen = []
             for scene, scene_rows in rows.groupby("scene", sort=True):
@@ -59,46 +62,50 @@ def draw_small_scenes(labels: pd.DataFrame, images: int, draws: int, seed: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="competition-layout folder (test/, CSVs)")
-    parser.add_argument("destination", type=Path, help="new folder (replaced if present)")
+    parser.add_argument("destination", type=Path, help="a new folder (refused if it exists)")
     parser.add_argument("--images", type=int, default=5, help="photos per scene (default 5)")
-    parser.add_argument("--draws", type=int, default=3, help="datasets per dataset (3)")
+    parser.add_argument("--draws", type=int, default=3,
+                        help="draws (new datasets) per source dataset (3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws (0)")
     args = parser.parse_args(argv)
 
-    labels_path = args.source / "test_labels.csv"
-    if not labels_path.is_file():
-        parser.error(f"{labels_path} not found: lay the data out with python -m "
-                     "src.data_layout first")
-    labels = pd.read_csv(labels_path, dtype=str)
+    # every check before anything is written
+    source, destination = args.source.resolve(), args.destination.resolve()
+    if destination.exists():
+        parser.error(f"{args.destination} exists: give a new folder")
+    if source == destination or source.is_relative_to(destination) \
+            or destination.is_relative_to(source):
+        parser.error("the destination must be a new folder apart from the source")
     try:
+        labels = read_submission(source / "test_labels.csv")
+        thresholds = read_submission(source / "test_thresholds.csv")
         drawn = draw_small_scenes(labels, args.images, args.draws, args.seed)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.destination.resolve() == args.source.resolve():
-        parser.error("the destination must be a new folder, not the source")
-    shutil.rmtree(args.destination, ignore_errors=True)
-    for row in drawn.itertuples():
-        photo = args.source / "test" / row.dataset / row.image
-        if not photo.is_file():
-            parser.error(f"{photo} (labelled in {labels_path}) not found")
-        target = args.destination / "test" / row.new_dataset / row.image
+    except (FileNotFoundError, ValueError) as exc:
+        parser.error(f"{exc} (lay the data out with python -m src.data_layout first)")
+    sample_path = source / "sample_submission.csv"
+    sample = read_submission(sample_path) if sample_path.is_file() else None
+    photos = [source / "test" / row.dataset / row.image for row in drawn.itertuples()]
+    missing = [str(photo) for photo in photos if not photo.is_file()]
+    if missing:
+        parser.error(f"{len(missing)} labelled photo(s) not found, first {missing[0]}")
+
+    for row, photo in zip(drawn.itertuples(), photos):
+        target = destination / "test" / row.new_dataset / row.image
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(os.path.realpath(photo), target)
-
-    kept = drawn[["new_dataset", "image", "dataset"]]
-    new_labels = drawn.assign(dataset=drawn["new_dataset"])[labels.columns]
-    write_csv_atomic(new_labels, args.destination / "test_labels.csv")
-    thresholds = pd.read_csv(args.source / "test_thresholds.csv", dtype=str)
+    write_csv_atomic(drawn.assign(dataset=drawn["new_dataset"])[labels.columns],
+                     destination / "test_labels.csv")
     scenes = drawn[["new_dataset", "dataset", "scene"]].drop_duplicates()
     new_thresholds = scenes.merge(thresholds, on=["dataset", "scene"])
     write_csv_atomic(new_thresholds.assign(dataset=new_thresholds["new_dataset"])
-                     [thresholds.columns], args.destination / "test_thresholds.csv")
-    sample = pd.read_csv(args.source / "sample_submission.csv", dtype=str)
-    new_sample = kept.merge(sample, on=["dataset", "image"])
-    new_sample = new_sample.assign(
-        dataset=new_sample["new_dataset"],
-        image_id=new_sample["new_dataset"] + "_" + new_sample["image"] + "_public")
-    write_csv_atomic(new_sample[sample.columns], args.destination / "sample_submission.csv")
+                     [thresholds.columns], destination / "test_thresholds.csv")
+    if sample is not None:
+        drawn_keys = drawn[["new_dataset", "dataset", "image"]]
+        new_sample = drawn_keys.merge(sample, on=["dataset", "image"])
+        new_sample["image_id"] = [default_image_id(d, im) for d, im in
+                                  zip(new_sample["new_dataset"], new_sample["image"])]
+        write_csv_atomic(new_sample.assign(dataset=new_sample["new_dataset"])[sample.columns],
+                         destination / "sample_submission.csv")
     counts = drawn.groupby("new_dataset").size()
     print(f"wrote {args.destination}: {len(counts)} datasets of {counts.min()}-{counts.max()} "
           f"photos ({args.images} per scene, outliers kept)")

@@ -297,9 +297,10 @@ def test_workers_follow_the_cores_the_datasets_and_cuda(monkeypatch):
                         raising=False)
     assert pipeline.dataset_workers(GeometricConf(), 9) == 3
     assert pipeline.dataset_workers(GeometricConf(), 2) == 2
-    monkeypatch.setattr(concurrency.os, "sched_getaffinity", lambda pid: {0, 1},
-                        raising=False)
-    assert pipeline.dataset_workers(GeometricConf(), 9) == 1  # this 2-core machine
+    for cores, workers in ((1, 1), (2, 1), (3, 1), (5, 2)):  # 2: this machine
+        monkeypatch.setattr(concurrency.os, "sched_getaffinity",
+                            lambda pid, n=cores: set(range(n)), raising=False)
+        assert pipeline.dataset_workers(GeometricConf(), 9) == workers
     assert pipeline.dataset_workers(GeometricConf(workers=1), 9) == 1
     assert pipeline.dataset_workers(GeometricConf(workers=8), 9) == 8
     assert pipeline.dataset_workers(GeometricConf(), 0) == 1

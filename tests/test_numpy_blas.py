@@ -42,35 +42,39 @@ def _environment(**pins: str) -> dict[str, str]:
 def test_numpy_picks_its_own_kernels_and_later_libraries_keep_the_pin():
     free = _report(_environment())  # what NumPy picks with no pin at all
     assert free["how"] == "no pins" and free["coretype"] is None
-    pinned = _report(_environment(OPENBLAS_CORETYPE="Haswell"))
+    # a pin unlike NumPy's own choice, so that each check below tells the two apart
+    pin = "Sandybridge" if free["kernels"]["numpy"] != "Sandybridge" else "Haswell"
+    pinned = _report(_environment(OPENBLAS_CORETYPE=pin))
     assert pinned["how"] == "own kernels" and pinned["check"] == "own"
-    assert pinned["coretype"] == "Haswell"  # back for whatever loads next
-    assert pinned["kernels"]["numpy"] == free["kernels"]["numpy"]
-    assert pinned["kernels"]["scipy"] == "Haswell"  # loaded after NumPy: pinned
+    assert pinned["coretype"] == pin  # back for whatever loads next
+    assert pinned["kernels"]["numpy"] == free["kernels"]["numpy"] != pin
+    assert pinned["kernels"]["scipy"] == pin  # loaded after NumPy: pinned
     # a child of that process (the SfM helper, a dataset worker) trusts the check
-    child = _report(_environment(OPENBLAS_CORETYPE="Haswell", IMC_NUMPY_KERNELS="own"))
+    child = _report(_environment(OPENBLAS_CORETYPE=pin, IMC_NUMPY_KERNELS="own"))
     assert child["how"] == "own kernels"
     assert child["kernels"]["numpy"] == free["kernels"]["numpy"]
 
 
 def test_numpy_stays_pinned_when_asked():
-    kept = _report(_environment(OPENBLAS_CORETYPE="Haswell", IMC_NUMPY_KERNELS="pinned"))
-    assert kept["how"] == "kept pinned"
-    assert kept["kernels"]["numpy"] == "Haswell"
+    kept = _report(_environment(OPENBLAS_CORETYPE="Sandybridge", IMC_NUMPY_KERNELS="pinned"))
+    assert kept["how"] == "kept pinned (asked)"
+    assert kept["kernels"]["numpy"] == "Sandybridge"
 
 
 def test_a_failing_check_keeps_the_pins_and_loads_nothing(tmp_path):
-    # The check's child finds a NumPy that fails to import (first on its PYTHONPATH).
+    # The check's child finds a NumPy that fails to import (first on its PYTHONPATH, which
+    # this process read at its start, before it was set).
     (tmp_path / "numpy").mkdir()
     (tmp_path / "numpy" / "__init__.py").write_text("raise ImportError('broken build')\n")
     code = f"""
 import os, sys
-from src.numpy_blas import load_numpy, own_kernels_work
-environ = {{**os.environ, "OPENBLAS_CORETYPE": "Haswell", "PYTHONPATH": {str(tmp_path)!r}}}
-assert not own_kernels_work(environ)
-how = load_numpy(environ)
-assert how == "kept pinned", how
-assert environ["IMC_NUMPY_KERNELS"] == "pinned" and environ["OPENBLAS_CORETYPE"] == "Haswell"
+from src.numpy_blas import load_numpy, own_kernels_check
+os.environ.update(OPENBLAS_CORETYPE="Haswell", PYTHONPATH={str(tmp_path)!r})
+assert "broken build" in own_kernels_check()
+how = load_numpy()
+assert how.startswith("kept pinned (check failed: ") and "broken build" in how, how
+assert os.environ["IMC_NUMPY_KERNELS"] == "pinned"
+assert os.environ["OPENBLAS_CORETYPE"] == "Haswell"
 assert "numpy" not in sys.modules
 print("ok")
 """

@@ -6,11 +6,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from src.demo_data import DemoSpec, generate_demo_dataset
 from src.evaluation import score_submission
-from src.submission import OUTLIER_SCENE, list_test_images, read_submission
+from src.submission import (OUTLIER_SCENE, default_image_id, list_test_images,
+                            read_submission)
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_scenes.py"
 
@@ -54,6 +56,9 @@ def test_each_scene_is_cut_to_the_photos_asked_and_scores_as_truth(tool, source,
         drawn[name] = set(rows["image"])
     assert drawn[f"{dataset}_n4_d0"] != drawn[f"{dataset}_n4_d1"]  # the draws differ
 
+    sample = read_submission(small / "sample_submission.csv")
+    assert list(sample["image_id"]) == [default_image_id(d, im) for d, im in
+                                        zip(sample["dataset"], sample["image"])]
     # the pipeline's listing and the scorer read it: the labels as a submission score 100
     listed = list_test_images(small)
     assert sorted(zip(listed["dataset"], listed["image"])) == \
@@ -74,3 +79,23 @@ def test_the_same_seed_draws_the_same_photos(tool, source):
     assert len(whole) == len(labels)
     with pytest.raises(ValueError, match="images and draws must be >= 1"):
         tool.draw_small_scenes(labels, images=0, draws=1, seed=7)
+
+
+def test_datasets_draw_apart_and_bad_destinations_are_refused(tool, source, tmp_path):
+    labels = read_submission(source / "test_labels.csv")
+    (dataset,) = set(labels["dataset"])
+    # a second dataset without outliers, with the same photo names: drawn on its own
+    twin = labels[labels["scene"] != OUTLIER_SCENE].assign(dataset="another")
+    both = tool.draw_small_scenes(pd.concat([labels, twin]), images=3, draws=1, seed=7)
+    alone = tool.draw_small_scenes(labels, images=3, draws=1, seed=7)
+    mine = both[both["dataset"] == dataset].reset_index(drop=True)
+    assert mine.equals(alone)  # another dataset does not change this one's draw
+    other = both[both["dataset"] == "another"]
+    assert OUTLIER_SCENE not in set(other["scene"])
+    assert sorted(other.groupby("scene").size()) == [3, 3]
+
+    with pytest.raises(SystemExit):  # an existing folder is never replaced
+        tool.main([str(source), str(tmp_path)])
+    with pytest.raises(SystemExit):  # nor one inside the source
+        tool.main([str(source), str(source / "small")])
+    assert (source / "test_labels.csv").is_file() and not (source / "small").exists()
