@@ -9,7 +9,12 @@ mapped here.
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +22,16 @@ def _sfm_in_this_process(monkeypatch):
     from src.geometric import pipeline
 
     monkeypatch.setattr(pipeline, "helper_wanted", lambda: False)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """A loader of the repository's scripts (benchmarks/, kaggle/), which are not a
+    package: ``load_script("benchmarks/small_scenes.py")`` imports the file as a module."""
+    def load(relative_path: str):
+        path = REPO_ROOT / relative_path
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

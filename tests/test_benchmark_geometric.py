@@ -3,20 +3,12 @@ reach the seeded runs as the pair fields they stand for, beside --set."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "benchmark_geometric.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_geometric", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("benchmarks/benchmark_geometric.py")
 
 
 def test_pair_flags_reach_the_seeded_runs(bench):

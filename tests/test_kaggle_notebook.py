@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -21,13 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT / "kaggle"
 COMPETITION = "image-matching-challenge-2025"
 CODE = "imc2025-pipeline"
-
-
-def load_generator():
-    spec = importlib.util.spec_from_file_location("make_notebook", KAGGLE / "make_notebook.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_notebook(monkeypatch, input_root: Path, working: Path, **settings: str) -> dict:
@@ -58,8 +50,8 @@ def kaggle_input(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the notebook file
-def test_the_notebook_is_made_from_the_script():
-    generator = load_generator()
+def test_the_notebook_is_made_from_the_script(load_script):
+    generator = load_script("kaggle/make_notebook.py")
     script = (KAGGLE / "imc2025_submission.py").read_text()
     notebook_path = KAGGLE / "imc2025_submission.ipynb"
     assert notebook_path.read_text() == generator.notebook_text(script), \
@@ -82,8 +74,8 @@ def test_the_notebook_is_made_from_the_script():
     assert notebook["cells"][0]["source"][0].startswith("# IMC 2025")
 
 
-def test_the_generator_splits_cells_and_refuses_code_in_markdown():
-    generator = load_generator()
+def test_the_generator_splits_cells_and_refuses_code_in_markdown(load_script):
+    generator = load_script("kaggle/make_notebook.py")
     script = "'''header'''\n# %% [markdown]\n# # Title\n#\n# text\n\n# %%\nx = 1\n\n\n# %%\ny = 2\n"
     notebook = generator.notebook_from_script(script)
     assert [c["cell_type"] for c in notebook["cells"]] == ["markdown", "code", "code"]

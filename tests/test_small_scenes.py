@@ -3,9 +3,6 @@ the pipeline and the scorer read as any competition layout."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -14,15 +11,10 @@ from src.evaluation import score_submission
 from src.submission import (OUTLIER_SCENE, default_image_id, list_test_images,
                             read_submission)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_scenes.py"
-
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("small_scenes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def tool(load_script):
+    return load_script("benchmarks/small_scenes.py")
 
 
 @pytest.fixture(scope="module")
