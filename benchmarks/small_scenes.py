@@ -30,8 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from src.data_io import write_csv_atomic  # noqa: E402
-from src.submission import OUTLIER_SCENE, default_image_id, read_submission  # noqa: E402
+from src.data_io import DataError, write_csv_atomic  # noqa: E402
+from src.submission import (OUTLIER_SCENE, check_pose_rows, default_image_id,  # noqa: E402
+                            read_submission)
 
 
 def draw_small_scenes(labels: pd.DataFrame, images: int, draws: int, seed: int
@@ -59,6 +60,13 @@ def draw_small_scenes(labels: pd.DataFrame, images: int, draws: int, seed: int
     return pd.concat(parts, ignore_index=True)
 
 
+def _check_columns(frame: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """DataError naming ``path`` unless ``frame`` has ``columns``."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (found {list(frame.columns)})")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source", type=Path, help="competition-layout folder (test/, CSVs)")
@@ -76,23 +84,30 @@ def main(argv: list[str] | None = None) -> None:
     if source == destination or source.is_relative_to(destination) \
             or destination.is_relative_to(source):
         parser.error("the destination must be a new folder apart from the source")
+    sample_path = source / "sample_submission.csv"
     try:
         labels = read_submission(source / "test_labels.csv")
+        check_pose_rows(labels, str(source / "test_labels.csv"))
         thresholds = read_submission(source / "test_thresholds.csv")
+        _check_columns(thresholds, ["dataset", "scene", "thresholds"],
+                       source / "test_thresholds.csv")
+        sample = read_submission(sample_path) if sample_path.is_file() else None
+        if sample is not None:
+            _check_columns(sample, ["image_id", "dataset", "image"], sample_path)
         drawn = draw_small_scenes(labels, args.images, args.draws, args.seed)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, DataError) as exc:
         parser.error(f"{exc} (lay the data out with python -m src.data_layout first)")
-    sample_path = source / "sample_submission.csv"
-    sample = read_submission(sample_path) if sample_path.is_file() else None
-    photos = [source / "test" / row.dataset / row.image for row in drawn.itertuples()]
-    missing = [str(photo) for photo in photos if not photo.is_file()]
+    except ValueError as exc:
+        parser.error(str(exc))
+    photos = {source / "test" / row.dataset / row.image for row in labels.itertuples()}
+    missing = sorted(str(photo) for photo in photos if not photo.is_file())
     if missing:
         parser.error(f"{len(missing)} labelled photo(s) not found, first {missing[0]}")
 
-    for row, photo in zip(drawn.itertuples(), photos):
+    for row in drawn.itertuples():
         target = destination / "test" / row.new_dataset / row.image
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.realpath(photo), target)
+        os.symlink(os.path.realpath(source / "test" / row.dataset / row.image), target)
     write_csv_atomic(drawn.assign(dataset=drawn["new_dataset"])[labels.columns],
                      destination / "test_labels.csv")
     scenes = drawn[["new_dataset", "dataset", "scene"]].drop_duplicates()

@@ -91,3 +91,16 @@ def test_datasets_draw_apart_and_bad_destinations_are_refused(tool, source, tmp_
     with pytest.raises(SystemExit):  # nor one inside the source
         tool.main([str(source), str(source / "small")])
     assert (source / "test_labels.csv").is_file() and not (source / "small").exists()
+
+
+def test_malformed_labels_are_named_and_nothing_is_written(tool, source, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    (broken / "test").mkdir(parents=True)
+    (broken / "test" / "d").symlink_to(next((source / "test").iterdir()))
+    (broken / "test_thresholds.csv").write_text((source / "test_thresholds.csv").read_text())
+    (broken / "test_labels.csv").write_text("dataset,scene,image\nd,s,a.jpg\n")
+    with pytest.raises(SystemExit):
+        tool.main([str(broken), str(tmp_path / "small")])
+    error = capsys.readouterr().err
+    assert str(broken / "test_labels.csv") in error and "rotation_matrix" in error
+    assert not (tmp_path / "small").exists()
