@@ -28,8 +28,8 @@ from typing import Any
 
 from src.geometric.options import (AFFINE_TILT, ALIKED_MODELS, AUTO_KEYPOINTS, AUTO_MAPPER,
                                    CAMERA_SHARING, CAMERA_SHARING_DEFAULT, DATASET_WORKERS,
-                                   DINOV2_IMAGE_SIDE, DINOV2_RETRIEVALS, ESCALATE_BELOW, ESCALATE_WEAK_PAIRS,
-                                   ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
+                                   DINOV2_IMAGE_SIDE, DINOV2_RETRIEVALS, ESCALATE_BELOW,
+                                   ESCALATE_WEAK_PAIRS, ESCALATE_WEAK_SHARE, FEATURE_NAMES, GRAPH_MIN_INLIERS,
                                    GRAPH_STRONG_INLIERS, MAPPER_CHOICES, MATCH_RATIO,
                                    MATCHERS, MAX_IMAGE_SIDE, MERGE_MODELS, MIN_SCENE_SIZE,
                                    MIN_VERIFIED_INLIERS, PAIR_EXHAUSTIVE_BELOW, PAIR_TOP_K,

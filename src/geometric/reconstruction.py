@@ -695,9 +695,9 @@ class SceneSfM(NamedTuple):
     """What SfM made of one cluster: its models (largest first, as :func:`reconstruct` gives
     them), which cameras they were mapped with and why (e.g. ``"shared (median errors 0.68
     px shared, 0.66 px with a focal length per image)"``), and which mapper made them and why
-    (e.g. ``"global (images held
-    of 27: global 26, incremental 17)"``); both strings empty when no mapping was tried
-    (fewer than 2 images, or no pair with enough verified matches)."""
+    (e.g. ``"global (images held of 27: global 26, incremental 17)"``); both strings empty
+    when no mapping was tried (fewer than 2 images, or no pair with enough verified
+    matches)."""
 
     models: list[Model]
     cameras: str
